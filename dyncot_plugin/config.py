@@ -1,0 +1,162 @@
+"""The plugin's recipe keys: one dataclass, validated before LLaMA-Factory loads anything.
+
+Every key starts with ``dyncot_`` and sits in the same YAML recipe as LLaMA-Factory's own keys (or on the command
+line as ``dyncot_gamma=0.3``). The argument reader (see :mod:`dyncot_plugin.patches`) takes them out before
+LLaMA-Factory's ``HfArgumentParser`` sees the rest, so LLaMA-Factory never learns about them.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+PREFIX = "dyncot_"
+STRATEGIES = ("sft", "cot", "multitask", "dynamic")
+MISSING_COT_POLICIES = ("error", "sft")
+
+
+class DynCotConfigError(ValueError):
+    """A ``dyncot_*`` key is unknown or has a value outside what is allowed."""
+
+
+@dataclass
+class DynCotArguments:
+    """Arguments of the Dynamic CoT plugin.
+
+    Fields:
+        dyncot_strategy (`str`, default ``"sft"``):
+            What each training sample is trained on. ``sft``: the plain answer (the keyphrases), identical to
+            vanilla LLaMA-Factory SFT. ``cot`` (Fine-tune-CoT): the ``<think>…</think><answer>…</answer>`` target.
+            ``multitask``: both targets at every step, loss = mean of the two token-mean losses. ``dynamic``: a
+            no-grad forward with the current weights gives each sample's plain-answer loss (mean token NLL); a
+            sample whose loss is below ``dyncot_gamma`` is trained on its CoT target, otherwise on the plain one.
+        dyncot_gamma (`float`, default ``0.4``):
+            The selection threshold γ of ``dynamic`` (the paper's value). ``0`` never selects CoT (same as
+            ``sft``); a value above any possible loss always selects CoT (same as ``cot``). Must be finite, >= 0.
+        dyncot_missing_cot (`str`, default ``"error"``):
+            What ``cot``/``multitask``/``dynamic`` do with a sample that has no CoT text: ``error`` stops with the
+            dataset name and row; ``sft`` trains it on its plain target and logs how many samples did so.
+        dyncot_eval_samples (`int`, default ``0``):
+            Size of the capped evaluation subset on which, every ``eval_steps``, the model generates and F1@1,
+            F1@M, the CoT rate and the generation length are logged. ``0`` turns the callback off (no cost).
+        dyncot_eval_max_new_tokens (`int`, default ``256``):
+            Generation budget of that callback per sample.
+    """
+
+    dyncot_strategy: str = "sft"
+    dyncot_gamma: float = 0.4
+    dyncot_missing_cot: str = "error"
+    dyncot_eval_samples: int = 0
+    dyncot_eval_max_new_tokens: int = 256
+
+    def __post_init__(self) -> None:
+        if self.dyncot_strategy not in STRATEGIES:
+            raise DynCotConfigError(
+                f"dyncot_strategy: got {self.dyncot_strategy!r}; allowed values are {', '.join(STRATEGIES)}."
+            )
+        if not isinstance(self.dyncot_gamma, (int, float)) or isinstance(self.dyncot_gamma, bool):
+            raise DynCotConfigError(f"dyncot_gamma: got {self.dyncot_gamma!r}; expected a number >= 0.")
+        if not math.isfinite(self.dyncot_gamma) or self.dyncot_gamma < 0:
+            raise DynCotConfigError(f"dyncot_gamma: got {self.dyncot_gamma!r}; expected a finite number >= 0.")
+        if self.dyncot_missing_cot not in MISSING_COT_POLICIES:
+            raise DynCotConfigError(
+                f"dyncot_missing_cot: got {self.dyncot_missing_cot!r}; allowed values are "
+                f"{', '.join(MISSING_COT_POLICIES)}."
+            )
+        for key in ("dyncot_eval_samples", "dyncot_eval_max_new_tokens"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise DynCotConfigError(f"{key}: got {value!r}; expected an integer >= 0.")
+
+    @property
+    def needs_cot(self) -> bool:
+        """Whether the strategy reads the CoT column at all."""
+        return self.dyncot_strategy != "sft"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+KNOWN_KEYS = tuple(f.name for f in fields(DynCotArguments))
+_TYPES = {"dyncot_gamma": float, "dyncot_eval_samples": int, "dyncot_eval_max_new_tokens": int}
+
+
+def _coerce(key: str, value: Any) -> Any:
+    """Command-line values arrive as strings; turn them into the field's type, naming the key when that fails."""
+    kind = _TYPES.get(key)
+    if kind is None or not isinstance(value, str):
+        return value
+    try:
+        return kind(value)
+    except ValueError:
+        raise DynCotConfigError(f"{key}: got {value!r}; expected {'a number' if kind is float else 'an integer'}.")
+
+
+def check_key(key: str) -> None:
+    if key not in KNOWN_KEYS:
+        close = difflib.get_close_matches(key, KNOWN_KEYS, n=1, cutoff=0.0)
+        hint = f" Did you mean `{close[0]}`?" if close else ""
+        raise DynCotConfigError(f"Unknown dyncot-plugin key `{key}`.{hint} Valid keys: {', '.join(KNOWN_KEYS)}.")
+
+
+def split_args(args: dict[str, Any] | list[str]) -> tuple[dict[str, Any] | list[str], dict[str, Any]]:
+    """Separate ``dyncot_*`` keys from LLaMA-Factory's own, in either form ``read_args`` returns.
+
+    Returns ``(rest, dyncot)``; ``rest`` is a new object (the caller's is never mutated) and is the very same
+    object when there is no ``dyncot_*`` key, so vanilla recipes pass through untouched.
+    """
+    found: dict[str, Any] = {}
+    if isinstance(args, dict):
+        if not any(isinstance(k, str) and k.startswith(PREFIX) for k in args):
+            return args, found
+        rest = {}
+        for key, value in args.items():
+            if isinstance(key, str) and key.startswith(PREFIX):
+                check_key(key)
+                found[key] = _coerce(key, value)
+            else:
+                rest[key] = value
+        return rest, found
+
+    # list form: ["--key", "value", "--key2=value2", ...]
+    if not any(isinstance(a, str) and a.startswith("--" + PREFIX) for a in args):
+        return args, found
+    rest_list: list[str] = []
+    i = 0
+    while i < len(args):
+        item = args[i]
+        if isinstance(item, str) and item.startswith("--" + PREFIX):
+            key, sep, value = item[2:].partition("=")
+            check_key(key)
+            if not sep:
+                if i + 1 >= len(args) or str(args[i + 1]).startswith("--"):
+                    raise DynCotConfigError(f"{key}: a value is required after --{key}.")
+                value = args[i + 1]
+                i += 1
+            found[key] = _coerce(key, value)
+        else:
+            rest_list.append(item)
+        i += 1
+    return rest_list, found
+
+
+def parse_dyncot_args(found: dict[str, Any]) -> DynCotArguments:
+    for key in found:
+        check_key(key)
+    return DynCotArguments(**found)
+
+
+# The arguments of the recipe this process is running; ``None`` when the recipe has no ``dyncot_*`` key
+# (then the plugin stays out of the way and LLaMA-Factory runs exactly as without it).
+_CURRENT: DynCotArguments | None = None
+
+
+def set_current(args: DynCotArguments | None) -> None:
+    global _CURRENT
+    _CURRENT = args
+
+
+def get_current() -> DynCotArguments | None:
+    return _CURRENT
