@@ -1,0 +1,159 @@
+"""``DynCotTrainer``: LLaMA-Factory's ``CustomSeq2SeqTrainer`` plus per-sample target selection.
+
+Where the selection happens, and why there: ``Trainer.get_batch_samples`` pulls all micro-batches of one optimizer
+step before any of them is trained, and then counts ``num_items_in_batch`` from their labels. The weights do not
+change inside that window, so a no-grad forward there sees exactly "the current weights"; and because the batches
+handed back already carry the selected targets, the Trainer's own token counting agrees with the swapped labels.
+
+Every rank runs the same forwards per micro-step whatever it selects (one no-grad selection pass, one training
+pass), which keeps DeepSpeed ZeRO-3's parameter gathering in lock-step across ranks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from llamafactory.extras import logging
+from llamafactory.train.sft.trainer import CustomSeq2SeqTrainer
+
+from dyncot_plugin.config import DynCotArguments
+from dyncot_plugin.data.collator import COT_PREFIX, HAS_COT_KEY
+from dyncot_plugin.train.selection import (
+    IGNORE_INDEX,
+    answer_nll,
+    answer_positions,
+    choose_views,
+    merge_views,
+    stack_views,
+)
+
+logger = logging.get_logger(__name__)
+
+IS_COT_ROW_KEY = "dyncot_is_cot_row"  # multitask: which rows of the stacked batch are CoT rows
+LOG_KEYS = ("cot_ratio", "selection_loss")
+
+
+def split_views(batch: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None, torch.Tensor | None]:
+    """(plain batch, CoT view or None, has_cot or None): the plugin's keys taken out of a collated batch."""
+    plain = dict(batch)
+    has_cot = plain.pop(HAS_COT_KEY, None)
+    cot = {k[len(COT_PREFIX):]: plain.pop(k) for k in list(plain) if k.startswith(COT_PREFIX)}
+    return plain, (cot or None), has_cot
+
+
+class DynCotTrainer(CustomSeq2SeqTrainer):
+    """Trains each sample on its plain or CoT target according to ``dyncot_args.dyncot_strategy``.
+
+    Args:
+        dyncot_args: the run's :class:`~dyncot_plugin.config.DynCotArguments`.
+        All other arguments are those of LLaMA-Factory's ``CustomSeq2SeqTrainer``.
+    """
+
+    def __init__(self, *args, dyncot_args: DynCotArguments, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.dyncot_args = dyncot_args
+        # Running sums since the last log: [rows trained on CoT, rows, selection-loss sum, rows scored].
+        self._dyncot_sums = torch.zeros(4, dtype=torch.float64)
+
+    # ----------------------------------------------------------------------------------------- batch building
+    def get_batch_samples(self, epoch_iterator: Iterator, num_batches: int, device: torch.device):
+        return super().get_batch_samples(self._training_batches(epoch_iterator), num_batches, device)
+
+    def _training_batches(self, epoch_iterator: Iterator) -> Iterator[dict[str, Any]]:
+        for batch in epoch_iterator:
+            yield self.build_training_batch(batch)
+
+    def build_training_batch(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """The batch that is actually trained, with targets chosen per the strategy."""
+        plain, cot, has_cot = split_views(batch)
+        strategy = self.dyncot_args.dyncot_strategy
+        rows = plain["input_ids"].size(0)
+        if strategy == "sft" or has_cot is None:
+            self._count(cot_rows=0, rows=rows)
+            return plain
+        if strategy == "cot":  # the collator already chose the CoT view where one exists
+            self._count(cot_rows=int(has_cot.sum()), rows=rows)
+            return plain
+        if cot is None:
+            raise RuntimeError(f"dyncot_strategy={strategy} needs both views; the data collator gave only one.")
+        pad_id = self.processing_class.pad_token_id
+        if strategy == "multitask":
+            stacked, is_cot_row = stack_views(plain, cot, has_cot, pad_id)
+            stacked[IS_COT_ROW_KEY] = is_cot_row
+            self._count(cot_rows=int(has_cot.sum()), rows=rows)
+            return stacked
+        losses = self.selection_losses(plain)
+        select = choose_views(losses, has_cot, self.dyncot_args.dyncot_gamma)
+        finite = torch.isfinite(losses)
+        self._count(cot_rows=int(select.sum()), rows=rows, loss_sum=float(losses[finite].sum()), scored=int(finite.sum()))
+        return merge_views(plain, cot, select, pad_id)
+
+    @torch.no_grad()
+    def selection_losses(self, plain: dict[str, Any]) -> torch.Tensor:
+        """Each row's mean token NLL of its plain answer under the current weights (no grad, eval mode).
+
+        Logits are computed only at answer positions (``logits_to_keep``), so the pass never materialises the
+        full [batch, seq, vocab] tensor.
+        """
+        inputs = self._prepare_inputs(plain)
+        labels = inputs["labels"]
+        positions = answer_positions(labels)
+        model_inputs = {k: v for k, v in inputs.items() if k != "labels"}
+        model = self.model_wrapped if self.model_wrapped is not None else self.model
+        was_training = model.training
+        model.eval()
+        try:
+            with self.compute_loss_context_manager():
+                outputs = model(**model_inputs, logits_to_keep=positions, use_cache=False)
+        finally:
+            model.train(was_training)
+        return answer_nll(outputs.logits, labels, positions).to(torch.float32)
+
+    # --------------------------------------------------------------------------------------------- loss
+    def compute_loss(self, model, inputs, return_outputs: bool = False, num_items_in_batch=None):
+        is_cot_row = inputs.pop(IS_COT_ROW_KEY, None)
+        if is_cot_row is None:
+            return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+        # multitask: the mean of the two token-mean losses (plain rows, CoT rows) of this micro-batch.
+        labels = inputs.pop("labels")
+        outputs = model(**inputs, use_cache=False)
+        targets = labels[:, 1:]
+        nll = F.cross_entropy(
+            outputs.logits[:, :-1].float().transpose(1, 2), targets, ignore_index=IGNORE_INDEX, reduction="none"
+        )
+        valid = targets != IGNORE_INDEX
+        parts = []
+        for rows in (~is_cot_row, is_cot_row):
+            count = valid[rows].sum()
+            if count > 0:
+                parts.append(nll[rows].sum() / count)
+        loss = torch.stack(parts).mean()
+        return (loss, outputs) if return_outputs else loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None, **gen_kwargs):
+        # Evaluation scores the view the collator put first: the plain one for dynamic/multitask.
+        plain, _, _ = split_views(inputs)
+        return super().prediction_step(model, plain, prediction_loss_only, ignore_keys=ignore_keys, **gen_kwargs)
+
+    # ---------------------------------------------------------------------------------------------- logging
+    def _count(self, cot_rows: int, rows: int, loss_sum: float = 0.0, scored: int = 0) -> None:
+        self._dyncot_sums += torch.tensor([cot_rows, rows, loss_sum, scored], dtype=torch.float64)
+
+    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+        if "loss" in logs:  # a training log: every rank is here, so the all-reduce is safe
+            sums = self._dyncot_sums.clone()
+            if dist.is_available() and dist.is_initialized():
+                sums = sums.to(self.args.device)
+                dist.all_reduce(sums)
+                sums = sums.cpu()
+            self._dyncot_sums.zero_()
+            cot_rows, rows, loss_sum, scored = sums.tolist()
+            if rows > 0:
+                logs["cot_ratio"] = round(cot_rows / rows, 4)
+            if scored > 0:
+                logs["selection_loss"] = round(loss_sum / scored, 4)
+        super().log(logs, *args, **kwargs)
