@@ -43,6 +43,9 @@ class DynCotArguments:
             F1@M, the CoT rate and the generation length are logged. ``0`` turns the callback off (no cost).
         dyncot_eval_max_new_tokens (`int`, default ``256``):
             Generation budget of that callback per sample.
+        dyncot_log_selection (`bool`, default ``False``):
+            Also write every selection decision (global step, per-sample plain-answer loss, CoT or not) to
+            ``<output_dir>/dyncot_selection/rank<N>.jsonl``, one file per rank: for analysing which samples think.
     """
 
     dyncot_strategy: str = "sft"
@@ -50,6 +53,7 @@ class DynCotArguments:
     dyncot_missing_cot: str = "error"
     dyncot_eval_samples: int = 0
     dyncot_eval_max_new_tokens: int = 256
+    dyncot_log_selection: bool = False
 
     def __post_init__(self) -> None:
         if self.dyncot_strategy not in STRATEGIES:
@@ -65,6 +69,8 @@ class DynCotArguments:
                 f"dyncot_missing_cot: got {self.dyncot_missing_cot!r}; allowed values are "
                 f"{', '.join(MISSING_COT_POLICIES)}."
             )
+        if not isinstance(self.dyncot_log_selection, bool):
+            raise DynCotConfigError(f"dyncot_log_selection: got {self.dyncot_log_selection!r}; expected true or false.")
         for key in ("dyncot_eval_samples", "dyncot_eval_max_new_tokens"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -80,7 +86,12 @@ class DynCotArguments:
 
 
 KNOWN_KEYS = tuple(f.name for f in fields(DynCotArguments))
-_TYPES = {"dyncot_gamma": float, "dyncot_eval_samples": int, "dyncot_eval_max_new_tokens": int}
+_TYPES = {
+    "dyncot_gamma": float,
+    "dyncot_eval_samples": int,
+    "dyncot_eval_max_new_tokens": int,
+    "dyncot_log_selection": bool,
+}
 
 
 def _coerce(key: str, value: Any) -> Any:
@@ -88,6 +99,12 @@ def _coerce(key: str, value: Any) -> Any:
     kind = _TYPES.get(key)
     if kind is None or not isinstance(value, str):
         return value
+    if kind is bool:
+        if value.strip().lower() in ("true", "1", "yes"):
+            return True
+        if value.strip().lower() in ("false", "0", "no"):
+            return False
+        raise DynCotConfigError(f"{key}: got {value!r}; expected true or false.")
     try:
         return kind(value)
     except ValueError:

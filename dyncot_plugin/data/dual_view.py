@@ -28,7 +28,7 @@ from llamafactory.extras import logging
 
 from dyncot_plugin.config import DynCotArguments
 
-logger = logging.get_logger(__name__)
+logger = logging.get_logger(f"llamafactory.{__name__}")  # under LLaMA-Factory's handler and verbosity
 
 COT_OK, COT_MISSING, COT_TOO_LONG = 0, 1, 2  # values of the ``cot_status`` column
 ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.S)

@@ -11,6 +11,9 @@ pass), which keeps DeepSpeed ZeRO-3's parameter gathering in lock-step across ra
 
 from __future__ import annotations
 
+import json
+import math
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -31,7 +34,7 @@ from dyncot_plugin.train.selection import (
     stack_views,
 )
 
-logger = logging.get_logger(__name__)
+logger = logging.get_logger(f"llamafactory.{__name__}")  # under LLaMA-Factory's handler and verbosity
 
 IS_COT_ROW_KEY = "dyncot_is_cot_row"  # multitask: which rows of the stacked batch are CoT rows
 LOG_KEYS = ("cot_ratio", "selection_loss")
@@ -90,7 +93,20 @@ class DynCotTrainer(CustomSeq2SeqTrainer):
         select = choose_views(losses, has_cot, self.dyncot_args.dyncot_gamma)
         finite = torch.isfinite(losses)
         self._count(cot_rows=int(select.sum()), rows=rows, loss_sum=float(losses[finite].sum()), scored=int(finite.sum()))
+        if self.dyncot_args.dyncot_log_selection:
+            self._record_selection(losses, select)
         return merge_views(plain, cot, select, pad_id)
+
+    def _record_selection(self, losses: torch.Tensor, select: torch.Tensor) -> None:
+        folder = os.path.join(self.args.output_dir, "dyncot_selection")
+        os.makedirs(folder, exist_ok=True)
+        record = {
+            "step": self.state.global_step,
+            "loss": [round(float(x), 6) if math.isfinite(float(x)) else None for x in losses],
+            "cot": [bool(x) for x in select],
+        }
+        with open(os.path.join(folder, f"rank{self.args.process_index}.jsonl"), "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
 
     @torch.no_grad()
     def selection_losses(self, plain: dict[str, Any]) -> torch.Tensor:

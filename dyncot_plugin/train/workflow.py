@@ -12,7 +12,7 @@ from llamafactory.extras import logging
 
 from dyncot_plugin.config import DynCotArguments, DynCotConfigError
 
-logger = logging.get_logger(__name__)
+logger = logging.get_logger(f"llamafactory.{__name__}")  # under LLaMA-Factory's handler and verbosity
 
 
 def check_compatibility(dyncot_args: DynCotArguments, data_args: Any, training_args: Any) -> None:
