@@ -1,0 +1,168 @@
+"""Append-only JSONL cache of teacher calls, keyed by sample id, that survives ``kill -9``.
+
+One JSON object per line, written with a single ``write`` of the whole line, flushed and ``fsync``'d before the
+call returns. Records are never rewritten; for a sample id the *last* record with a final status wins.
+
+Record kinds (``status``):
+
+- ``attempt``: one received teacher reply that was rejected, with its reason and token usage. On resume the
+  conversation is rebuilt from these, so a reply already paid for is never asked for again, and the retry
+  count carries on where it stopped.
+- ``done``: the accepted reply and the CoT target built from it (final).
+- ``rejected``: the sample was rejected on every allowed attempt; the last reason is kept (final, unless the
+  user asks for ``--retry-rejected``).
+- ``error``: a transport/endpoint error ended the sample's attempt; not final, the next run asks again.
+
+A crash can leave a torn last line (no newline, or half a JSON object). Loading ignores it and the next append
+first cuts the file back to the last complete line, so the file stays valid JSONL. A corrupt line in the middle
+(only possible from outside edits) is skipped with a warning. An advisory ``flock`` keeps two runs from writing
+the same cache at once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+FINAL_STATUSES = ("done", "rejected")
+STATUSES = ("attempt", "done", "rejected", "error")
+
+try:  # POSIX only; elsewhere the lock is skipped
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None  # type: ignore[assignment]
+
+
+class CacheLockedError(RuntimeError):
+    pass
+
+
+class SampleState:
+    """Everything the cache knows about one sample."""
+
+    __slots__ = ("attempts", "errors", "final")
+
+    def __init__(self) -> None:
+        self.attempts: list[dict] = []  # rejected replies since the last final record, in order
+        self.final: dict | None = None
+        self.errors: int = 0
+
+    @property
+    def status(self) -> str | None:
+        return self.final["status"] if self.final else None
+
+
+def read_records(path: str | Path) -> tuple[list[dict], int]:
+    """All complete, valid records of a cache file and the byte length of its valid prefix."""
+    path = Path(path)
+    if not path.exists():
+        return [], 0
+    data = path.read_bytes()
+    records: list[dict] = []
+    good_end = 0
+    pos = 0
+    lines = data.split(b"\n")
+    for i, raw in enumerate(lines):
+        is_last = i == len(lines) - 1
+        end = pos + len(raw) + (0 if is_last else 1)
+        if is_last:
+            # Bytes after the final newline are a torn write (or nothing).
+            if raw.strip():
+                logger.warning("cache %s: ignoring a torn last line (%d bytes) left by an interrupted run", path,
+                               len(raw))
+            break
+        if raw.strip():
+            try:
+                rec = json.loads(raw)
+                if not isinstance(rec, dict) or "id" not in rec or rec.get("status") not in STATUSES:
+                    raise ValueError("not a cache record")
+                records.append(rec)
+            except ValueError:
+                logger.warning("cache %s: skipping unreadable line %d", path, i + 1)
+        good_end = end
+        pos = end
+    return records, good_end
+
+
+def fold(records: Iterable[dict]) -> dict[str, SampleState]:
+    states: dict[str, SampleState] = {}
+    for rec in records:
+        fold_one(states, rec)
+    return states
+
+
+def fold_one(states: dict[str, SampleState], record: dict) -> None:
+    """Apply one record. A final record closes the sample's conversation; later attempts start a new one."""
+    st = states.setdefault(str(record["id"]), SampleState())
+    status = record["status"]
+    if status == "attempt":
+        st.attempts.append(record)
+    elif status == "error":
+        st.errors += 1
+    else:
+        st.final = record
+        st.attempts = []
+
+
+class JsonlCache:
+    """Open with ``with JsonlCache(path) as cache:``; ``cache.states`` maps sample id -> :class:`SampleState`."""
+
+    def __init__(self, path: str | Path, redact=None) -> None:
+        self.path = Path(path)
+        self._redact = redact or (lambda s: s)
+        self._lock = threading.Lock()
+        self._fh = None
+        self.records: list[dict] = []
+        self.states: dict[str, SampleState] = {}
+
+    def __enter__(self) -> JsonlCache:  # noqa: PYI034
+        self.open()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(self.path, "ab+")  # noqa: SIM115 (held open until close())
+        if fcntl is not None:
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                fh.close()
+                raise CacheLockedError(f"another gen-cot run is using the cache {self.path}; wait for it to end")
+        self.records, good_end = read_records(self.path)
+        size = os.fstat(fh.fileno()).st_size
+        if size != good_end:
+            fh.truncate(good_end)  # drop a torn last line so the next record starts on its own line
+            fh.flush()
+            os.fsync(fh.fileno())
+        self._fh = fh
+        self.states = fold(self.records)
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()  # closing releases the flock
+            self._fh = None
+
+    def append(self, record: dict[str, Any]) -> None:
+        if record.get("status") not in STATUSES or "id" not in record:
+            raise ValueError(f"bad cache record: {record!r}")
+        line = self._redact(json.dumps(record, ensure_ascii=False, sort_keys=True)) + "\n"
+        data = line.encode("utf-8")
+        with self._lock:
+            if self._fh is None:
+                raise RuntimeError("cache is not open")
+            self._fh.write(data)
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+            self.records.append(record)
+            fold_one(self.states, record)
+
