@@ -260,6 +260,7 @@ def _load_pool(specs: list[str], kp_sep: str, side_files: bool) -> _Pool:
         raise DatasetError("--side-files applies to CMKP source files only (converted rows already hold their prompt).")
     pool = _Pool(fmt, [], [], [], [], [], [])
     for split, path in paths:
+        before = len(pool.items)
         if fmt == "cmkp":
             posts = read_cmkp_file(path, kp_sep=kp_sep)
             sides: list[tuple[str, str] | None] = [None] * len(posts)
@@ -289,14 +290,8 @@ def _load_pool(specs: list[str], kp_sep: str, side_files: bool) -> _Pool:
                 pool.items.append((row, path))
                 pool.sides.append(None)
         if split == "test":
-            pool.test_sizes.append(len(pool.items) - sum(pool.test_sizes) if False else _count_last(pool, path))
+            pool.test_sizes.append(len(pool.items) - before)
     return pool
-
-
-def _count_last(pool: _Pool, path: Path) -> int:
-    return sum(1 for s in pool.sources if s.startswith(f"{path}:")) if pool.fmt == "cmkp" else sum(
-        1 for _, p in (x for x in pool.items) if p == path
-    )
 
 
 def _rebase_image(image: str, src_dir: Path, out_dir: Path) -> str:
