@@ -1,0 +1,65 @@
+"""examples/scienceqa_*.yaml: every key is known to LLaMA-Factory or the plugin, and every dataset they name is one
+that `convert-scienceqa` + `build-stage2` write."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dyncot_plugin.config import parse_dyncot_args, split_args
+from dyncot_plugin.data import scienceqa as sqa
+from dyncot_plugin.data.stage2 import build_stage2
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = sorted((ROOT / "examples").glob("scienceqa_*.yaml"))
+
+
+def _load_raw():
+    path = Path(__file__).parent / "fixtures" / "scienceqa" / "raw.py"
+    spec = importlib.util.spec_from_file_location("scienceqa_fixture_raw", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_recipes_exist():
+    names = {p.name for p in RECIPES}
+    assert {"scienceqa_stage1.yaml", "scienceqa_stage2.yaml", "scienceqa_dyncot.yaml"} <= names
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)
+def test_recipe_parses(recipe):
+    from llamafactory.hparams.parser import _parse_train_args
+
+    config = yaml.safe_load(recipe.read_text())
+    assert config["template"] == "qwen2_vl" and config["stage"] == "sft"
+    rest, dyncot = split_args(config)
+    if recipe.name == "scienceqa_dyncot.yaml":
+        args = parse_dyncot_args(dyncot)
+        assert args.dyncot_strategy == "dynamic" and args.dyncot_gamma == 0.4
+    else:
+        assert dyncot == {}  # the MM-CoT recipes are vanilla LLaMA-Factory
+    rest = {**rest, "bf16": False}  # CPU machines: bf16 would be refused, the rest is what we check
+    _parse_train_args(rest)  # HfArgumentParser: raises on an unknown key
+
+
+def test_recipe_datasets_are_the_ones_the_tools_write(tmp_path):
+    raw = _load_raw()
+    paths = raw.build_raw(tmp_path / "raw")
+    data = tmp_path / "data"
+    sqa.convert(paths["problems"], paths["splits"], data, image_dir=paths["image_dir"], captions_path=paths["captions"])
+    build_stage2(data, "train")
+    ids = [{"id": pid, "predict": "r"} for pid in raw.TEST_IDS]
+    (tmp_path / "p.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ids))
+    build_stage2(data, "test", predictions=tmp_path / "p.jsonl")
+    info = json.loads((data / "dataset_info.json").read_text())
+    for recipe in RECIPES:
+        config = yaml.safe_load(recipe.read_text())
+        assert config["dataset_dir"] == "data/scienceqa"
+        for key in ("dataset", "eval_dataset"):
+            if key in config:
+                assert config[key] in info, (recipe.name, config[key])
