@@ -1,0 +1,40 @@
+"""Two ranks on CPU (torchrun + gloo), DeepSpeed ZeRO-3, ranks selecting different targets."""
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from dyncot_plugin.testing.lf_runner import run_llamafactory, tiny_sft_config
+from dyncot_plugin.testing.plugin_data import read_log, write_plugin_dataset
+
+pytestmark = [pytest.mark.slow, pytest.mark.distributed]
+DS_Z3 = Path(__file__).resolve().parents[1] / "examples" / "deepspeed" / "ds_z3.json"
+
+
+def test_zero3_two_ranks_selecting_differently_finish(tiny_model_dir, tmp_path):
+    pytest.importorskip("deepspeed")
+    # Sequential order, 2 rows per rank per step: rank 0 gets rows 0-1 then 4-5, rank 1 rows 2-3 then 6-7.
+    # Only rank 0's rows have CoT text, and gamma is above any loss: rank 0 trains on CoT, rank 1 on plain,
+    # so the two ranks run sequences of different lengths through ZeRO-3's gathered layers at every step.
+    write_plugin_dataset(tmp_path / "data", "split", n=8, cot_rows=[0, 1, 4, 5])
+    config = tiny_sft_config(
+        tiny_model_dir, tmp_path / "data", "split", tmp_path / "out", max_steps=2,
+        deepspeed=str(DS_Z3), disable_shuffling=True,
+        dyncot_strategy="dynamic", dyncot_gamma=1.0e6, dyncot_missing_cot="sft", dyncot_log_selection=True,
+    )
+    env = {"FORCE_TORCHRUN": "1", "NPROC_PER_NODE": "2", "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    proc = run_llamafactory("train", config, tmp_path, env=env, timeout=900)
+    output = proc.stdout + proc.stderr
+    # the plugin is active in both torchrun workers
+    assert "(rank 0): patched llamafactory" in output and "(rank 1): patched llamafactory" in output
+    records = {
+        rank: [json.loads(line) for line in (tmp_path / "out" / "dyncot_selection" / f"rank{rank}.jsonl").read_text().splitlines()]
+        for rank in (0, 1)
+    }
+    assert [r["cot"] for r in records[0]] == [[True, True], [True, True]]
+    assert [r["cot"] for r in records[1]] == [[False, False], [False, False]]
+    # cot_ratio is reduced over ranks: half the samples of each step trained on CoT
+    assert [e["cot_ratio"] for e in read_log(tmp_path / "out")] == [0.5, 0.5]
