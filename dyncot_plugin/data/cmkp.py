@@ -373,6 +373,13 @@ def convert(
                 f"{', ...' if len(missing) > 3 else ''}. The full list is in {report_path}. Nothing was converted; "
                 f"use --missing-images skip (drop those posts) or text-only (keep them without image)."
             )
+        if missing_images == "skip":
+            for split, (posts, _, _) in parsed.items():
+                if sum(s == split for s, _ in missing) == len(posts):
+                    raise DatasetError(
+                        f"every post of {sources[split]} lacks its image in {image_dir}, so --missing-images skip "
+                        f"would write an empty {split} split; check --image-dir (missing images: {report_path})."
+                    )
     elif report_path.exists() and missing_report is None:
         report_path.unlink()  # a stale report from an earlier run would mislead
 

@@ -270,18 +270,24 @@ def dataset_entry(
 
 
 @contextlib.contextmanager
-def _locked(lock_path: Path) -> Iterator[None]:
+def _locked(folder: Path) -> Iterator[None]:
+    """An exclusive inter-process lock on ``folder`` itself (``flock`` on the directory: no lock file is left
+    behind). Where that is not possible (not POSIX, some network file systems) it does nothing."""
     try:
         import fcntl
-    except ImportError:  # not POSIX: no inter-process lock
+
+        fd = os.open(folder, os.O_RDONLY)
+    except (ImportError, OSError):
         yield
         return
-    with open(lock_path, "a") as lock:
-        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+    try:
         try:
-            yield
-        finally:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:
+            pass
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def read_dataset_info(dataset_dir: str | os.PathLike) -> dict[str, Any]:
@@ -317,7 +323,7 @@ def update_dataset_info(
     dataset_dir.mkdir(parents=True, exist_ok=True)
     new = entry if entry is not None else dataset_entry(file_name, has_images=has_images, cot_column=cot_column)
     info_path = dataset_dir / DATASET_INFO
-    with _locked(dataset_dir / f".{DATASET_INFO}.lock"):
+    with _locked(dataset_dir):
         info = read_dataset_info(dataset_dir)
         info[name] = new
         atomic_write_json(info_path, info, indent=2)
