@@ -31,7 +31,7 @@ def _load_raw():
 raw = _load_raw()
 
 # Kept small: the whole test (4 llamafactory-cli runs) takes about a minute on 2 CPU cores.
-COMMON = {"cutoff_len": 512, "max_steps": 2, "per_device_train_batch_size": 2}
+COMMON = {"cutoff_len": 512, "max_steps": 1, "per_device_train_batch_size": 2}
 
 
 def _train(model_dir, data_dir, dataset, out_dir, workdir):

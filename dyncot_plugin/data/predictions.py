@@ -5,9 +5,9 @@
 was predicted on and pairs the two files row by row, but only after checking that they really belong together:
 
 * the row counts are equal (``max_samples`` or a different dataset changes them);
-* every ``label`` (the gold answer as LLaMA-Factory decoded it) equals the dataset row's assistant message, after
-  Unicode NFC and white-space normalisation (a label that ``cutoff_len`` truncated must still be a non-empty
-  prefix of it; those rows are counted);
+* every ``label`` (the gold answer as LLaMA-Factory decoded it) equals the dataset row's assistant message, both
+  through :func:`normalize` (a label that ``cutoff_len`` truncated must still be a non-empty prefix of it; those
+  rows are counted);
 * every ``prompt`` contains the row's user text up to its ``Options:`` line (the whole user text when it has
   none), so files whose rows carry the same label (``The answer is (A).``) but were shuffled are caught too.
 
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import unicodedata
 from collections.abc import Iterable
@@ -39,9 +40,13 @@ class PredictionsError(DatasetError):
     """Predictions that cannot be paired with (or joined to) their problems; the message says where and why."""
 
 
+_SPACE_BEFORE_PUNCT = re.compile(r" (?=[.,?!'])")
+
+
 def normalize(text: str | None) -> str:
-    """NFC + white space collapsed: how two renderings of the same text are compared."""
-    return " ".join(unicodedata.normalize("NFC", text or "").split())
+    """How two renderings of the same text are compared: NFC, white space collapsed, and no space before
+    ``. , ? ! '`` (what a tokenizer's ``clean_up_tokenization_spaces`` may remove when decoding)."""
+    return _SPACE_BEFORE_PUNCT.sub("", " ".join(unicodedata.normalize("NFC", text or "").split()))
 
 
 def list_some(items: Iterable[Any], limit: int = _MAX_LISTED) -> str:
