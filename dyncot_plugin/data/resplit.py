@@ -240,6 +240,7 @@ class _Pool:
     items: list[Any]  # CmkpPost or (row, input path)
     sides: list[tuple[str, str] | None]  # (attributes, ocr) per post with --side-files
     test_sizes: list[int]
+    files: list[Path] = field(default_factory=list)  # every input file (sources and side files)
 
 
 def _load_pool(specs: list[str], kp_sep: str, side_files: bool) -> _Pool:
@@ -261,6 +262,7 @@ def _load_pool(specs: list[str], kp_sep: str, side_files: bool) -> _Pool:
     pool = _Pool(fmt, [], [], [], [], [], [])
     for split, path in paths:
         before = len(pool.items)
+        pool.files.append(path)
         if fmt == "cmkp":
             posts = read_cmkp_file(path, kp_sep=kp_sep)
             sides: list[tuple[str, str] | None] = [None] * len(posts)
@@ -268,8 +270,13 @@ def _load_pool(specs: list[str], kp_sep: str, side_files: bool) -> _Pool:
                 if not path.name.endswith("_src.txt"):
                     raise DatasetError(f"--side-files: {path} is not named X_src.txt, so its side files cannot be found.")
                 stem = path.name[: -len("_src.txt")]
-                attrs = read_side_file(path.with_name(stem + ATTRIBUTE_SUFFIX), path, len(posts))
-                ocrs = read_side_file(path.with_name(stem + OCR_SUFFIX), path, len(posts))
+                side_paths = [path.with_name(stem + ATTRIBUTE_SUFFIX), path.with_name(stem + OCR_SUFFIX)]
+                pool.files.extend(side_paths)
+                for side in side_paths:
+                    if not side.is_file():
+                        raise DatasetError(f"--side-files: {path} has no side file {side}.")
+                attrs = read_side_file(side_paths[0], path, len(posts))
+                ocrs = read_side_file(side_paths[1], path, len(posts))
                 sides = list(zip(attrs, ocrs))
             for p in posts:
                 pool.keyphrases.append(p.keyphrases)
@@ -329,6 +336,10 @@ def write_outputs(pool: _Pool, result: ResplitResult, out_dir: Path, name: str, 
                 json_files.append((split, file, has_images))
         staged.write_json(out_dir / f"{name}_resplit.json", report, indent=2)
         written = staged.targets
+        inputs = {p.resolve() for p in pool.files}
+        clash = [str(p) for p in written if p.resolve() in inputs]
+        if clash:
+            raise DatasetError(f"the output would overwrite the input file(s) {', '.join(clash)}; choose another --output-dir.")
     for split, file, has_images in json_files:
         update_dataset_info(out_dir, f"{name}_{split}", file.name, has_images=has_images)
     return written
