@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
 
-import httpx
 import openai
 
 logger = logging.getLogger(__name__)
@@ -142,7 +141,7 @@ class TeacherClient:
         self._client = openai.AsyncOpenAI(
             base_url=self.base_url,
             api_key=self._api_key,
-            timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
+            timeout=timeout,
             max_retries=0,  # retries are ours: the back-off policy and the error classes above
         )
 
@@ -157,21 +156,23 @@ class TeacherClient:
         return base / 2 + random.uniform(0, base / 2)
 
     async def probe(self) -> None:
-        """One cheap ``GET {base_url}/models`` to fail fast with a clear message when the endpoint is unreachable
-        or the key is refused. Any other HTTP answer (even 404: some servers have no /models) counts as reachable."""
+        """One cheap ``GET {base_url}/models`` (one try) to fail fast with a clear message when the endpoint is
+        unreachable or the key is refused. Any other HTTP answer (even 404: some servers have no /models) counts
+        as reachable."""
         try:
-            async with httpx.AsyncClient(timeout=httpx.Timeout(self.timeout, connect=min(self.timeout, 10.0))) as c:
-                r = await c.get(self.base_url + "/models", headers={"Authorization": f"Bearer {self._api_key}"})
-        except httpx.TimeoutException as err:
+            await self._client.models.list()
+        except openai.APITimeoutError:
             raise EndpointError(
-                f"the teacher endpoint {self.base_url} did not answer within {self.timeout:g}s "
-                f"({type(err).__name__})") from None
-        except httpx.HTTPError as err:
+                f"the teacher endpoint {self.base_url} did not answer within {self.timeout:g}s") from None
+        except openai.APIConnectionError as err:
+            cause = err.__cause__ or err
             raise EndpointError(
-                f"cannot reach the teacher endpoint {self.base_url}: {self.redact(err) or type(err).__name__}"
+                f"cannot reach the teacher endpoint {self.base_url}: {self.redact(cause) or type(cause).__name__}"
             ) from None
-        if r.status_code == 401:
-            raise TeacherError(f"{self.base_url}: {FATAL_STATUS[401]}; check {self.key_hint}")
+        except openai.AuthenticationError:
+            raise TeacherError(f"{self.base_url}: {FATAL_STATUS[401]}; check {self.key_hint}") from None
+        except openai.APIError:
+            pass  # reachable; /models may be missing or restricted
 
     async def complete(self, messages: list[dict]) -> Completion:
         retries = 0

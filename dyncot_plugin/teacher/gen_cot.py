@@ -420,9 +420,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, api_key: str | None, redact: Redactor) -> int:
-    for name in ("retries", "max_retries", "concurrency", "max_tokens"):
-        if getattr(args, name) < (1 if name in ("concurrency", "max_tokens") else 0):
-            raise ValueError(f"--{name.replace('_', '-')} must be {'>= 1' if name in ('concurrency', 'max_tokens') else '>= 0'}")
+    for name, low in (("retries", 0), ("max_retries", 0), ("concurrency", 1), ("max_tokens", 1)):
+        if getattr(args, name) < low:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= {low}")
     if args.timeout <= 0:
         raise ValueError("--timeout must be > 0")
     if not args.base_url:
