@@ -155,6 +155,23 @@ class DynCotTrainer(CustomSeq2SeqTrainer):
         plain, _, _ = split_views(inputs)
         return super().prediction_step(model, plain, prediction_loss_only, ignore_keys=ignore_keys, **gen_kwargs)
 
+    # ------------------------------------------------------------------------------------------------- resume
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        """Full fine-tuning resume with the checkpoint's keys renamed to the module's (see ``checkpoint.py``)."""
+        from peft import PeftModel
+
+        from dyncot_plugin.train.checkpoint import read_full_checkpoint, to_model_keys, weight_renamings
+
+        model = model if model is not None else self.model
+        if self.is_deepspeed_enabled or self.is_fsdp_enabled or isinstance(model, PeftModel) or not weight_renamings(model):
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        state_dict = read_full_checkpoint(resume_from_checkpoint)
+        if state_dict is None:
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        logger.info_rank0(f"[dyncot] loading {resume_from_checkpoint} with checkpoint keys renamed to the model's")
+        load_result = model.load_state_dict(to_model_keys(model, state_dict), False)
+        self._issue_warnings_after_load(load_result)
+
     # ---------------------------------------------------------------------------------------------- logging
     def _count(self, cot_rows: int, rows: int, loss_sum: float = 0.0, scored: int = 0) -> None:
         self._dyncot_sums += torch.tensor([cot_rows, rows, loss_sum, scored], dtype=torch.float64)
