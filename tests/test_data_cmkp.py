@@ -125,7 +125,9 @@ def test_convert_rows_match_the_project_format(tmp_path):
     assert all(r["messages"][0]["content"].count("<image>") == 1 and len(r["images"]) == 1 for r in rows)
     info = json.loads((out / "dataset_info.json").read_text())
     assert info == {"mmkp_test": dataset_entry("mmkp_test.json")}
-    assert _files(out) == sorted(["dataset_info.json", "mmkp_test.json"] + [f"images/{r['images'][0][7:]}" for r in rows])
+    assert _files(out) == sorted(
+        ["dataset_info.json", "mmkp_test.json"] + [f"images/{r['images'][0][7:]}" for r in rows]
+    )
 
 
 def test_side_files_fill_attribute_and_ocr_slots(tmp_path):
@@ -151,8 +153,12 @@ def test_custom_template_and_separators(tmp_path):
     out = tmp_path / "ds"
     _touch_images(out / "imgs", read_cmkp_file(SRC))
     cmkp.convert(
-        {"test": SRC}, out, image_dir=out / "imgs", prompt_template="{{json}} {text} | sep={sep}<image>",
-        answer_sep=" , ", name="custom",
+        {"test": SRC},
+        out,
+        image_dir=out / "imgs",
+        prompt_template="{{json}} {text} | sep={sep}<image>",
+        answer_sep=" , ",
+        name="custom",
     )
     row = load_rows(out / "custom_test.json")[7]
     assert row["messages"][0]["content"].startswith("{json} win & advance !")
@@ -179,9 +185,7 @@ def test_missing_images_skip_and_text_only(tmp_path, policy, rows_written):
     rows = load_rows(out / "mmkp_test.json")
     report = (out / "mmkp_missing_images.txt").read_text().splitlines()
     assert report[0].startswith("#")
-    assert [line.split("\t")[1:3] for line in report[1:]] == [
-        [f"{SRC}:{i + 1}", posts[i].image] for i in (0, 5, 39)
-    ]
+    assert [line.split("\t")[1:3] for line in report[1:]] == [[f"{SRC}:{i + 1}", posts[i].image] for i in (0, 5, 39)]
     if policy == "skip":
         assert res.skipped == 3 and "mmkp_test_000005" not in {r["id"] for r in rows}
     else:
@@ -214,7 +218,8 @@ def test_no_images_dataset(tmp_path):
     row = load_rows(tmp_path / "mmkp_test.json")[0]
     assert row["images"] == [] and "<image>" not in row["messages"][0]["content"]
     assert json.loads((tmp_path / "dataset_info.json").read_text())["mmkp_test"]["columns"] == {
-        "messages": "messages", "cot": "cot"
+        "messages": "messages",
+        "cot": "cot",
     }
 
 
@@ -230,18 +235,28 @@ def _bad_copy(tmp_path: Path, lineno: int, line: str) -> Path:
 @pytest.mark.parametrize(
     "kwargs_fn, message",
     [
-        (lambda t: {"sources": {"test": _bad_copy(t, 12, "no separators here")}},
-         r"in/test_src\.txt:12: expected 3 fields separated by <sep>"),
-        (lambda t: {"sources": {"test": _bad_copy(t, 40, "x<sep>;<sep>http://a/b.jpg")}},
-         r"in/test_src\.txt:40: empty keyphrase list"),
-        (lambda t: {"sources": {"test": SRC}, "attributes": {"test": _short_side(t)}},
-         r"short_attr\.txt: has 39 lines but .*cmkp_test_src\.txt has 40 posts; side files must be line-aligned"),
+        (
+            lambda t: {"sources": {"test": _bad_copy(t, 12, "no separators here")}},
+            r"in/test_src\.txt:12: expected 3 fields separated by <sep>",
+        ),
+        (
+            lambda t: {"sources": {"test": _bad_copy(t, 40, "x<sep>;<sep>http://a/b.jpg")}},
+            r"in/test_src\.txt:40: empty keyphrase list",
+        ),
+        (
+            lambda t: {"sources": {"test": SRC}, "attributes": {"test": _short_side(t)}},
+            r"short_attr\.txt: has 39 lines but .*cmkp_test_src\.txt has 40 posts; side files must be line-aligned",
+        ),
         (lambda t: {"sources": {"dev": SRC}}, r"unknown split name 'dev'"),
         (lambda t: {"sources": {"test": SRC}, "prompt_template": "<image>{post}"}, r"unknown slot \{post\}"),
-        (lambda t: {"sources": {"test": SRC}, "prompt_template": "<image>{ocr} {text}"},
-         r"\{ocr\} slot but no --ocr side file"),
-        (lambda t: {"sources": {"test": SRC}, "ocr": {"test": OCR}, "prompt_template": "<image>{text}"},
-         r"--ocr files are given but the prompt template has no \{ocr\} slot"),
+        (
+            lambda t: {"sources": {"test": SRC}, "prompt_template": "<image>{ocr} {text}"},
+            r"\{ocr\} slot but no --ocr side file",
+        ),
+        (
+            lambda t: {"sources": {"test": SRC}, "ocr": {"test": OCR}, "prompt_template": "<image>{text}"},
+            r"--ocr files are given but the prompt template has no \{ocr\} slot",
+        ),
         (lambda t: {"sources": {"test": SRC}, "prompt_template": "{text}"}, r"exactly one <image> \(it has 0\)"),
         (lambda t: {"sources": {"test": SRC}, "prompt_template": "<image>"}, r"has no \{text\} slot"),
     ],
@@ -274,34 +289,84 @@ def test_cli_two_splits_side_files_and_errors(tmp_path, capsys):
     shutil.copy(OCR, src_dir / "test_ocr_final.txt")
     shutil.copy(DATA / "cmkp_train_src.txt", src_dir / "train_src.txt")
     out = tmp_path / "ds"
-    rc = data_main(["convert-cmkp", str(src_dir / "test_src.txt"), f"train={src_dir / 'train_src.txt'}",
-                    "-o", str(out), "--missing-images", "text-only", "-q"])
+    rc = data_main(
+        [
+            "convert-cmkp",
+            str(src_dir / "test_src.txt"),
+            f"train={src_dir / 'train_src.txt'}",
+            "-o",
+            str(out),
+            "--missing-images",
+            "text-only",
+            "-q",
+        ]
+    )
     assert rc == 0
     printed = capsys.readouterr().out
     assert "test: 40 of 40 posts" in printed and "train: 120 of 120 posts" in printed
     assert list(json.loads((out / "dataset_info.json").read_text())) == ["mmkp_test", "mmkp_train"]
     assert len(load_rows(out / "mmkp_train.json")) == 120
 
-    rc = data_main(["convert-cmkp", f"test={src_dir / 'test_src.txt'}", "-o", str(out), "--name", "side",
-                    "--side-files", "--no-images", "-q"])
+    rc = data_main(
+        [
+            "convert-cmkp",
+            f"test={src_dir / 'test_src.txt'}",
+            "-o",
+            str(out),
+            "--name",
+            "side",
+            "--side-files",
+            "--no-images",
+            "-q",
+        ]
+    )
     assert rc == 0
     assert "Image attributes: green trees" in load_rows(out / "side_test.json")[0]["messages"][0]["content"]
     capsys.readouterr()
 
     template = tmp_path / "prompt.txt"
     template.write_text("<image>Tags for: {text}\n")
-    rc = data_main(["convert-cmkp", f"test={src_dir / 'test_src.txt'}", "-o", str(out), "--name", "tpl",
-                    "--prompt-template", f"@{template}", "--missing-images", "skip", "-q"])
+    rc = data_main(
+        [
+            "convert-cmkp",
+            f"test={src_dir / 'test_src.txt'}",
+            "-o",
+            str(out),
+            "--name",
+            "tpl",
+            "--prompt-template",
+            f"@{template}",
+            "--missing-images",
+            "skip",
+            "-q",
+        ]
+    )
     assert rc == 1  # no image folder: skipping every post would leave an empty split
     assert "would write an empty test split; check --image-dir" in capsys.readouterr().err
     assert not (out / "tpl_test.json").exists()
     (out / "images").mkdir()
     (out / "images" / read_cmkp_file(SRC)[4].image).write_bytes(b"")
-    rc = data_main(["convert-cmkp", f"test={src_dir / 'test_src.txt'}", "-o", str(out), "--name", "tpl",
-                    "--prompt-template", f"@{template}", "--missing-images", "skip", "-q"])
+    rc = data_main(
+        [
+            "convert-cmkp",
+            f"test={src_dir / 'test_src.txt'}",
+            "-o",
+            str(out),
+            "--name",
+            "tpl",
+            "--prompt-template",
+            f"@{template}",
+            "--missing-images",
+            "skip",
+            "-q",
+        ]
+    )
     assert rc == 0
     assert capsys.readouterr().out.startswith("test: 1 of 40 posts")
-    assert load_rows(out / "tpl_test.json")[0]["messages"][0]["content"] == "<image>Tags for: a perfect shot ! dublin , ireland ~ thanks to kevinnolanphoto"
+    assert (
+        load_rows(out / "tpl_test.json")[0]["messages"][0]["content"]
+        == "<image>Tags for: a perfect shot ! dublin , ireland ~ thanks to kevinnolanphoto"
+    )
 
     rc = data_main(["convert-cmkp", f"dev={src_dir / 'test_src.txt'}", "-o", str(out)])
     assert rc == 1
@@ -330,14 +395,26 @@ def test_llamafactory_loads_converted_dataset(tmp_path, tiny_model_dir):
     from llamafactory.model import load_tokenizer
 
     model_args, data_args, training_args, _, _ = get_train_args(
-        dict(model_name_or_path=tiny_model_dir, stage="sft", do_train=True, finetuning_type="lora",
-             dataset="mmkp_test", dataset_dir=str(out), template="qwen2_vl", cutoff_len=1024,
-             output_dir=str(tmp_path / "out"), overwrite_cache=True, report_to="none")
+        {
+            "model_name_or_path": tiny_model_dir,
+            "stage": "sft",
+            "do_train": True,
+            "finetuning_type": "lora",
+            "dataset": "mmkp_test",
+            "dataset_dir": str(out),
+            "template": "qwen2_vl",
+            "cutoff_len": 1024,
+            "output_dir": str(tmp_path / "out"),
+            "overwrite_cache": True,
+            "report_to": "none",
+        }
     )
     tokenizer_module = load_tokenizer(model_args)
     tokenizer = tokenizer_module["tokenizer"]
     template = get_template_and_fix_tokenizer(tokenizer, data_args)
-    dataset = get_dataset(template, model_args, data_args, training_args, stage="sft", **tokenizer_module)["train_dataset"]
+    dataset = get_dataset(template, model_args, data_args, training_args, stage="sft", **tokenizer_module)[
+        "train_dataset"
+    ]
     assert len(dataset) == 8
     for i, example in enumerate(dataset):
         text = tokenizer.decode(example["input_ids"])

@@ -31,10 +31,9 @@ def test_atomic_write_json_list_is_one_row_per_line_and_valid_json(tmp_path):
 def test_atomic_open_keeps_old_file_on_error(tmp_path):
     target = tmp_path / "data.json"
     target.write_text("old")
-    with pytest.raises(RuntimeError):
-        with io.atomic_open(target) as f:
-            f.write("half a fi")
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), io.atomic_open(target) as f:
+        f.write("half a fi")
+        raise RuntimeError("boom")
     assert target.read_text() == "old"
     assert _listing(tmp_path) == ["data.json"]
     io.atomic_write_text(target, "new")
@@ -51,11 +50,10 @@ def test_atomic_write_new_file_gets_normal_permissions(tmp_path):
 
 def test_staged_writes_all_or_nothing(tmp_path):
     (tmp_path / "a.json").write_text("old a")
-    with pytest.raises(ValueError):
-        with io.StagedWrites() as staged:
-            staged.write_json(tmp_path / "a.json", [1])
-            staged.write_text(tmp_path / "b.txt", "b")
-            raise ValueError("fails before commit")
+    with pytest.raises(ValueError), io.StagedWrites() as staged:
+        staged.write_json(tmp_path / "a.json", [1])
+        staged.write_text(tmp_path / "b.txt", "b")
+        raise ValueError("fails before commit")
     assert _listing(tmp_path) == ["a.json"]
     assert (tmp_path / "a.json").read_text() == "old a"
     with io.StagedWrites() as staged:
@@ -146,12 +144,22 @@ def test_project_dataset_info_lists_the_mmkp_files():
 
     data_info = Path(__file__).resolve().parents[1] / "data_info"
     info = io.read_dataset_info(data_info)
-    for name in ("mmkp_train", "mmkp_valid", "mmkp_test", "mmkp_v2_train", "mmkp_v2_test",
-                 "mmkp_360k_train", "mmkp_360k_valid", "mmkp_360k_test", "mmkp_demo"):
+    for name in (
+        "mmkp_train",
+        "mmkp_valid",
+        "mmkp_test",
+        "mmkp_v2_train",
+        "mmkp_v2_test",
+        "mmkp_360k_train",
+        "mmkp_360k_valid",
+        "mmkp_360k_test",
+        "mmkp_demo",
+    ):
         assert info[name] == io.dataset_entry(f"{name}.json"), name
     from llamafactory.data.parser import get_dataset_list
 
     attrs = get_dataset_list(["mmkp_train", "mmkp_v2_test", "mmkp_360k_test"], str(data_info))
     assert [(a.load_from, a.dataset_name, a.formatting, a.messages, a.images) for a in attrs] == [
-        ("file", f"{n}.json", "sharegpt", "messages", "images") for n in ("mmkp_train", "mmkp_v2_test", "mmkp_360k_test")
+        ("file", f"{n}.json", "sharegpt", "messages", "images")
+        for n in ("mmkp_train", "mmkp_v2_test", "mmkp_360k_test")
     ]

@@ -79,12 +79,26 @@ def test_real_pool_cli_mmkp_v2_recipe(tmp_path, capsys):
     """valid+test pool, test size kept from the test= input, CMKP output with side files, checked by stats."""
     src = SHARED / "tw_mm_s1"
     out = tmp_path / "v2"
-    rc = data_main(["resplit", str(src / "valid_src.txt"), f"test={src / 'test_src.txt'}", "-o", str(out),
-                    "--target-overlap", "0.45", "--side-files", "--seed", "1"])
+    rc = data_main(
+        [
+            "resplit",
+            str(src / "valid_src.txt"),
+            f"test={src / 'test_src.txt'}",
+            "-o",
+            str(out),
+            "--target-overlap",
+            "0.45",
+            "--side-files",
+            "--seed",
+            "1",
+        ]
+    )
     assert rc == 0
     printed = capsys.readouterr().out
     assert "train: 5370 posts, test: 5372 posts" in printed
-    s = stats.compute_stats({"train": stats.load_posts(out / "train_src.txt"), "test": stats.load_posts(out / "test_src.txt")})
+    s = stats.compute_stats(
+        {"train": stats.load_posts(out / "train_src.txt"), "test": stats.load_posts(out / "test_src.txt")}
+    )
     assert s["splits"]["test"]["posts"] == 5372
     assert abs(s["overlap"]["train->test"]["overlap"] - 0.45) <= 0.01
     report = json.loads((out / "mmkp_v2_resplit.json").read_text())
@@ -144,8 +158,19 @@ def test_cli_json_pool_rebases_images_and_registers(tmp_path, capsys):
             (ds / "images" / p.image).write_bytes(b"")
     cmkp.convert({"train": pool / "train_src.txt", "test": pool / "test_src.txt"}, ds)
     out = tmp_path / "v2"
-    rc = data_main(["resplit", str(ds / "mmkp_train.json"), f"test={ds / 'mmkp_test.json'}", "-o", str(out),
-                    "--target-overlap", "0.2", "--seed", "0"])
+    rc = data_main(
+        [
+            "resplit",
+            str(ds / "mmkp_train.json"),
+            f"test={ds / 'mmkp_test.json'}",
+            "-o",
+            str(out),
+            "--target-overlap",
+            "0.2",
+            "--seed",
+            "0",
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     train, test = load_rows(out / "mmkp_v2_train.json"), load_rows(out / "mmkp_v2_test.json")
     assert (len(train), len(test)) == (120, 40)
@@ -161,7 +186,10 @@ def test_cli_json_pool_rebases_images_and_registers(tmp_path, capsys):
     test_kps = {k for r in test for k in r["keyphrases"]}
     assert abs(len(test_kps & train_kps) / len(test_kps) - 0.2) <= 0.01
     info = json.loads((out / "dataset_info.json").read_text())
-    assert info == {"mmkp_v2_train": dataset_entry("mmkp_v2_train.json"), "mmkp_v2_test": dataset_entry("mmkp_v2_test.json")}
+    assert info == {
+        "mmkp_v2_train": dataset_entry("mmkp_v2_train.json"),
+        "mmkp_v2_test": dataset_entry("mmkp_v2_test.json"),
+    }
     report = json.loads((out / "mmkp_v2_resplit.json").read_text())
     assert (report["pool"], report["test_posts"], report["seed"]) == (160, 40, 0)
     assert sorted(report["test_sources"]) == sorted(r["source_id"] for r in test)
@@ -172,12 +200,29 @@ def test_cli_cmkp_pool_side_files_fraction_size(tmp_path, capsys):
     (pool / "train_attribute_cleaned.txt").write_text("".join(f"attr {i}\n" for i in range(120)))
     (pool / "train_ocr_final.txt").write_text("\n" * 120)
     out = tmp_path / "out"
-    rc = data_main(["resplit", str(pool / "train_src.txt"), str(pool / "test_src.txt"), "-o", str(out),
-                    "--test-size", "0.25", "--target-overlap", "0.3", "--side-files"])
+    rc = data_main(
+        [
+            "resplit",
+            str(pool / "train_src.txt"),
+            str(pool / "test_src.txt"),
+            "-o",
+            str(out),
+            "--test-size",
+            "0.25",
+            "--target-overlap",
+            "0.3",
+            "--side-files",
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == [
-        "mmkp_v2_resplit.json", "test_attribute_cleaned.txt", "test_ocr_final.txt", "test_src.txt",
-        "train_attribute_cleaned.txt", "train_ocr_final.txt", "train_src.txt",
+        "mmkp_v2_resplit.json",
+        "test_attribute_cleaned.txt",
+        "test_ocr_final.txt",
+        "test_src.txt",
+        "train_attribute_cleaned.txt",
+        "train_ocr_final.txt",
+        "train_src.txt",
     ]
     train, test = read_cmkp_file(out / "train_src.txt"), read_cmkp_file(out / "test_src.txt")
     assert (len(train), len(test)) == (120, 40)
@@ -185,20 +230,27 @@ def test_cli_cmkp_pool_side_files_fraction_size(tmp_path, capsys):
         assert len((out / f"{split}_attribute_cleaned.txt").read_text().split("\n")) == len(ps) + 1
         assert len((out / f"{split}_ocr_final.txt").read_text().split("\n")) == len(ps) + 1
     # a post's attribute line travels with it
-    src_attr = {p.to_line(): (pool / "test_attribute_cleaned.txt").read_text().split("\n")[p.index]
-                for p in read_cmkp_file(pool / "test_src.txt")}
+    src_attr = {
+        p.to_line(): (pool / "test_attribute_cleaned.txt").read_text().split("\n")[p.index]
+        for p in read_cmkp_file(pool / "test_src.txt")
+    }
     src_attr |= {p.to_line(): f"attr {p.index}" for p in read_cmkp_file(pool / "train_src.txt")}
     for split, ps in (("train", train), ("test", test)):
         lines = (out / f"{split}_attribute_cleaned.txt").read_text().split("\n")
         assert all(src_attr[p.to_line()].strip() == lines[p.index] for p in ps)
-    s = stats.compute_stats({"train": stats.load_posts(out / "train_src.txt"), "test": stats.load_posts(out / "test_src.txt")})
+    s = stats.compute_stats(
+        {"train": stats.load_posts(out / "train_src.txt"), "test": stats.load_posts(out / "test_src.txt")}
+    )
     assert abs(s["overlap"]["train->test"]["overlap"] - 0.3) <= 0.01
 
 
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--target-overlap", "0.5"], "could not reach a train->test overlap of 0.5000 ± 0.0100 with 40 test posts out of 160"),
+        (
+            ["--target-overlap", "0.5"],
+            "could not reach a train->test overlap of 0.5000 ± 0.0100 with 40 test posts out of 160",
+        ),
         (["--target-overlap", "1.5"], "target overlap 1.5 is not between 0 and 1"),
         (["--test-size", "160"], "test size 160 must be between 1 and the pool size minus 1 (159)"),
         (["--test-size", "many"], "--test-size 'many': give a count"),
@@ -224,13 +276,25 @@ def test_cli_errors_write_nothing(tmp_path, capsys, extra, message):
 def test_cli_refuses_to_overwrite_its_input(tmp_path, capsys):
     pool = _bundled_pool_dir(tmp_path)
     before = (pool / "train_src.txt").read_text()
-    rc = data_main(["resplit", str(pool / "train_src.txt"), f"test={pool / 'test_src.txt'}", "-o", str(pool),
-                    "--target-overlap", "0.2"])
+    rc = data_main(
+        [
+            "resplit",
+            str(pool / "train_src.txt"),
+            f"test={pool / 'test_src.txt'}",
+            "-o",
+            str(pool),
+            "--target-overlap",
+            "0.2",
+        ]
+    )
     assert rc == 1
     assert "would overwrite the input file(s)" in capsys.readouterr().err
     assert (pool / "train_src.txt").read_text() == before
     assert sorted(p.name for p in pool.iterdir()) == [
-        "test_attribute_cleaned.txt", "test_ocr_final.txt", "test_src.txt", "train_src.txt"
+        "test_attribute_cleaned.txt",
+        "test_ocr_final.txt",
+        "test_src.txt",
+        "train_src.txt",
     ]
 
 

@@ -34,17 +34,33 @@ def test_bundled_counts():
     train, test = stats.load_posts(TRAIN), stats.load_posts(TEST)
     s = stats.compute_stats({"train": train, "test": test})
     assert s["splits"]["train"] == {
-        "posts": 120, "keyphrases": 160, "keyphrases_per_post": 160 / 120, "unique_keyphrases": 150,
-        "present": 50, "absent": 110, "present_share": 50 / 160, "absent_share": 110 / 160,
+        "posts": 120,
+        "keyphrases": 160,
+        "keyphrases_per_post": 160 / 120,
+        "unique_keyphrases": 150,
+        "present": 50,
+        "absent": 110,
+        "present_share": 50 / 160,
+        "absent_share": 110 / 160,
     }
     assert s["splits"]["test"] == {
-        "posts": 40, "keyphrases": 59, "keyphrases_per_post": 59 / 40, "unique_keyphrases": 58,
-        "present": 30, "absent": 29, "present_share": 30 / 59, "absent_share": 29 / 59,
+        "posts": 40,
+        "keyphrases": 59,
+        "keyphrases_per_post": 59 / 40,
+        "unique_keyphrases": 58,
+        "present": 30,
+        "absent": 29,
+        "present_share": 30 / 59,
+        "absent_share": 29 / 59,
     }
     # the 8 shared keyphrases: arrow, bbmas, cats of twitter, coys, mn twins, storm hour, tbt, throwback thursday
     assert s["overlap"] == {
-        "train->test": {"unique_target_keyphrases": 58, "seen_in_source": 8, "overlap": 8 / 58,
-                        "occurrence_overlap": 9 / 59}
+        "train->test": {
+            "unique_target_keyphrases": 58,
+            "seen_in_source": 8,
+            "overlap": 8 / 58,
+            "occurrence_overlap": 9 / 59,
+        }
     }
 
 
@@ -52,15 +68,19 @@ def test_overlap_is_exact_string_and_directional():
     a = [("t", ["new york", "nyc"])]
     b = [("t", ["New York", "nyc", "nyc", "boston"])]
     assert stats.keyphrase_overlap(a, b) == {
-        "unique_target_keyphrases": 3, "seen_in_source": 1, "overlap": 1 / 3, "occurrence_overlap": 2 / 4
+        "unique_target_keyphrases": 3,
+        "seen_in_source": 1,
+        "overlap": 1 / 3,
+        "occurrence_overlap": 2 / 4,
     }
     assert stats.keyphrase_overlap(b, a)["overlap"] == 1 / 2
 
 
 def test_json_and_cmkp_inputs_agree(tmp_path):
     cmkp.convert({"test": TEST, "train": TRAIN}, tmp_path, use_images=False)
-    from_json = stats.compute_stats({"train": stats.load_posts(tmp_path / "mmkp_train.json"),
-                                     "test": stats.load_posts(tmp_path / "mmkp_test.json")})
+    from_json = stats.compute_stats(
+        {"train": stats.load_posts(tmp_path / "mmkp_train.json"), "test": stats.load_posts(tmp_path / "mmkp_test.json")}
+    )
     from_src = stats.compute_stats({"train": stats.load_posts(TRAIN), "test": stats.load_posts(TEST)})
     assert from_json == from_src
 
@@ -116,10 +136,12 @@ def test_cli_bad_line_names_file_and_line(tmp_path, capsys):
 def test_full_cmkp_facts():
     """The facts the shared README states: 70.01% of the 2,534 unique test keyphrases occur in valid; 1.325
     keyphrases per test post."""
-    s = stats.compute_stats({
-        "valid": stats.load_posts(SHARED / "tw_mm_s1" / "valid_src.txt"),
-        "test": stats.load_posts(SHARED / "tw_mm_s1" / "test_src.txt"),
-    })
+    s = stats.compute_stats(
+        {
+            "valid": stats.load_posts(SHARED / "tw_mm_s1" / "valid_src.txt"),
+            "test": stats.load_posts(SHARED / "tw_mm_s1" / "test_src.txt"),
+        }
+    )
     test = s["splits"]["test"]
     assert (test["posts"], test["unique_keyphrases"]) == (5372, 2534)
     assert round(test["keyphrases_per_post"], 3) == 1.325

@@ -42,7 +42,7 @@ IMAGE_PLACEHOLDER = "<image>"
 """LLaMA-Factory's image token; removed from the prompt of text-only rows."""
 
 PROMPT_INSTRUCTION = (
-    "Generate hashtag-style keyphrases for this social-media post and its image. Separate keyphrases with \"{sep}\"."
+    'Generate hashtag-style keyphrases for this social-media post and its image. Separate keyphrases with "{sep}".'
 )
 DEFAULT_PROMPT_TEMPLATE = IMAGE_PLACEHOLDER + PROMPT_INSTRUCTION + "\nPost: {text}"
 """The default user prompt. Slots: ``{text}`` (post text), ``{sep}`` (the answer separator)."""
@@ -210,8 +210,7 @@ def read_lines(path: str | os.PathLike) -> list[str]:
     except UnicodeDecodeError as e:
         lineno = data.count(b"\n", 0, e.start) + 1
         raise DatasetError(f"{path}:{lineno}: not valid UTF-8 ({e.reason}).") from None
-    if text.startswith("\ufeff"):
-        text = text[1:]
+    text = text.removeprefix("\ufeff")
     lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()
@@ -435,22 +434,27 @@ def convert(
     return results
 
 
-
-
 # ---------------------------------------------------------------------------------------------------------- CLI
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.add_argument("inputs", nargs="+", metavar="SPLIT=SRC", help="CMKP source file(s), e.g. test=tw_mm_s1/test_src.txt")
+    parser.add_argument(
+        "inputs", nargs="+", metavar="SPLIT=SRC", help="CMKP source file(s), e.g. test=tw_mm_s1/test_src.txt"
+    )
     parser.add_argument("-o", "--output-dir", required=True, help="LLaMA-Factory dataset_dir to write into")
     parser.add_argument("--name", default="mmkp", help="dataset name: files <name>_<split>.json (default: mmkp)")
     parser.add_argument("--image-dir", help="folder holding the images (default: <output-dir>/images)")
     parser.add_argument("--no-images", action="store_true", help="text-only dataset: no images, no <image> token")
     parser.add_argument(
-        "--missing-images", choices=MISSING_IMAGE_POLICIES, default="error", help="what to do with posts whose image is missing"
+        "--missing-images",
+        choices=MISSING_IMAGE_POLICIES,
+        default="error",
+        help="what to do with posts whose image is missing",
     )
-    parser.add_argument("--missing-report", help="where to list missing images (default: <output-dir>/<name>_missing_images.txt)")
+    parser.add_argument(
+        "--missing-report", help="where to list missing images (default: <output-dir>/<name>_missing_images.txt)"
+    )
     parser.add_argument("--attributes", nargs="+", metavar="SPLIT=PATH", help="line-aligned image-attribute side files")
     parser.add_argument("--ocr", nargs="+", metavar="SPLIT=PATH", help="line-aligned OCR side files")
     parser.add_argument(
@@ -463,9 +467,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="user prompt, str.format syntax with {text} and optional {attributes} {ocr} {sep}; @FILE reads it from "
         "a file (default: see docs/data.md)",
     )
-    parser.add_argument("--kp-sep", default=DEFAULT_KP_SEP, help=f"keyphrase separator in the CMKP files (default: {DEFAULT_KP_SEP!r})")
     parser.add_argument(
-        "--answer-sep", default=DEFAULT_ANSWER_SEP, help=f"separator of the keyphrases in the answer (default: {DEFAULT_ANSWER_SEP!r})"
+        "--kp-sep", default=DEFAULT_KP_SEP, help=f"keyphrase separator in the CMKP files (default: {DEFAULT_KP_SEP!r})"
+    )
+    parser.add_argument(
+        "--answer-sep",
+        default=DEFAULT_ANSWER_SEP,
+        help=f"separator of the keyphrases in the answer (default: {DEFAULT_ANSWER_SEP!r})",
     )
     parser.add_argument("--no-dataset-info", action="store_true", help="do not write <output-dir>/dataset_info.json")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -473,7 +481,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _side_file(src: Path, suffix: str) -> Path:
     if not src.name.endswith("_src.txt"):
-        raise DatasetError(f"--side-files: {src} is not named X_src.txt, so its side files cannot be found; use --attributes/--ocr.")
+        raise DatasetError(
+            f"--side-files: {src} is not named X_src.txt, so its side files cannot be found; use --attributes/--ocr."
+        )
     return src.with_name(src.name[: -len("_src.txt")] + suffix)
 
 
@@ -490,7 +500,9 @@ def run(args: argparse.Namespace) -> int:
         ocr = _side_specs(args.ocr, splits, "ocr")
         if args.side_files:
             if attributes or ocr:
-                raise DatasetError("--side-files finds the side files itself; do not combine it with --attributes/--ocr.")
+                raise DatasetError(
+                    "--side-files finds the side files itself; do not combine it with --attributes/--ocr."
+                )
             attributes = {s: _side_file(p, ATTRIBUTE_SUFFIX) for s, p in sources.items()}
             ocr = {s: _side_file(p, OCR_SUFFIX) for s, p in sources.items()}
         template = args.prompt_template
@@ -527,7 +539,9 @@ def run(args: argparse.Namespace) -> int:
         note = f" ({', '.join(extra)})" if extra else ""
         print(f"{r.split}: {r.written} of {r.posts} posts -> {r.path}{note}")
     if not args.no_dataset_info:
-        print(f"dataset_info: {Path(args.output_dir) / 'dataset_info.json'} ({', '.join(f'{args.name}_{r.split}' for r in results)})")
+        print(
+            f"dataset_info: {Path(args.output_dir) / 'dataset_info.json'} ({', '.join(f'{args.name}_{r.split}' for r in results)})"
+        )
     return 0
 
 

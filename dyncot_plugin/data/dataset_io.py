@@ -113,7 +113,9 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None =
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, mode, encoding=None if mode == "wb" else encoding, newline=None if mode == "wb" else "\n") as f:
+        with os.fdopen(
+            fd, mode, encoding=None if mode == "wb" else encoding, newline=None if mode == "wb" else "\n"
+        ) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
@@ -206,7 +208,7 @@ class StagedWrites:
                 os.unlink(tmp)
         self._staged = []
 
-    def __enter__(self) -> StagedWrites:
+    def __enter__(self) -> StagedWrites:  # noqa: PYI034 (typing.Self needs Python 3.11)
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

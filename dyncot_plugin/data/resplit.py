@@ -268,7 +268,9 @@ def _load_pool(specs: list[str], kp_sep: str, side_files: bool) -> _Pool:
             sides: list[tuple[str, str] | None] = [None] * len(posts)
             if side_files:
                 if not path.name.endswith("_src.txt"):
-                    raise DatasetError(f"--side-files: {path} is not named X_src.txt, so its side files cannot be found.")
+                    raise DatasetError(
+                        f"--side-files: {path} is not named X_src.txt, so its side files cannot be found."
+                    )
                 stem = path.name[: -len("_src.txt")]
                 side_paths = [path.with_name(stem + ATTRIBUTE_SUFFIX), path.with_name(stem + OCR_SUFFIX)]
                 pool.files.extend(side_paths)
@@ -289,7 +291,9 @@ def _load_pool(specs: list[str], kp_sep: str, side_files: bool) -> _Pool:
             for i, row in enumerate(rows):
                 text, kps = row.get("text"), row.get("keyphrases")
                 if not isinstance(text, str) or not isinstance(kps, list) or not kps:
-                    raise DatasetError(f"{path}: row {i} ({row.get('id', 'no id')}) lacks 'text' or a non-empty 'keyphrases' list.")
+                    raise DatasetError(
+                        f"{path}: row {i} ({row.get('id', 'no id')}) lacks 'text' or a non-empty 'keyphrases' list."
+                    )
                 images = row.get("images") or []
                 pool.keyphrases.append(kps)
                 pool.group_keys.append(["t:" + text] + ["i:" + os.path.basename(str(im)) for im in images])
@@ -307,7 +311,9 @@ def _rebase_image(image: str, src_dir: Path, out_dir: Path) -> str:
     return Path(os.path.relpath((src_dir / image).resolve(), out_dir.resolve())).as_posix()
 
 
-def write_outputs(pool: _Pool, result: ResplitResult, out_dir: Path, name: str, kp_sep: str, report: dict[str, Any]) -> list[Path]:
+def write_outputs(
+    pool: _Pool, result: ResplitResult, out_dir: Path, name: str, kp_sep: str, report: dict[str, Any]
+) -> list[Path]:
     """Stage every output file, then rename them all (nothing is written when anything fails)."""
     from dyncot_plugin.data.cmkp import ATTRIBUTE_SUFFIX, OCR_SUFFIX
 
@@ -315,9 +321,13 @@ def write_outputs(pool: _Pool, result: ResplitResult, out_dir: Path, name: str, 
     with StagedWrites() as staged:
         for split, idx in (("train", result.train), ("test", result.test)):
             if pool.fmt == "cmkp":
-                staged.write_text(out_dir / f"{split}_src.txt", "".join(pool.items[i].to_line(kp_sep) + "\n" for i in idx))
+                staged.write_text(
+                    out_dir / f"{split}_src.txt", "".join(pool.items[i].to_line(kp_sep) + "\n" for i in idx)
+                )
                 if pool.sides[0] is not None:
-                    staged.write_text(out_dir / f"{split}{ATTRIBUTE_SUFFIX}", "".join(pool.sides[i][0] + "\n" for i in idx))
+                    staged.write_text(
+                        out_dir / f"{split}{ATTRIBUTE_SUFFIX}", "".join(pool.sides[i][0] + "\n" for i in idx)
+                    )
                     staged.write_text(out_dir / f"{split}{OCR_SUFFIX}", "".join(pool.sides[i][1] + "\n" for i in idx))
             else:
                 rows = []
@@ -339,22 +349,44 @@ def write_outputs(pool: _Pool, result: ResplitResult, out_dir: Path, name: str, 
         inputs = {p.resolve() for p in pool.files}
         clash = [str(p) for p in written if p.resolve() in inputs]
         if clash:
-            raise DatasetError(f"the output would overwrite the input file(s) {', '.join(clash)}; choose another --output-dir.")
+            raise DatasetError(
+                f"the output would overwrite the input file(s) {', '.join(clash)}; choose another --output-dir."
+            )
     for split, file, has_images in json_files:
         update_dataset_info(out_dir, f"{name}_{split}", file.name, has_images=has_images)
     return written
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("inputs", nargs="+", metavar="[SPLIT=]PATH", help="pool files: CMKP X_src.txt or converted .json")
+    parser.add_argument(
+        "inputs", nargs="+", metavar="[SPLIT=]PATH", help="pool files: CMKP X_src.txt or converted .json"
+    )
     parser.add_argument("-o", "--output-dir", required=True, help="folder for the new splits")
-    parser.add_argument("--target-overlap", type=float, default=DEFAULT_TARGET, help="train->test overlap to reach (default: 0.45, MMKP-V2)")
-    parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE, help="allowed distance to the target (default: 0.01 = 1 point)")
-    parser.add_argument("--test-size", help="test posts: a count, or a fraction of the pool (default: the size of the test= input)")
+    parser.add_argument(
+        "--target-overlap",
+        type=float,
+        default=DEFAULT_TARGET,
+        help="train->test overlap to reach (default: 0.45, MMKP-V2)",
+    )
+    parser.add_argument(
+        "--tolerance",
+        type=float,
+        default=DEFAULT_TOLERANCE,
+        help="allowed distance to the target (default: 0.01 = 1 point)",
+    )
+    parser.add_argument(
+        "--test-size", help="test posts: a count, or a fraction of the pool (default: the size of the test= input)"
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--name", default="mmkp_v2", help="dataset name of JSON outputs and of the report (default: mmkp_v2)")
-    parser.add_argument("--side-files", action="store_true", help="carry the CMKP side files (X_attribute_cleaned.txt, X_ocr_final.txt)")
-    parser.add_argument("--no-group-duplicates", action="store_true", help="do not keep posts with the same text or image together")
+    parser.add_argument(
+        "--name", default="mmkp_v2", help="dataset name of JSON outputs and of the report (default: mmkp_v2)"
+    )
+    parser.add_argument(
+        "--side-files", action="store_true", help="carry the CMKP side files (X_attribute_cleaned.txt, X_ocr_final.txt)"
+    )
+    parser.add_argument(
+        "--no-group-duplicates", action="store_true", help="do not keep posts with the same text or image together"
+    )
     parser.add_argument("--kp-sep", default=";", help="keyphrase separator of CMKP files (default: ';')")
 
 
@@ -362,7 +394,9 @@ def _test_size(value: str | None, pool: _Pool) -> int:
     n = len(pool.items)
     if value is None:
         if len(pool.test_sizes) != 1:
-            raise DatasetError("give --test-size, or exactly one input as test=PATH whose size the new test split keeps.")
+            raise DatasetError(
+                "give --test-size, or exactly one input as test=PATH whose size the new test split keeps."
+            )
         return pool.test_sizes[0]
     try:
         if "." in value:
@@ -372,7 +406,9 @@ def _test_size(value: str | None, pool: _Pool) -> int:
             return max(1, round(frac * n))
         return int(value)
     except ValueError:
-        raise DatasetError(f"--test-size {value!r}: give a count (e.g. 5372) or a fraction between 0 and 1 (e.g. 0.2).") from None
+        raise DatasetError(
+            f"--test-size {value!r}: give a count (e.g. 5372) or a fraction between 0 and 1 (e.g. 0.2)."
+        ) from None
 
 
 def run(args: argparse.Namespace) -> int:

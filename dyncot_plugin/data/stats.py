@@ -96,7 +96,9 @@ def keyphrase_overlap(source: Iterable[Post], target: Iterable[Post]) -> dict[st
     }
 
 
-def compute_stats(splits: dict[str, Sequence[Post]], *, files: dict[str, str] | None = None, progress: bool = False) -> dict[str, Any]:
+def compute_stats(
+    splits: dict[str, Sequence[Post]], *, files: dict[str, str] | None = None, progress: bool = False
+) -> dict[str, Any]:
     """Statistics of named splits (``{"train": posts, "test": posts}``) and the overlap of every ordered pair
     train->valid, train->test, valid->test that is present."""
     for split in splits:
@@ -135,8 +137,12 @@ def format_table(stats: dict[str, Any]) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("inputs", nargs="+", metavar="SPLIT=PATH", help="e.g. train=data/mmkp_train.json test=test_src.txt")
-    parser.add_argument("--json", metavar="PATH", help="also write the statistics as JSON to PATH ('-': print JSON only)")
+    parser.add_argument(
+        "inputs", nargs="+", metavar="SPLIT=PATH", help="e.g. train=data/mmkp_train.json test=test_src.txt"
+    )
+    parser.add_argument(
+        "--json", metavar="PATH", help="also write the statistics as JSON to PATH ('-': print JSON only)"
+    )
     parser.add_argument("--kp-sep", default=";", help="keyphrase separator of CMKP source files (default: ';')")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
