@@ -392,3 +392,46 @@ def test_usage_errors(tmp_path, key_env, capsys):
     assert data_main(["gen-cot", "--dataset-dir", str(data), "--dataset", "nope", "--base-url", "http://127.0.0.1:9/v1",
                       "--model", "m"]) == 2
     assert "no entry 'nope'" in capsys.readouterr().err
+
+
+def test_concurrency_is_bounded(tmp_path, stub_factory, key_env):
+    data = make_dataset(tmp_path / "d", n=6)
+    state = {"now": 0, "max": 0}
+    lock = threading.Lock()
+
+    def script(req, n):
+        with lock:
+            state["now"] += 1
+            state["max"] = max(state["max"], state["now"])
+        time.sleep(0.15)
+        with lock:
+            state["now"] -= 1
+        return good(req)
+
+    stub = stub_factory(script)
+    assert gen_cot(data, stub.url, "--concurrency", "2") == 0
+    assert state["max"] == 2 and len(stub.requests) == 6
+
+
+def test_output_dataset_writes_a_new_entry_and_leaves_the_source(tmp_path, stub_factory, key_env):
+    data = make_dataset(tmp_path / "d", n=2)
+    before = (data / "toy.json").read_text()
+    stub = stub_factory()
+    assert gen_cot(data, stub.url, "--output-dataset", "toy_cot") == 0
+    assert (data / "toy.json").read_text() == before
+    assert all(r["cot"] for r in rows(data, "toy_cot"))
+    info = json.loads((data / "dataset_info.json").read_text())
+    assert info["toy_cot"]["file_name"] == "toy_cot.json" and info["toy_cot"]["columns"]["cot"] == "cot"
+    assert "toy" in info
+
+
+def test_rows_that_already_have_a_cot_are_skipped_unless_overwrite(tmp_path, stub_factory, key_env):
+    data = make_dataset(tmp_path / "d", n=2)
+    got = rows(data)
+    got[0]["cot"] = "<think>old</think><answer>kp 0; topic</answer>"
+    atomic_write_json(data / "toy.json", got)
+    stub = stub_factory()
+    assert gen_cot(data, stub.url) == 0
+    assert stub.per_sample() == {1: 1} and rows(data)[0]["cot"].startswith("<think>old")
+    assert gen_cot(data, stub.url, "--overwrite") == 0
+    assert stub.per_sample() == {0: 1, 1: 1} and rows(data)[0]["cot"].startswith("<think>The post")

@@ -25,7 +25,7 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -59,36 +59,40 @@ class SampleState:
         return self.final["status"] if self.final else None
 
 
+def iter_records(path: str | Path, end: list[int] | None = None) -> Iterator[dict]:
+    """Stream the complete, valid records of a cache file. ``end``, if given, receives the byte length of the
+    valid prefix (everything up to the last newline) as ``end[0]`` once the stream is exhausted."""
+    path = Path(path)
+    good_end = 0
+    if path.exists():
+        with open(path, "rb") as f:
+            for lineno, raw in enumerate(f, 1):
+                if not raw.endswith(b"\n"):
+                    # Bytes after the final newline are a torn write.
+                    if raw.strip():
+                        logger.warning("cache %s: ignoring a torn last line (%d bytes) left by an interrupted run",
+                                       path, len(raw))
+                    break
+                good_end += len(raw)
+                if not raw.strip():
+                    continue
+                try:
+                    rec = json.loads(raw)
+                    if not isinstance(rec, dict) or "id" not in rec or rec.get("status") not in STATUSES:
+                        raise ValueError("not a cache record")
+                except ValueError:
+                    logger.warning("cache %s: skipping unreadable line %d", path, lineno)
+                    continue
+                yield rec
+    if end is not None:
+        end[:] = [good_end]
+
+
 def read_records(path: str | Path) -> tuple[list[dict], int]:
     """All complete, valid records of a cache file and the byte length of its valid prefix."""
-    path = Path(path)
-    if not path.exists():
-        return [], 0
-    data = path.read_bytes()
-    records: list[dict] = []
-    good_end = 0
-    pos = 0
-    lines = data.split(b"\n")
-    for i, raw in enumerate(lines):
-        is_last = i == len(lines) - 1
-        end = pos + len(raw) + (0 if is_last else 1)
-        if is_last:
-            # Bytes after the final newline are a torn write (or nothing).
-            if raw.strip():
-                logger.warning("cache %s: ignoring a torn last line (%d bytes) left by an interrupted run", path,
-                               len(raw))
-            break
-        if raw.strip():
-            try:
-                rec = json.loads(raw)
-                if not isinstance(rec, dict) or "id" not in rec or rec.get("status") not in STATUSES:
-                    raise ValueError("not a cache record")
-                records.append(rec)
-            except ValueError:
-                logger.warning("cache %s: skipping unreadable line %d", path, i + 1)
-        good_end = end
-        pos = end
-    return records, good_end
+    end = [0]
+    records = list(iter_records(path, end))
+    return records, end[0]
 
 
 def fold(records: Iterable[dict]) -> dict[str, SampleState]:
@@ -119,7 +123,7 @@ class JsonlCache:
         self._redact = redact or (lambda s: s)
         self._lock = threading.Lock()
         self._fh = None
-        self.records: list[dict] = []
+        self.tokens = {"prompt_tokens": 0, "completion_tokens": 0}  # over every record, all runs
         self.states: dict[str, SampleState] = {}
 
     def __enter__(self) -> JsonlCache:  # noqa: PYI034
@@ -138,14 +142,17 @@ class JsonlCache:
             except OSError:
                 fh.close()
                 raise CacheLockedError(f"another gen-cot run is using the cache {self.path}; wait for it to end")
-        self.records, good_end = read_records(self.path)
+        end = [0]
+        self.states = {}
+        for rec in iter_records(self.path, end):
+            self._fold(rec)
+        good_end = end[0]
         size = os.fstat(fh.fileno()).st_size
         if size != good_end:
             fh.truncate(good_end)  # drop a torn last line so the next record starts on its own line
             fh.flush()
             os.fsync(fh.fileno())
         self._fh = fh
-        self.states = fold(self.records)
 
     def close(self) -> None:
         if self._fh is not None:
@@ -163,6 +170,13 @@ class JsonlCache:
             self._fh.write(data)
             self._fh.flush()
             os.fsync(self._fh.fileno())
-            self.records.append(record)
-            fold_one(self.states, record)
+            self._fold(record)
+
+    def _fold(self, record: dict) -> None:
+        usage = record.get("usage") or {}
+        for k in self.tokens:
+            self.tokens[k] += int(usage.get(k) or 0)
+        if record["status"] == "done" and "reply" in record:
+            record = {k: v for k, v in record.items() if k != "reply"}  # the file keeps it; memory need not
+        fold_one(self.states, record)
 

@@ -531,7 +531,7 @@ def _run(args: argparse.Namespace, api_key: str | None, redact: Redactor) -> int
         update_dataset_info(dataset_dir, out_name, new_entry["file_name"], entry=new_entry)
 
         st.not_reached = len(pending) - (st.done_new + st.rejected_new + st.failed)
-        totals = _cache_totals(cache)
+        totals = dict(cache.tokens)
 
     summary = _summary(args, st, totals, written)
     report = {"dataset": args.dataset, "output_dataset": out_name, "output_file": str(out_path),
@@ -566,15 +566,6 @@ def _apply(rows: list[dict], samples: list[Sample], cache: JsonlCache, args: arg
         row["cot_source"] = f"teacher:{final.get('model', args.model)}"
         n += 1
     return n
-
-
-def _cache_totals(cache: JsonlCache) -> dict[str, int]:
-    p = c = 0
-    for rec in cache.records:
-        u = rec.get("usage") or {}
-        p += int(u.get("prompt_tokens") or 0)
-        c += int(u.get("completion_tokens") or 0)
-    return {"prompt_tokens": p, "completion_tokens": c}
 
 
 def _summary(args, st: Stats, totals: dict[str, int], written: int) -> dict[str, Any]:
