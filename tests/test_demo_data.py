@@ -62,20 +62,24 @@ def test_committed_demo_rows_follow_the_contract():
 def test_source_lines_are_credited():
     notice = (SOURCE_DIR / "NOTICE").read_text()
     assert "MIT License" in notice and "yuewang-cuhk/CMKP" in notice
-    lines = [len((SOURCE_DIR / f).read_text().split("\n")) for f in
-             ("demo_src.txt", "demo_attribute_cleaned.txt", "demo_ocr_final.txt")]
+    lines = [
+        len((SOURCE_DIR / f).read_text().split("\n"))
+        for f in ("demo_src.txt", "demo_attribute_cleaned.txt", "demo_ocr_final.txt")
+    ]
     assert len(set(lines)) == 1  # line-aligned side files
 
 
 def test_demo_rationale_wording():
-    cot = write_demo_rationale("so excited for the kids choice awards tonight", ["kids choice award", "slime"],
-                               "people stage crowd", "")
+    cot = write_demo_rationale(
+        "so excited for the kids choice awards tonight", ["kids choice award", "slime"], "people stage crowd", ""
+    )
     assert cot.startswith("<think>The image shows people, stage and crowd.")
     assert 'It names "kids choice award" directly.' in cot  # stemmed presence: award(s)
     assert '"slime" is not written in the post' in cot
     assert cot.endswith("<answer>kids choice award; slime</answer>")
     assert write_demo_rationale("a <b> c", ["slime"], None, "slime time") == write_demo_rationale(
-        "a <b> c", ["slime"], None, "slime time")
+        "a <b> c", ["slime"], None, "slime time"
+    )
     ocr = write_demo_rationale("a <b> c", ["slime"], None, "slime time")
     assert '"slime" is written in the image.' in ocr and "(b)" in ocr  # no stray tags in the rationale
     assert validate_reply(ocr, ["slime"]).ok

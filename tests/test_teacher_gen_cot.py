@@ -35,15 +35,19 @@ def make_dataset(root: Path, n: int = 4, name: str = "toy") -> Path:
     rows = []
     for i in range(n):
         Image.new("RGB", (8, 8), (i * 40 % 256, 80, 160)).save(root / f"img{i}.png")
-        rows.append({
-            "id": f"{name}_train_{i:06d}",
-            "messages": [{"role": "user", "content": f"<image>Keyphrases?\nPost: post number {i} about kp {i}"},
-                         {"role": "assistant", "content": f"kp {i}; topic"}],
-            "images": [f"img{i}.png"],
-            "text": f"post number {i} about kp {i}",
-            "keyphrases": [f"kp {i}", "topic"],
-            "cot": None,
-        })
+        rows.append(
+            {
+                "id": f"{name}_train_{i:06d}",
+                "messages": [
+                    {"role": "user", "content": f"<image>Keyphrases?\nPost: post number {i} about kp {i}"},
+                    {"role": "assistant", "content": f"kp {i}; topic"},
+                ],
+                "images": [f"img{i}.png"],
+                "text": f"post number {i} about kp {i}",
+                "keyphrases": [f"kp {i}", "topic"],
+                "cot": None,
+            }
+        )
     atomic_write_json(root / f"{name}.json", rows)
     update_dataset_info(root, name, f"{name}.json")
     return root
@@ -67,9 +71,14 @@ def good(request: dict, n: int = 0) -> str:
 
 
 def completion(text: str, finish: str = "stop") -> dict:
-    return {"id": "x", "object": "chat.completion", "created": 0, "model": "stub",
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}],
-            "usage": {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120}}
+    return {
+        "id": "x",
+        "object": "chat.completion",
+        "created": 0,
+        "model": "stub",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}],
+        "usage": {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120},
+    }
 
 
 class Stub:
@@ -152,8 +161,25 @@ def key_env(monkeypatch):
 
 
 def gen_cot(data: Path, url: str, *extra: str) -> int:
-    argv = ["gen-cot", "--dataset-dir", str(data), "--dataset", "toy", "--base-url", url, "--model", "stub-teacher",
-            "--api-key-env", KEY_ENV, "--no-progress", "--backoff", "0.01", "--backoff-max", "0.05", *extra]
+    argv = [
+        "gen-cot",
+        "--dataset-dir",
+        str(data),
+        "--dataset",
+        "toy",
+        "--base-url",
+        url,
+        "--model",
+        "stub-teacher",
+        "--api-key-env",
+        KEY_ENV,
+        "--no-progress",
+        "--backoff",
+        "0.01",
+        "--backoff-max",
+        "0.05",
+        *extra,
+    ]
     return data_main(argv)
 
 
@@ -182,8 +208,9 @@ def test_done_path_writes_cot_column_and_dataset_info_and_never_asks_twice(tmp_p
     assert rc == 0, out
     assert all(a == f"Bearer {KEY}" for a in stub.auth)  # the key is sent, from the environment
     got = rows(data)
-    assert [r["cot"] for r in got] == [f"<think>The post is about kp {i}; topic.</think><answer>kp {i}; topic</answer>"
-                                       for i in range(4)]
+    assert [r["cot"] for r in got] == [
+        f"<think>The post is about kp {i}; topic.</think><answer>kp {i}; topic</answer>" for i in range(4)
+    ]
     assert {r["cot_source"] for r in got} == {"teacher:stub-teacher"}
     info = json.loads((data / "dataset_info.json").read_text())
     assert info["toy"]["columns"]["cot"] == "cot" and info["toy"]["file_name"] == "toy.json"
@@ -229,8 +256,9 @@ def test_always_rejected_sample_is_recorded_with_reason_not_dropped(tmp_path, st
     assert stub.per_sample() == {0: 1, 1: 3}
     rep = report(data)
     assert rep["summary"]["rejected"] == 1 and rep["summary"]["retried"] == 2
-    assert rep["failures"] == [{"id": "toy_train_000001", "status": "rejected", "attempts": 3,
-                                "reason": "the reply has no <think> tag"}]
+    assert rep["failures"] == [
+        {"id": "toy_train_000001", "status": "rejected", "attempts": 3, "reason": "the reply has no <think> tag"}
+    ]
     assert rows(data)[1]["cot"] is None
     assert "rejected         1" in capsys.readouterr().out
     # A rerun does not pay again for the rejected sample ...
@@ -286,9 +314,20 @@ def test_resume_continues_a_half_finished_conversation(tmp_path, stub_factory, k
     data = make_dataset(tmp_path / "d", n=1)
     cache = data / "gen_cot" / "toy.cache.jsonl"
     cache.parent.mkdir()
-    cache.write_text(json.dumps({"id": "toy_train_000000", "status": "attempt", "attempt": 1, "reply": "nope",
-                                 "reason": "the reply has no <think> tag", "keyphrases": ["kp 0", "topic"],
-                                 "usage": {"prompt_tokens": 7, "completion_tokens": 3}}) + "\n")
+    cache.write_text(
+        json.dumps(
+            {
+                "id": "toy_train_000000",
+                "status": "attempt",
+                "attempt": 1,
+                "reply": "nope",
+                "reason": "the reply has no <think> tag",
+                "keyphrases": ["kp 0", "topic"],
+                "usage": {"prompt_tokens": 7, "completion_tokens": 3},
+            }
+        )
+        + "\n"
+    )
     stub = stub_factory()
     assert gen_cot(data, stub.url) == 0
     assert len(stub.requests) == 1
@@ -389,8 +428,22 @@ def test_dry_run_sends_nothing(tmp_path, stub_factory, key_env, capsys):
 
 def test_usage_errors(tmp_path, key_env, capsys):
     data = make_dataset(tmp_path / "d", n=1)
-    assert data_main(["gen-cot", "--dataset-dir", str(data), "--dataset", "nope", "--base-url", "http://127.0.0.1:9/v1",
-                      "--model", "m"]) == 2
+    assert (
+        data_main(
+            [
+                "gen-cot",
+                "--dataset-dir",
+                str(data),
+                "--dataset",
+                "nope",
+                "--base-url",
+                "http://127.0.0.1:9/v1",
+                "--model",
+                "m",
+            ]
+        )
+        == 2
+    )
     assert "no entry 'nope'" in capsys.readouterr().err
 
 

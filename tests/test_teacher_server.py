@@ -65,8 +65,14 @@ def api_server(tiny_model_dir, tmp_path_factory):
     log = work / "server.log"
     env = offline_env({"API_HOST": "127.0.0.1", "API_PORT": str(port), "API_KEY": KEY, "API_VERBOSE": "1"})
     with open(log, "wb") as fh:
-        proc = subprocess.Popen([llamafactory_cli(), "api", str(cfg)], cwd=work, env=env, stdout=fh,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [llamafactory_cli(), "api", str(cfg)],
+            cwd=work,
+            env=env,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     url = f"http://127.0.0.1:{port}/v1"
     try:
         deadline = time.monotonic() + START_TIMEOUT
@@ -100,15 +106,19 @@ def make_dataset(root: Path, n: int, name: str = "toy") -> Path:
     rows = []
     for i in range(n):
         make_image(root / f"img{i}.png", seed=i, size=(32, 32))
-        rows.append({
-            "id": f"{name}_train_{i:06d}",
-            "messages": [{"role": "user", "content": f"<image>Keyphrases?\nPost: post number {i} about cats"},
-                         {"role": "assistant", "content": "cats; pets"}],
-            "images": [f"img{i}.png"],
-            "text": f"post number {i} about cats",
-            "keyphrases": ["cats", "pets"],
-            "cot": None,
-        })
+        rows.append(
+            {
+                "id": f"{name}_train_{i:06d}",
+                "messages": [
+                    {"role": "user", "content": f"<image>Keyphrases?\nPost: post number {i} about cats"},
+                    {"role": "assistant", "content": "cats; pets"},
+                ],
+                "images": [f"img{i}.png"],
+                "text": f"post number {i} about cats",
+                "keyphrases": ["cats", "pets"],
+                "cot": None,
+            }
+        )
     atomic_write_json(root / f"{name}.json", rows)
     update_dataset_info(root, name, f"{name}.json")
     return root
@@ -123,17 +133,37 @@ def attempt_of(request: dict) -> int:
 
 
 def cli_args(data: Path, url: str, *extra: str) -> list[str]:
-    return ["gen-cot", "--dataset-dir", str(data), "--dataset", "toy", "--base-url", url, "--model", "tiny",
-            "--api-key-env", KEY_ENV, "--max-tokens", "16", "--retries", "1", "--timeout", "60", "--backoff", "0.1",
-            *extra]
+    return [
+        "gen-cot",
+        "--dataset-dir",
+        str(data),
+        "--dataset",
+        "toy",
+        "--base-url",
+        url,
+        "--model",
+        "tiny",
+        "--api-key-env",
+        KEY_ENV,
+        "--max-tokens",
+        "16",
+        "--retries",
+        "1",
+        "--timeout",
+        "60",
+        "--backoff",
+        "0.1",
+        *extra,
+    ]
 
 
 def test_real_server_rejection_retry_and_record_path(api_server, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv(KEY_ENV, KEY)
     data = make_dataset(tmp_path / "d", 3)
     offset = len(api_server.log_text())
-    rc = data_main(cli_args(data, api_server.url, "--concurrency", "2", "--price-prompt", "1",
-                            "--price-completion", "2"))
+    rc = data_main(
+        cli_args(data, api_server.url, "--concurrency", "2", "--price-prompt", "1", "--price-completion", "2")
+    )
     cap = capsys.readouterr()
     assert rc == 0, cap.out + cap.err  # every sample reached a final state (rejected)
 
@@ -149,14 +179,14 @@ def test_real_server_rejection_retry_and_record_path(api_server, tmp_path, monke
     assert [r["cot"] for r in rows] == [None, None, None]  # recorded in the report, never a fake CoT
     records = [json.loads(x) for x in (data / "gen_cot" / "toy.cache.jsonl").read_text().splitlines()]
     assert sorted((r["id"][-1], r["status"], r["attempt"]) for r in records) == [
-        (str(i), st, a) for i in range(3) for st, a in (("attempt", 1), ("rejected", 2))]
+        (str(i), st, a) for i in range(3) for st, a in (("attempt", 1), ("rejected", 2))
+    ]
 
     # What the server saw: the image as a data URL, and on the re-ask the rejected reply plus the feedback.
     reqs = api_server.requests(offset)
     assert len(reqs) == 6
     first = [r for r in reqs if attempt_of(r) == 1]
-    assert all(r["messages"][1]["content"][0]["image_url"]["url"].startswith("data:image/png;base64,")
-               for r in first)
+    assert all(r["messages"][1]["content"][0]["image_url"]["url"].startswith("data:image/png;base64,") for r in first)
     retry = next(r for r in reqs if attempt_of(r) == 2)["messages"]
     assert [m["role"] for m in retry] == ["system", "user", "assistant", "user"]
     assert "Your reply was rejected:" in retry[3]["content"]
@@ -194,8 +224,7 @@ def test_kill_9_then_resume_loses_nothing_and_asks_nothing_twice(api_server, tmp
                 out.append(rec)
         return out
 
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + 90
         while len(finals()) < 3:
@@ -222,12 +251,12 @@ def test_kill_9_then_resume_loses_nothing_and_asks_nothing_twice(api_server, tmp
     assert 3 <= len(finished_at_kill) < n
     assert not (data / "toy.json").read_text().count('"cot": "')  # nothing written yet: killed before the end
 
-    rerun = subprocess.run(argv + ["--no-progress"], env=env, capture_output=True, text=True, timeout=180,
-                           check=False)
+    rerun = subprocess.run(argv + ["--no-progress"], env=env, capture_output=True, text=True, timeout=180, check=False)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     # Every sample has a final state; the rerun finished exactly the ones the kill interrupted.
     assert f"rejected         {n}  (failed validation on every attempt; {n - len(finished_at_kill)} this run" in (
-        rerun.stdout)
+        rerun.stdout
+    )
 
     run1 = api_server.requests(log0, log1)
     run2 = api_server.requests(log1)

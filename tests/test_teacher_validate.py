@@ -14,12 +14,14 @@ GOLD = ["save hakeem", "football"]
 
 
 def test_good_reply_is_accepted_and_cot_uses_gold_answer():
-    reply = ("<think>The image shows a player; the post asks to save Hakeem.</think>"
-             "<answer>save hakeem; football</answer>")
+    reply = (
+        "<think>The image shows a player; the post asks to save Hakeem.</think><answer>save hakeem; football</answer>"
+    )
     v = validate_reply(reply, GOLD)
     assert v.ok, v.reason
-    assert v.cot == ("<think>The image shows a player; the post asks to save Hakeem.</think>"
-                     "<answer>save hakeem; football</answer>")
+    assert v.cot == (
+        "<think>The image shows a player; the post asks to save Hakeem.</think><answer>save hakeem; football</answer>"
+    )
 
 
 def test_good_reply_tolerates_white_space_order_case_and_stemming():

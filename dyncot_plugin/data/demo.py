@@ -35,8 +35,20 @@ NUM_EVAL = 8  # the last 8 of the 48 posts are held out
 IMAGE_SIZE = (80, 80)
 
 # A small fixed palette keeps the PNGs tiny (flat colours compress well).
-_PALETTE = [(230, 57, 70), (241, 250, 238), (168, 218, 220), (69, 123, 157), (29, 53, 87), (244, 162, 97),
-            (42, 157, 143), (233, 196, 106), (38, 70, 83), (255, 183, 3), (131, 56, 236), (58, 134, 255)]
+_PALETTE = [
+    (230, 57, 70),
+    (241, 250, 238),
+    (168, 218, 220),
+    (69, 123, 157),
+    (29, 53, 87),
+    (244, 162, 97),
+    (42, 157, 143),
+    (233, 196, 106),
+    (38, 70, 83),
+    (255, 183, 3),
+    (131, 56, 236),
+    (58, 134, 255),
+]
 
 
 def draw_demo_image(path: Path, key: str, size: tuple[int, int] = IMAGE_SIZE) -> None:
@@ -77,12 +89,18 @@ def build_rows(image_dir_name: str = IMAGE_DIR) -> tuple[list[dict], list[dict],
         split, k = ("eval", post.index - n_train) if is_eval else ("train", post.index)
         image_name = Path(post.image).stem + ".png"
         images[image_name] = post.image
-        prompt = template.render(post.text, attributes=attrs[post.index], ocr=ocrs[post.index],
-                                 sep=DEFAULT_ANSWER_SEP)
-        row = make_row(f"mmkp_demo_{split}_{k:06d}", post.text, post.keyphrases, prompt,
-                       [f"{image_dir_name}/{image_name}"], DEFAULT_ANSWER_SEP)
-        row["cot"] = write_demo_rationale(post.text, post.keyphrases, attrs[post.index], ocrs[post.index],
-                                          DEFAULT_ANSWER_SEP)
+        prompt = template.render(post.text, attributes=attrs[post.index], ocr=ocrs[post.index], sep=DEFAULT_ANSWER_SEP)
+        row = make_row(
+            f"mmkp_demo_{split}_{k:06d}",
+            post.text,
+            post.keyphrases,
+            prompt,
+            [f"{image_dir_name}/{image_name}"],
+            DEFAULT_ANSWER_SEP,
+        )
+        row["cot"] = write_demo_rationale(
+            post.text, post.keyphrases, attrs[post.index], ocrs[post.index], DEFAULT_ANSWER_SEP
+        )
         row["cot_source"] = DEMO_COT_SOURCE
         row["source"] = f"CMKP tw_mm_s1/valid_src.txt:{post.lineno}"
         (held_out if is_eval else train).append(row)
@@ -102,14 +120,14 @@ def build_demo(output_dir: str | Path, register: bool = True) -> dict[str, Path]
         staged.write_json(paths[EVAL_NAME], held_out)
     if register:
         for name, path in paths.items():
-            update_dataset_info(output_dir, name, path.name,
-                                entry=dataset_entry(path.name, has_images=True, cot_column="cot"))
+            update_dataset_info(
+                output_dir, name, path.name, entry=dataset_entry(path.name, has_images=True, cot_column="cot")
+            )
     return paths
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--output-dir", default="data_info",
-                        help="dataset_dir to write into (default: %(default)s)")
+    parser.add_argument("--output-dir", default="data_info", help="dataset_dir to write into (default: %(default)s)")
     parser.add_argument("--no-register", action="store_true", help="do not touch dataset_info.json")
 
 
@@ -121,8 +139,10 @@ def run(args: argparse.Namespace) -> int:
         return 2
     for name, path in paths.items():
         print(f"{name}: {path}")
-    print("DEMO data: real CMKP posts, synthetic images, offline template CoT (cot_source 'demo-offline'); "
-          "not teacher output.")
+    print(
+        "DEMO data: real CMKP posts, synthetic images, offline template CoT (cot_source 'demo-offline'); "
+        "not teacher output."
+    )
     return 0
 
 

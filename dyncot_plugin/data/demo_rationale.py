@@ -58,8 +58,11 @@ def write_demo_rationale(
     ocr_stem = stem_phrase(ocr_text)
     quoted = [f'"{kp}"' for kp in keyphrases]
     in_text = [q for kp, q in zip(keyphrases, quoted) if is_present(stem_phrase(kp), src)]
-    in_ocr = [q for kp, q in zip(keyphrases, quoted)
-              if q not in in_text and ocr_text and is_present(stem_phrase(kp), ocr_stem)]
+    in_ocr = [
+        q
+        for kp, q in zip(keyphrases, quoted)
+        if q not in in_text and ocr_text and is_present(stem_phrase(kp), ocr_stem)
+    ]
     absent = [q for q in quoted if q not in in_text and q not in in_ocr]
 
     parts = []
@@ -76,8 +79,10 @@ def write_demo_rationale(
         parts.append(f"{_join(in_ocr)} {'is' if len(in_ocr) == 1 else 'are'} written in the image.")
     if absent:
         verb = "is" if len(absent) == 1 else "are"
-        parts.append(f"{_join(absent)} {verb} not written in the post, but {verb} the topic that the post and the "
-                     "image point to.")
+        parts.append(
+            f"{_join(absent)} {verb} not written in the post, but {verb} the topic that the post and the "
+            "image point to."
+        )
     parts.append(f"So the keyphrases are {_join(quoted)}.")
     think = _clean(" ".join(parts))
     return f"<think>{think}</think><answer>{sep.join(keyphrases)}</answer>"

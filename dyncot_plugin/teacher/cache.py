@@ -70,8 +70,9 @@ def iter_records(path: str | Path, end: list[int] | None = None) -> Iterator[dic
                 if not raw.endswith(b"\n"):
                     # Bytes after the final newline are a torn write.
                     if raw.strip():
-                        logger.warning("cache %s: ignoring a torn last line (%d bytes) left by an interrupted run",
-                                       path, len(raw))
+                        logger.warning(
+                            "cache %s: ignoring a torn last line (%d bytes) left by an interrupted run", path, len(raw)
+                        )
                     break
                 good_end += len(raw)
                 if not raw.strip():
@@ -179,4 +180,3 @@ class JsonlCache:
         if record["status"] == "done" and "reply" in record:
             record = {k: v for k, v in record.items() if k != "reply"}  # the file keeps it; memory need not
         fold_one(self.states, record)
-

@@ -29,8 +29,11 @@ import openai
 logger = logging.getLogger(__name__)
 
 RETRYABLE_STATUS = {408, 409, 429}
-FATAL_STATUS = {401: "the API key was refused (HTTP 401)", 403: "access denied (HTTP 403)",
-                404: "not found (HTTP 404): check --base-url (it usually ends in /v1) and --model"}
+FATAL_STATUS = {
+    401: "the API key was refused (HTTP 401)",
+    403: "access denied (HTTP 403)",
+    404: "not found (HTTP 404): check --base-url (it usually ends in /v1) and --model",
+}
 
 
 class Redactor:
@@ -163,7 +166,8 @@ class TeacherClient:
             await self._client.models.list()
         except openai.APITimeoutError:
             raise EndpointError(
-                f"the teacher endpoint {self.base_url} did not answer within {self.timeout:g}s") from None
+                f"the teacher endpoint {self.base_url} did not answer within {self.timeout:g}s"
+            ) from None
         except openai.APIConnectionError as err:
             cause = err.__cause__ or err
             raise EndpointError(
@@ -214,9 +218,9 @@ class TeacherClient:
                 if isinstance(last, openai.APIStatusError):
                     raise SampleRequestError(f"{what}, after {retries + 1} tries") from None
                 raise EndpointError(
-                    f"the teacher endpoint {self.base_url} failed {retries + 1} tries in a row: {what}") from None
+                    f"the teacher endpoint {self.base_url} failed {retries + 1} tries in a row: {what}"
+                ) from None
             delay = self._delay(retries, last)
-            logger.info("teacher request failed (%s); retry %d/%d in %.1fs", what, retries + 1, self.max_retries,
-                        delay)
+            logger.info("teacher request failed (%s); retry %d/%d in %.1fs", what, retries + 1, self.max_retries, delay)
             retries += 1
             await asyncio.sleep(delay)

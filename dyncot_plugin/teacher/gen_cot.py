@@ -18,6 +18,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,8 +73,11 @@ class Sample:
 
 
 def _fallback_id(row: dict) -> str:
-    blob = json.dumps([row.get("text"), row.get("images"), row.get("keyphrases"), row.get("messages")],
-                      ensure_ascii=False, sort_keys=True)
+    blob = json.dumps(
+        [row.get("text"), row.get("images"), row.get("keyphrases"), row.get("messages")],
+        ensure_ascii=False,
+        sort_keys=True,
+    )
     return "row-" + hashlib.sha1(blob.encode("utf-8")).hexdigest()[:16]
 
 
@@ -104,8 +108,9 @@ def build_samples(rows: list[dict], media_dir: Path) -> tuple[list[Sample], list
     for i, row in enumerate(rows):
         sid = str(row["id"]) if row.get("id") not in (None, "") else _fallback_id(row)
         if sid in seen:
-            raise DatasetError(f"rows {seen[sid]} and {i} share the id {sid!r}; ids must be unique (the cache is "
-                               "keyed by id)")
+            raise DatasetError(
+                f"rows {seen[sid]} and {i} share the id {sid!r}; ids must be unique (the cache is keyed by id)"
+            )
         seen[sid] = i
         text = _row_text(row)
         kps = _row_keyphrases(row)
@@ -166,8 +171,9 @@ class GenCot:
         self.redact = redact
         self.api_key = api_key
         self.stats = Stats()
-        self.prompts = PromptSet.from_files(args.system_prompt_file, args.user_prompt_file, args.retry_prompt_file,
-                                            args.image_detail)
+        self.prompts = PromptSet.from_files(
+            args.system_prompt_file, args.user_prompt_file, args.retry_prompt_file, args.image_detail
+        )
         self.cache: JsonlCache | None = None
         self.client: TeacherClient | None = None
         self._consecutive_errors = 0
@@ -196,8 +202,13 @@ class GenCot:
         return messages
 
     def _record(self, s: Sample, status: str, **fields: Any) -> dict:
-        rec = {"id": s.id, "status": status, "model": self.args.model, "keyphrases": s.keyphrases,
-               "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        rec = {
+            "id": s.id,
+            "status": status,
+            "model": self.args.model,
+            "keyphrases": s.keyphrases,
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
         rec.update(fields)
         return rec
 
@@ -209,14 +220,22 @@ class GenCot:
         history = list(state.attempts) if state is not None else []
         if history and len(history) >= max_attempts:
             last = history[-1]
-            self.cache.append(self._record(s, "rejected", attempt=len(history), reason=last.get("reason", ""),
-                                           reply=last.get("reply"), usage={"prompt_tokens": 0,
-                                                                           "completion_tokens": 0}))
+            self.cache.append(
+                self._record(
+                    s,
+                    "rejected",
+                    attempt=len(history),
+                    reason=last.get("reason", ""),
+                    reply=last.get("reply"),
+                    usage={"prompt_tokens": 0, "completion_tokens": 0},
+                )
+            )
             return "rejected"
         messages = self.first_messages(s)
         for rec in history:  # resume the conversation where the last run stopped
-            messages += self.prompts.retry_messages(s.id, s.text, s.keyphrases, rec.get("reply") or "",
-                                                    rec.get("reason", ""), rec["attempt"] + 1)
+            messages += self.prompts.retry_messages(
+                s.id, s.text, s.keyphrases, rec.get("reply") or "", rec.get("reason", ""), rec["attempt"] + 1
+            )
         attempt = len(history) + 1
         while True:
             try:
@@ -237,21 +256,30 @@ class GenCot:
                 self.stats.retried += 1
             usage = {"prompt_tokens": comp.prompt_tokens, "completion_tokens": comp.completion_tokens}
             verdict = validate_reply(comp.text, s.keyphrases, match=a.match, finish_reason=comp.finish_reason)
-            common = {"attempt": attempt, "reply": comp.text, "finish_reason": comp.finish_reason, "usage": usage,
-                      "match": a.match}
+            common = {
+                "attempt": attempt,
+                "reply": comp.text,
+                "finish_reason": comp.finish_reason,
+                "usage": usage,
+                "match": a.match,
+            }
             if verdict.ok:
-                self.cache.append(self._record(s, "done", cot=verdict.cot, extra_keyphrases=verdict.extra,
-                                               **common))
+                self.cache.append(self._record(s, "done", cot=verdict.cot, extra_keyphrases=verdict.extra, **common))
                 return "done"
             if attempt >= max_attempts:
                 self.cache.append(self._record(s, "rejected", reason=verdict.reason, **common))
-                self.stats.failures[s.id] = {"id": s.id, "status": "rejected", "attempts": attempt,
-                                             "reason": verdict.reason}
+                self.stats.failures[s.id] = {
+                    "id": s.id,
+                    "status": "rejected",
+                    "attempts": attempt,
+                    "reason": verdict.reason,
+                }
                 return "rejected"
             self.cache.append(self._record(s, "attempt", reason=verdict.reason, **common))
             attempt += 1
-            messages = messages + self.prompts.retry_messages(s.id, s.text, s.keyphrases, comp.text or "",
-                                                              verdict.reason, attempt)
+            messages = messages + self.prompts.retry_messages(
+                s.id, s.text, s.keyphrases, comp.text or "", verdict.reason, attempt
+            )
 
     async def _one(self, s: Sample, state: SampleState | None) -> None:
         outcome = await self.ask(s, state)
@@ -267,18 +295,32 @@ class GenCot:
             self._consecutive_errors += 1
             limit = self.args.max_consecutive_errors
             if limit and self._consecutive_errors >= limit:
-                raise TeacherError(f"{self._consecutive_errors} samples in a row failed with request errors "
-                                   f"(last: {st.failures[s.id]['reason']}); stopping")
+                raise TeacherError(
+                    f"{self._consecutive_errors} samples in a row failed with request errors "
+                    f"(last: {st.failures[s.id]['reason']}); stopping"
+                )
         if self._bar is not None:
             self._bar.update(1)
-            self._bar.set_postfix(done=st.done_new, rejected=st.rejected_new, failed=st.failed,
-                                  tokens=st.prompt_tokens + st.completion_tokens, refresh=False)
+            self._bar.set_postfix(
+                done=st.done_new,
+                rejected=st.rejected_new,
+                failed=st.failed,
+                tokens=st.prompt_tokens + st.completion_tokens,
+                refresh=False,
+            )
 
     async def ask_all(self, pending: list[Sample]) -> None:
         a = self.args
         self.client = TeacherClient(
-            a.base_url, self.api_key, a.model, timeout=a.timeout, max_retries=a.max_retries, backoff=a.backoff,
-            backoff_max=a.backoff_max, request_params=self.request_params(), redact=self.redact,
+            a.base_url,
+            self.api_key,
+            a.model,
+            timeout=a.timeout,
+            max_retries=a.max_retries,
+            backoff=a.backoff,
+            backoff_max=a.backoff_max,
+            request_params=self.request_params(),
+            redact=self.redact,
             key_hint=f"${a.api_key_env}",
         )
         try:
@@ -318,63 +360,113 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("data")
     g.add_argument("--dataset-dir", required=True, help="LLaMA-Factory dataset_dir holding dataset_info.json")
     g.add_argument("--dataset", required=True, help="name of the dataset_info.json entry to add the CoT column to")
-    g.add_argument("--output-dataset", default=None,
-                   help="write to a new entry (file <name>.json in --dataset-dir) instead of in place")
+    g.add_argument(
+        "--output-dataset",
+        default=None,
+        help="write to a new entry (file <name>.json in --dataset-dir) instead of in place",
+    )
     g.add_argument("--media-dir", default=None, help="folder relative image paths start from (default: dataset-dir)")
     g.add_argument("--overwrite", action="store_true", help="also ask about rows that already have a CoT")
     g.add_argument("--limit", type=int, default=None, help="ask about at most N not-yet-finished samples")
 
     g = parser.add_argument_group("teacher endpoint")
-    g.add_argument("--base-url", default=os.environ.get("OPENAI_BASE_URL"),
-                   help="OpenAI-compatible base URL, e.g. https://api.openai.com/v1 or http://127.0.0.1:8000/v1 "
-                        "(default: $OPENAI_BASE_URL)")
+    g.add_argument(
+        "--base-url",
+        default=os.environ.get("OPENAI_BASE_URL"),
+        help="OpenAI-compatible base URL, e.g. https://api.openai.com/v1 or http://127.0.0.1:8000/v1 "
+        "(default: $OPENAI_BASE_URL)",
+    )
     g.add_argument("--model", required=True, help="teacher model name sent in each request, e.g. gpt-4o")
-    g.add_argument("--api-key-env", default="OPENAI_API_KEY",
-                   help="name of the environment variable holding the API key (default: %(default)s); the key "
-                        "itself is never accepted on the command line")
-    g.add_argument("--concurrency", type=int, default=d["concurrency"],
-                   help="samples in flight at once (default: %(default)s)")
-    g.add_argument("--timeout", type=float, default=d["timeout"],
-                   help="seconds to wait for one reply (default: %(default)s)")
-    g.add_argument("--max-retries", type=int, default=d["max_retries"],
-                   help="transport retries per request on HTTP 429/5xx, time-outs and connection errors, with "
-                        "exponential back-off (default: %(default)s)")
-    g.add_argument("--backoff", type=float, default=d["backoff"],
-                   help="first back-off delay in seconds, doubled each retry (default: %(default)s)")
-    g.add_argument("--backoff-max", type=float, default=d["backoff_max"],
-                   help="longest back-off delay in seconds (default: %(default)s)")
-    g.add_argument("--max-consecutive-errors", type=int, default=d["max_consecutive_errors"],
-                   help="stop after this many samples in a row end in a request error; 0: never "
-                        "(default: %(default)s)")
+    g.add_argument(
+        "--api-key-env",
+        default="OPENAI_API_KEY",
+        help="name of the environment variable holding the API key (default: %(default)s); the key "
+        "itself is never accepted on the command line",
+    )
+    g.add_argument(
+        "--concurrency", type=int, default=d["concurrency"], help="samples in flight at once (default: %(default)s)"
+    )
+    g.add_argument(
+        "--timeout", type=float, default=d["timeout"], help="seconds to wait for one reply (default: %(default)s)"
+    )
+    g.add_argument(
+        "--max-retries",
+        type=int,
+        default=d["max_retries"],
+        help="transport retries per request on HTTP 429/5xx, time-outs and connection errors, with "
+        "exponential back-off (default: %(default)s)",
+    )
+    g.add_argument(
+        "--backoff",
+        type=float,
+        default=d["backoff"],
+        help="first back-off delay in seconds, doubled each retry (default: %(default)s)",
+    )
+    g.add_argument(
+        "--backoff-max",
+        type=float,
+        default=d["backoff_max"],
+        help="longest back-off delay in seconds (default: %(default)s)",
+    )
+    g.add_argument(
+        "--max-consecutive-errors",
+        type=int,
+        default=d["max_consecutive_errors"],
+        help="stop after this many samples in a row end in a request error; 0: never (default: %(default)s)",
+    )
 
     g = parser.add_argument_group("request and validation")
-    g.add_argument("--match", choices=MATCH_RULES, default=d["match"],
-                   help="exact: the answer's keyphrases equal the gold ones (after stemming); superset: they "
-                        "include them (default: %(default)s)")
-    g.add_argument("--retries", type=int, default=d["retries"],
-                   help="re-asks after a rejected reply, each telling the teacher what was wrong "
-                        "(default: %(default)s)")
-    g.add_argument("--retry-rejected", action="store_true",
-                   help="ask again about samples an earlier run recorded as rejected (costs tokens again)")
-    g.add_argument("--max-tokens", type=int, default=d["max_tokens"],
-                   help="completion token cap per reply (default: %(default)s)")
+    g.add_argument(
+        "--match",
+        choices=MATCH_RULES,
+        default=d["match"],
+        help="exact: the answer's keyphrases equal the gold ones (after stemming); superset: they "
+        "include them (default: %(default)s)",
+    )
+    g.add_argument(
+        "--retries",
+        type=int,
+        default=d["retries"],
+        help="re-asks after a rejected reply, each telling the teacher what was wrong (default: %(default)s)",
+    )
+    g.add_argument(
+        "--retry-rejected",
+        action="store_true",
+        help="ask again about samples an earlier run recorded as rejected (costs tokens again)",
+    )
+    g.add_argument(
+        "--max-tokens", type=int, default=d["max_tokens"], help="completion token cap per reply (default: %(default)s)"
+    )
     g.add_argument("--temperature", type=float, default=None, help="sampling temperature (default: the endpoint's)")
-    g.add_argument("--image-detail", choices=("auto", "low", "high"), default=None,
-                   help="OpenAI image detail; 'low' is much cheaper (default: not sent)")
-    g.add_argument("--extra-body", type=json.loads, default=None,
-                   help="JSON object merged into each request body (vendor-specific parameters)")
+    g.add_argument(
+        "--image-detail",
+        choices=("auto", "low", "high"),
+        default=None,
+        help="OpenAI image detail; 'low' is much cheaper (default: not sent)",
+    )
+    g.add_argument(
+        "--extra-body",
+        type=json.loads,
+        default=None,
+        help="JSON object merged into each request body (vendor-specific parameters)",
+    )
     g.add_argument("--system-prompt-file", default=None, help="system prompt template (empty file: none)")
     g.add_argument("--user-prompt-file", default=None, help="user prompt template; see docs/teacher.md")
     g.add_argument("--retry-prompt-file", default=None, help="feedback template used on a re-ask")
 
     g = parser.add_argument_group("bookkeeping")
-    g.add_argument("--cache", default=None,
-                   help="append-only JSONL cache (default: <dataset-dir>/gen_cot/<dataset>.cache.jsonl)")
-    g.add_argument("--report", default=None,
-                   help="JSON report with the summary and every failed sample (default: next to the cache)")
+    g.add_argument(
+        "--cache", default=None, help="append-only JSONL cache (default: <dataset-dir>/gen_cot/<dataset>.cache.jsonl)"
+    )
+    g.add_argument(
+        "--report",
+        default=None,
+        help="JSON report with the summary and every failed sample (default: next to the cache)",
+    )
     g.add_argument("--price-prompt", type=float, default=None, help="USD per 1M prompt tokens, for the estimate")
-    g.add_argument("--price-completion", type=float, default=None,
-                   help="USD per 1M completion tokens, for the estimate")
+    g.add_argument(
+        "--price-completion", type=float, default=None, help="USD per 1M completion tokens, for the estimate"
+    )
     g.add_argument("--dry-run", action="store_true", help="show what would be asked (first request) and exit")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -442,8 +534,11 @@ def _run(args: argparse.Namespace, api_key: str | None, redact: Redactor) -> int
     samples, unusable = build_samples(rows, media_dir)
 
     cache_path = Path(args.cache) if args.cache else dataset_dir / "gen_cot" / f"{args.dataset}.cache.jsonl"
-    report_path = Path(args.report) if args.report else cache_path.with_name(
-        cache_path.name.removesuffix(".jsonl").removesuffix(".cache") + ".report.json")
+    report_path = (
+        Path(args.report)
+        if args.report
+        else cache_path.with_name(cache_path.name.removesuffix(".jsonl").removesuffix(".cache") + ".report.json")
+    )
     out_name = args.output_dataset or args.dataset
     out_path = src_path if out_name == args.dataset else dataset_dir / f"{out_name}.json"
 
@@ -466,15 +561,23 @@ def _run(args: argparse.Namespace, api_key: str | None, redact: Redactor) -> int
                     st.done_cached += 1
                     continue
                 st.stale += 1
-                logger.warning("%s: the cached CoT was made for other keyphrases (%s); asking again", s.id,
-                               "; ".join(final.get("keyphrases") or []))
+                logger.warning(
+                    "%s: the cached CoT was made for other keyphrases (%s); asking again",
+                    s.id,
+                    "; ".join(final.get("keyphrases") or []),
+                )
             elif has_cot and not args.overwrite:
                 st.skipped_has_cot += 1
                 continue
             elif final is not None and final["status"] == "rejected" and not args.retry_rejected:
                 st.rejected_cached += 1
-                st.failures[s.id] = {"id": s.id, "status": "rejected", "attempts": final.get("attempt"),
-                                     "reason": final.get("reason", ""), "from_cache": True}
+                st.failures[s.id] = {
+                    "id": s.id,
+                    "status": "rejected",
+                    "attempts": final.get("attempt"),
+                    "reason": final.get("reason", ""),
+                    "from_cache": True,
+                }
                 continue
             # An interrupted earlier conversation (attempt records after the last final one) resumes in ask().
             pending.append(s)
@@ -483,12 +586,17 @@ def _run(args: argparse.Namespace, api_key: str | None, redact: Redactor) -> int
         st.pending = len(pending)
 
         if args.dry_run:
-            print(f"{len(samples)} samples; {st.done_cached} done in cache, {st.rejected_cached} rejected in cache, "
-                  f"{st.skipped_has_cot} already have a CoT; {len(pending)} would be asked.")
+            print(
+                f"{len(samples)} samples; {st.done_cached} done in cache, {st.rejected_cached} rejected in cache, "
+                f"{st.skipped_has_cot} already have a CoT; {len(pending)} would be asked."
+            )
             if pending:
                 gen = GenCot(args, redact, api_key)
-                req = {"model": args.model, "messages": describe_messages(gen.first_messages(pending[0])),
-                       **gen.request_params()}
+                req = {
+                    "model": args.model,
+                    "messages": describe_messages(gen.first_messages(pending[0])),
+                    **gen.request_params(),
+                }
                 print(f"first request ({pending[0].id}) to {args.base_url}/chat/completions:")
                 print(json.dumps(req, indent=2, ensure_ascii=False))
             return 0
@@ -500,14 +608,23 @@ def _run(args: argparse.Namespace, api_key: str | None, redact: Redactor) -> int
         if pending:
             from tqdm import tqdm
 
-            gen._bar = tqdm(total=len(pending), unit="sample", desc="gen-cot", disable=args.no_progress,
-                            file=sys.stderr, dynamic_ncols=True, mininterval=0.5)
-            previous = signal.getsignal(signal.SIGTERM)
+            gen._bar = tqdm(
+                total=len(pending),
+                unit="sample",
+                desc="gen-cot",
+                disable=args.no_progress,
+                file=sys.stderr,
+                dynamic_ncols=True,
+                mininterval=0.5,
+            )
+            in_main = threading.current_thread() is threading.main_thread()
+            previous = signal.getsignal(signal.SIGTERM) if in_main else None
 
             def _on_term(signum, frame):
                 raise KeyboardInterrupt
 
-            signal.signal(signal.SIGTERM, _on_term)
+            if in_main:  # SIGTERM: stop like Ctrl-C, so the finished samples are written out
+                signal.signal(signal.SIGTERM, _on_term)
             try:
                 asyncio.run(gen.ask_all(pending))
             except EndpointError as err:
@@ -517,7 +634,8 @@ def _run(args: argparse.Namespace, api_key: str | None, redact: Redactor) -> int
             except KeyboardInterrupt:
                 aborted = "interrupted"
             finally:
-                signal.signal(signal.SIGTERM, previous)
+                if in_main:
+                    signal.signal(signal.SIGTERM, previous)
                 gen._bar.close()
         if aborted:
             logger.error("stopped: %s", aborted)
@@ -534,10 +652,18 @@ def _run(args: argparse.Namespace, api_key: str | None, redact: Redactor) -> int
         totals = dict(cache.tokens)
 
     summary = _summary(args, st, totals, written)
-    report = {"dataset": args.dataset, "output_dataset": out_name, "output_file": str(out_path),
-              "cache": str(cache_path), "model": args.model, "base_url": args.base_url, "match": args.match,
-              "stopped": aborted, "summary": summary,
-              "failures": sorted(st.failures.values(), key=lambda f: f["id"])}
+    report = {
+        "dataset": args.dataset,
+        "output_dataset": out_name,
+        "output_file": str(out_path),
+        "cache": str(cache_path),
+        "model": args.model,
+        "base_url": args.base_url,
+        "match": args.match,
+        "stopped": aborted,
+        "summary": summary,
+        "failures": sorted(st.failures.values(), key=lambda f: f["id"]),
+    }
     atomic_write_text(report_path, redact(json.dumps(report, indent=2, ensure_ascii=False)) + "\n")
     _print_summary(args, st, summary, out_path, report_path, aborted)
     if aborted or st.failed or st.not_reached:
@@ -586,44 +712,54 @@ def _summary(args, st: Stats, totals: dict[str, int], written: int) -> dict[str,
         "requests": st.requests,
         "prompt_tokens": st.prompt_tokens,
         "completion_tokens": st.completion_tokens,
-        "estimated_cost_usd": _cost(st.prompt_tokens, st.completion_tokens, args.price_prompt,
-                                    args.price_completion),
+        "estimated_cost_usd": _cost(st.prompt_tokens, st.completion_tokens, args.price_prompt, args.price_completion),
         "all_runs_prompt_tokens": totals["prompt_tokens"],
         "all_runs_completion_tokens": totals["completion_tokens"],
-        "all_runs_estimated_cost_usd": _cost(totals["prompt_tokens"], totals["completion_tokens"],
-                                             args.price_prompt, args.price_completion),
+        "all_runs_estimated_cost_usd": _cost(
+            totals["prompt_tokens"], totals["completion_tokens"], args.price_prompt, args.price_completion
+        ),
         "rows_with_teacher_cot": written,
     }
 
 
-def _print_summary(args, st: Stats, s: dict[str, Any], out_path: Path, report_path: Path,
-                   aborted: str | None) -> None:
+def _print_summary(args, st: Stats, s: dict[str, Any], out_path: Path, report_path: Path, aborted: str | None) -> None:
     lines = [
         f"gen-cot summary: {args.dataset} ({s['samples']} rows) with {args.model} at {args.base_url}"
         + (f"  [STOPPED: {aborted}]" if aborted else ""),
         f"  done       {s['done']:>7}  ({s['done_from_cache']} from cache, {s['done_this_run']} this run)",
-        (f"  rejected   {s['rejected']:>7}  (failed validation on every attempt; {s['rejected_this_run']} this run;"
-         " reasons in the report)"),
+        (
+            f"  rejected   {s['rejected']:>7}  (failed validation on every attempt; {s['rejected_this_run']} this run;"
+            " reasons in the report)"
+        ),
         f"  failed     {s['failed']:>7}  (request errors this run; asked again on the next run)",
     ]
     if s["not_reached"]:
         lines.append(f"  not asked  {s['not_reached']:>7}  (the run stopped first; asked on the next run)")
     if s["skipped_has_cot"] or s["unusable"]:
-        lines.append(f"  skipped    {s['skipped_has_cot'] + s['unusable']:>7}  ({s['skipped_has_cot']} already had a "
-                     f"CoT, {s['unusable']} without text or keyphrases)")
+        lines.append(
+            f"  skipped    {s['skipped_has_cot'] + s['unusable']:>7}  ({s['skipped_has_cot']} already had a "
+            f"CoT, {s['unusable']} without text or keyphrases)"
+        )
     lines += [
-        (f"  retried    {s['retried']:>7}  (re-asks after a rejected reply; plus {s['transport_retries']} transport "
-         "retries on 429/5xx/time-outs)"),
+        (
+            f"  retried    {s['retried']:>7}  (re-asks after a rejected reply; plus {s['transport_retries']} transport "
+            "retries on 429/5xx/time-outs)"
+        ),
         f"  requests   {s['requests']:>7}  this run",
-        (f"  tokens     prompt {s['prompt_tokens']:,} / completion {s['completion_tokens']:,} this run "
-         f"(all runs in the cache: {s['all_runs_prompt_tokens']:,} / {s['all_runs_completion_tokens']:,})"),
+        (
+            f"  tokens     prompt {s['prompt_tokens']:,} / completion {s['completion_tokens']:,} this run "
+            f"(all runs in the cache: {s['all_runs_prompt_tokens']:,} / {s['all_runs_completion_tokens']:,})"
+        ),
     ]
     if s["estimated_cost_usd"] is not None:
         lines.append(
             f"  est. cost  ${s['estimated_cost_usd']:.4f} this run, ${s['all_runs_estimated_cost_usd']:.4f} all runs "
-            f"(at ${args.price_prompt or 0:g} / ${args.price_completion or 0:g} per 1M prompt / completion tokens)")
+            f"(at ${args.price_prompt or 0:g} / ${args.price_completion or 0:g} per 1M prompt / completion tokens)"
+        )
     else:
         lines.append("  est. cost  n/a (pass --price-prompt and --price-completion, USD per 1M tokens)")
-    lines += [f"  dataset    {out_path} ({s['rows_with_teacher_cot']} rows with a teacher CoT)",
-              f"  report     {report_path}"]
+    lines += [
+        f"  dataset    {out_path} ({s['rows_with_teacher_cot']} rows with a teacher CoT)",
+        f"  report     {report_path}",
+    ]
     print("\n".join(lines))

@@ -61,8 +61,14 @@ PLACEHOLDERS = ("text", "keyphrases", "keyphrase_list", "num_keyphrases", "id", 
 _PLACEHOLDER_RE = re.compile(r"\{(" + "|".join(PLACEHOLDERS) + r")\}")
 
 # Media types LLaMA-Factory's API accepts as data URLs are png/jpg/jpeg/gif/bmp; OpenAI also takes webp.
-_MIME_BY_SUFFIX = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif",
-                   ".bmp": "image/bmp", ".webp": "image/webp"}
+_MIME_BY_SUFFIX = {
+    ".png": "image/png",
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".gif": "image/gif",
+    ".bmp": "image/bmp",
+    ".webp": "image/webp",
+}
 
 
 def fill(template: str, values: dict[str, Any]) -> str:
@@ -103,8 +109,9 @@ class PromptSet:
             return default if p is None else Path(p).read_text(encoding="utf-8").strip()
 
         system = read(system_file, DEFAULT_SYSTEM_PROMPT)
-        return cls(system or None, read(user_file, DEFAULT_USER_PROMPT), read(retry_file, DEFAULT_RETRY_PROMPT),
-                   image_detail)
+        return cls(
+            system or None, read(user_file, DEFAULT_USER_PROMPT), read(retry_file, DEFAULT_RETRY_PROMPT), image_detail
+        )
 
     @staticmethod
     def values(sample_id: str, text: str, keyphrases: list[str]) -> dict[str, Any]:
@@ -129,8 +136,10 @@ class PromptSet:
             if self.image_detail:
                 image_url["detail"] = self.image_detail
             messages.append(
-                {"role": "user", "content": [{"type": "image_url", "image_url": image_url},
-                                             {"type": "text", "text": prompt}]}
+                {
+                    "role": "user",
+                    "content": [{"type": "image_url", "image_url": image_url}, {"type": "text", "text": prompt}],
+                }
             )
         return messages
 
