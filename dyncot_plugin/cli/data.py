@@ -14,6 +14,7 @@ COMMANDS = {
     "demo-data": "dyncot_plugin.data.demo",
     "convert-scienceqa": "dyncot_plugin.data.scienceqa",
     "build-stage2": "dyncot_plugin.data.stage2",
+    "attach-ids": "dyncot_plugin.data.predictions",
 }
 
 
