@@ -10,7 +10,7 @@ LLaMA-Factory name                                 why
                                                    LLaMA-Factory's parser then sees exactly the keys it knows.
 ``llamafactory.train.tuner.run_sft``               route ``stage: sft`` through the plugin when the recipe has
                                                    ``dyncot_*`` keys; otherwise call the original untouched.
-``llamafactory.train.callbacks.LogCallback.on_log`` copy ``cot_ratio`` / ``selection_loss`` into
+``llamafactory.train.callbacks.LogCallback.on_log`` copy ``cot_ratio``, ``selection_loss`` and ``eval_f1@1`` & co. into
                                                    ``trainer_log.jsonl`` (it writes a fixed set of keys).
 =================================================  =================================================================
 
@@ -96,11 +96,13 @@ def patch_log_callback() -> None:
     if is_patched(LogCallback.on_log):
         return
     original = LogCallback.on_log
-    from dyncot_plugin.train.trainer import LOG_KEYS
+    from dyncot_plugin.train.trainer import EVAL_KEYS, LOG_KEYS
+
+    keys = LOG_KEYS + tuple(f"eval_{key}" for key in EVAL_KEYS)
 
     def on_log(self, args, state, control, **kwargs):
         last = state.log_history[-1] if state.log_history else {}
-        extra = {key: last[key] for key in LOG_KEYS if key in last}
+        extra = {key: last[key] for key in keys if key in last}
         if not extra:
             return original(self, args, state, control, **kwargs)
         write = type(self)._write_log

@@ -38,6 +38,7 @@ logger = logging.get_logger(f"llamafactory.{__name__}")  # under LLaMA-Factory's
 
 IS_COT_ROW_KEY = "dyncot_is_cot_row"  # multitask: which rows of the stacked batch are CoT rows
 LOG_KEYS = ("cot_ratio", "selection_loss")
+EVAL_KEYS = ("f1@1", "f1@M", "cot_rate", "gen_len")  # logged as eval_<key> by the keyphrase evaluation
 
 
 def split_views(batch: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None, torch.Tensor | None]:
@@ -61,6 +62,7 @@ class DynCotTrainer(CustomSeq2SeqTrainer):
         self.dyncot_args = dyncot_args
         # Running sums since the last log: [rows trained on CoT, rows, selection-loss sum, rows scored].
         self._dyncot_sums = torch.zeros(4, dtype=torch.float64)
+        self._pending_eval_metrics: dict[str, float] = {}
 
     # ----------------------------------------------------------------------------------------- batch building
     def get_batch_samples(self, epoch_iterator: Iterator, num_batches: int, device: torch.device):
@@ -172,11 +174,35 @@ class DynCotTrainer(CustomSeq2SeqTrainer):
         load_result = model.load_state_dict(to_model_keys(model, state_dict), False)
         self._issue_warnings_after_load(load_result)
 
+    # --------------------------------------------------------------------------------------------- evaluation
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval", **gen_kwargs):
+        """LLaMA-Factory's evaluation, plus F1@1/F1@M/CoT rate/length on a capped subset when
+        ``dyncot_eval_samples`` > 0 (logged in the same entry as ``eval_loss``)."""
+        if self.dyncot_args.dyncot_eval_samples <= 0:
+            return super().evaluate(eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix, **gen_kwargs)
+        from dyncot_plugin.train.keyphrase_eval import generate_and_score
+
+        dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
+        if isinstance(dataset, dict):  # eval_on_each_dataset: score the first one
+            dataset = next(iter(dataset.values()))
+        scores = generate_and_score(
+            self, dataset, self.dyncot_args.dyncot_eval_samples, self.dyncot_args.dyncot_eval_max_new_tokens
+        )
+        self._pending_eval_metrics = {f"{metric_key_prefix}_{k}": v for k, v in scores.items()}
+        try:
+            metrics = super().evaluate(eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix, **gen_kwargs)
+        finally:
+            self._pending_eval_metrics = {}
+        metrics.update({f"{metric_key_prefix}_{k}": v for k, v in scores.items()})
+        return metrics
+
     # ---------------------------------------------------------------------------------------------- logging
     def _count(self, cot_rows: int, rows: int, loss_sum: float = 0.0, scored: int = 0) -> None:
         self._dyncot_sums += torch.tensor([cot_rows, rows, loss_sum, scored], dtype=torch.float64)
 
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+        if self._pending_eval_metrics and any(k.endswith("_loss") and k not in ("loss",) for k in logs):
+            logs.update(self._pending_eval_metrics)
         if "loss" in logs:  # a training log: every rank is here, so the all-reduce is safe
             sums = self._dyncot_sums.clone()
             if dist.is_available() and dist.is_initialized():

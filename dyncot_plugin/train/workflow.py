@@ -48,11 +48,11 @@ def run_dyncot_sft(
 
     check_compatibility(dyncot_args, data_args, training_args)
     logger.info_rank0(f"[dyncot] strategy={dyncot_args.dyncot_strategy} gamma={dyncot_args.dyncot_gamma}")
-    callbacks = list(callbacks or [])
-    if dyncot_args.dyncot_eval_samples > 0:
-        from dyncot_plugin.train.eval_callback import KeyphraseEvalCallback
-
-        callbacks.append(KeyphraseEvalCallback(dyncot_args))
+    if dyncot_args.dyncot_eval_samples > 0 and training_args.predict_with_generate:
+        raise DynCotConfigError(
+            "dyncot_eval_samples generates during training; with `predict_with_generate: true` LLaMA-Factory builds "
+            "its collator without the model. Predict in a separate run (examples/qwen2vl_predict.yaml)."
+        )
     with sft_workflow_overrides(dyncot_args):
         return original_run_sft(model_args, data_args, training_args, finetuning_args, generating_args, callbacks)
 

@@ -1,0 +1,120 @@
+"""Keyphrase metrics during training: generate on a capped eval subset at every evaluation.
+
+Enabled by ``dyncot_eval_samples: N`` (with LLaMA-Factory's ``eval_strategy: steps`` / ``eval_steps`` and an
+eval set); with the default ``0`` nothing here runs. Each rank generates for its own slice of the first N eval
+samples, the same number of ``generate`` calls on every rank (``synced_gpus`` under ZeRO-3, where every forward
+gathers parameters from all ranks), and the texts are gathered before scoring with the CMKP protocol. Rank 0 also saves the generations to
+``<output_dir>/dyncot_eval/step<N>.jsonl``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from dyncot_plugin.eval.keyphrase_metrics import evaluate_keyphrases
+from dyncot_plugin.eval.normalize import split_keyphrases
+from dyncot_plugin.eval.outputs import parse_output, summarize_outputs
+
+IGNORE_INDEX = -100
+METRIC_KEYS = ("f1@1", "f1@M", "cot_rate", "gen_len")
+
+
+def _prompt_feature(row: dict[str, Any]) -> tuple[dict[str, Any], list[int]]:
+    """The prompt of a tokenised training row (everything before its first target token) and its target ids."""
+    labels = row["labels"]
+    start = next((i for i, t in enumerate(labels) if t != IGNORE_INDEX), len(labels))
+    prompt = list(row["input_ids"][:start])
+    feature = {"input_ids": prompt, "attention_mask": [1] * len(prompt), "labels": [IGNORE_INDEX] * len(prompt)}
+    for key in ("images", "videos", "audios"):
+        if key in row:
+            feature[key] = row[key]
+    return feature, [t for t in labels[start:] if t != IGNORE_INDEX]
+
+
+def _world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _save_generations(trainer: Any, rows: list[tuple[int, str, int, str]]) -> None:
+    """``<output_dir>/dyncot_eval/step<N>.jsonl``: what the model generated at this evaluation, for inspection."""
+    folder = os.path.join(trainer.args.output_dir, "dyncot_eval")
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, f"step{trainer.state.global_step}.jsonl"), "w", encoding="utf-8") as f:
+        for index, text, length, gold in rows:
+            f.write(json.dumps({"index": index, "predict": text, "label": gold, "gen_tokens": length}) + "\n")
+
+
+@torch.no_grad()
+def generate_and_score(trainer: Any, eval_dataset: Any, max_samples: int, max_new_tokens: int) -> dict[str, float]:
+    """Generate for the first ``max_samples`` eval rows and return ``{f1@1, f1@M, cot_rate, gen_len}`` (percent
+    for F1 and rate, mean generated tokens for length), identical on every rank."""
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    tokenizer = trainer.processing_class
+    n = min(max_samples, len(eval_dataset))
+    rank, world = _world()
+    batch_size = trainer.args.per_device_eval_batch_size
+    mine = list(range(rank, n, world))
+    rounds = math.ceil(math.ceil(n / world) / batch_size)  # same number of generate calls on every rank
+    model = trainer.model
+    was_training = model.training
+    model.eval()
+    padding_side = tokenizer.padding_side
+    tokenizer.padding_side = "left"  # generation continues every row from its last prompt token
+    results: list[tuple[int, str, int]] = []
+    try:
+        for r in range(rounds):
+            indices = mine[r * batch_size : (r + 1) * batch_size]
+            real = len(indices)
+            indices = indices or [0]  # a rank with nothing left still joins the synced generate call
+            features, targets = zip(*(_prompt_feature(eval_dataset[i]) for i in indices))
+            batch = trainer.data_collator(list(features))
+            for key in ("labels", "position_ids", "rope_deltas"):
+                batch.pop(key, None)  # generate computes Qwen2-VL's M-RoPE positions itself
+            batch = trainer._prepare_inputs(batch)
+            output = model.generate(
+                **batch,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                synced_gpus=is_deepspeed_zero3_enabled(),
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=trainer._gen_kwargs.get("eos_token_id") if hasattr(trainer, "_gen_kwargs") else None,
+            )
+            new_tokens = output[:, batch["input_ids"].size(1) :]
+            for i, row_tokens in zip(indices[:real], new_tokens[:real]):
+                ids = [t for t in row_tokens.tolist() if t != tokenizer.pad_token_id]
+                results.append((i, tokenizer.decode(ids, skip_special_tokens=True), len(ids)))
+        gold = {i: tokenizer.decode(_prompt_feature(eval_dataset[i])[1], skip_special_tokens=True) for i in mine}
+    finally:
+        tokenizer.padding_side = padding_side
+        model.train(was_training)
+
+    local = [(i, text, length, gold[i]) for i, text, length in results]
+    if world > 1:
+        gathered: list[Any] = [None] * world
+        dist.all_gather_object(gathered, local)
+        local = [item for part in gathered for item in part]
+    local.sort()
+    if trainer.is_world_process_zero():
+        _save_generations(trainer, local)
+    texts = [text for _, text, _, _ in local]
+    parsed = [parse_output(text) for text in texts]
+    scores = evaluate_keyphrases(
+        [split_keyphrases(p.answer) for p in parsed], [split_keyphrases(g) for _, _, _, g in local]
+    )
+    summary = summarize_outputs(texts, parsed=parsed)
+    lengths = [length for _, _, length, _ in local]
+    return {
+        "f1@1": round(100 * scores["f1@1"], 4),
+        "f1@M": round(100 * scores["f1@M"], 4),
+        "cot_rate": round(100 * summary["cot_rate"], 4),
+        "gen_len": round(sum(lengths) / max(len(lengths), 1), 4),
+    }
