@@ -25,6 +25,7 @@ from dyncot_plugin.data.dataset_io import (
     StagedWrites,
     atomic_write_text,
     parse_split_spec,
+    paused_gc,
     sample_id,
     update_dataset_info,
 )
@@ -225,6 +226,11 @@ def read_cmkp_file(path: str | os.PathLike, *, kp_sep: str = DEFAULT_KP_SEP) -> 
     lines = read_lines(path)
     if not lines:
         raise CmkpFormatError(f"{name}: the file has no posts.")
+    with paused_gc():
+        return _parse_lines(lines, name, kp_sep)
+
+
+def _parse_lines(lines: list[str], name: str, kp_sep: str) -> list[CmkpPost]:
     posts = []
     append = posts.append
     for i, line in enumerate(lines):
@@ -511,25 +517,41 @@ def run(args: argparse.Namespace) -> int:
                 template = Path(template[1:]).read_text(encoding="utf-8").rstrip("\n")
             except OSError as e:
                 raise DatasetError(f"--prompt-template {args.prompt_template}: {e.strerror}.") from None
-        results = convert(
-            sources,
-            args.output_dir,
-            name=args.name,
-            image_dir=args.image_dir,
-            use_images=not args.no_images,
-            attributes=attributes,
-            ocr=ocr,
-            prompt_template=template,
-            kp_sep=args.kp_sep,
-            answer_sep=args.answer_sep,
-            missing_images=args.missing_images,
-            missing_report=args.missing_report,
-            write_dataset_info=not args.no_dataset_info,
-            progress=not args.quiet,
-        )
+        with paused_gc():
+            results = _convert_cli(args, sources, attributes, ocr, template)
     except DatasetError as e:
         print(f"dyncot-data convert-cmkp: error: {e}", file=sys.stderr)
         return 1
+    _print_results(args, results)
+    return 0
+
+
+def _convert_cli(
+    args: argparse.Namespace,
+    sources: dict[str, Path],
+    attributes: dict[str, Path],
+    ocr: dict[str, Path],
+    template: str | None,
+) -> list[SplitResult]:
+    return convert(
+        sources,
+        args.output_dir,
+        name=args.name,
+        image_dir=args.image_dir,
+        use_images=not args.no_images,
+        attributes=attributes,
+        ocr=ocr,
+        prompt_template=template,
+        kp_sep=args.kp_sep,
+        answer_sep=args.answer_sep,
+        missing_images=args.missing_images,
+        missing_report=args.missing_report,
+        write_dataset_info=not args.no_dataset_info,
+        progress=not args.quiet,
+    )
+
+
+def _print_results(args: argparse.Namespace, results: list[SplitResult]) -> None:
     for r in results:
         extra = []
         if r.skipped:
@@ -542,7 +564,6 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"dataset_info: {Path(args.output_dir) / 'dataset_info.json'} ({', '.join(f'{args.name}_{r.split}' for r in results)})"
         )
-    return 0
 
 
 __all__ = [

@@ -25,6 +25,7 @@ Row format (one JSON list per split file)::
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import os
 import tempfile
@@ -87,6 +88,19 @@ def parse_split_spec(spec: str, *, infer: bool = True) -> tuple[str, Path]:
 def sample_id(dataset: str, split: str, index: int) -> str:
     """The stable row id: ``sample_id("mmkp", "test", 17) == "mmkp_test_000017"`` (index = 0-based source line)."""
     return f"{dataset}_{split}_{index:06d}"
+
+
+@contextlib.contextmanager
+def paused_gc() -> Iterator[None]:
+    """Pause the cyclic garbage collector while building many small containers (10^5 rows parse ~2x faster;
+    rows hold no reference cycles). Restores the previous state; nests."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 # -------------------------------------------------------------------------------------------------- atomic writes
@@ -226,6 +240,15 @@ def load_rows(path: str | os.PathLike) -> list[dict[str, Any]]:
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"{path}: no such file.")
+    with paused_gc():
+        rows = _load_rows(path)
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise DatasetError(f"{path}: row {i} is a {type(row).__name__}, expected an object.")
+    return rows
+
+
+def _load_rows(path: Path) -> list[Any]:
     if path.suffix == ".jsonl":
         rows = []
         with open(path, encoding="utf-8") as f:
@@ -244,9 +267,6 @@ def load_rows(path: str | os.PathLike) -> list[dict[str, Any]]:
                 raise DatasetError(f"{path}:{e.lineno}: not valid JSON ({e.msg}).") from None
         if not isinstance(rows, list):
             raise DatasetError(f"{path}: expected a JSON list of rows, got {type(rows).__name__}.")
-    for i, row in enumerate(rows):
-        if not isinstance(row, dict):
-            raise DatasetError(f"{path}: row {i} is a {type(row).__name__}, expected an object.")
     return rows
 
 
@@ -346,6 +366,7 @@ __all__ = [
     "infer_split",
     "load_rows",
     "parse_split_spec",
+    "paused_gc",
     "read_dataset_info",
     "sample_id",
     "update_dataset_info",

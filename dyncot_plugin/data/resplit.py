@@ -26,6 +26,7 @@ from dyncot_plugin.data.dataset_io import (
     StagedWrites,
     load_rows,
     parse_split_spec,
+    paused_gc,
     sample_id,
     update_dataset_info,
 )
@@ -413,7 +414,8 @@ def _test_size(value: str | None, pool: _Pool) -> int:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        pool = _load_pool(args.inputs, args.kp_sep, args.side_files)
+        with paused_gc():
+            pool = _load_pool(args.inputs, args.kp_sep, args.side_files)
         size = _test_size(args.test_size, pool)
         result = select_split(
             pool.keyphrases,

@@ -17,7 +17,14 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from dyncot_plugin.data.dataset_io import SPLITS, DatasetError, atomic_write_json, load_rows, parse_split_spec
+from dyncot_plugin.data.dataset_io import (
+    SPLITS,
+    DatasetError,
+    atomic_write_json,
+    load_rows,
+    parse_split_spec,
+    paused_gc,
+)
 from dyncot_plugin.eval.normalize import is_present, stem_phrase
 
 JSON_SUFFIXES = (".json", ".jsonl")
@@ -155,8 +162,9 @@ def run(args: argparse.Namespace) -> int:
             if split in files:
                 raise DatasetError(f"split {split} given twice ({files[split]} and {path}).")
             files[split] = str(path)
-        splits = {split: load_posts(path, kp_sep=args.kp_sep) for split, path in files.items()}
-        stats = compute_stats(splits, files=files, progress=not args.quiet)
+        with paused_gc():
+            splits = {split: load_posts(path, kp_sep=args.kp_sep) for split, path in files.items()}
+            stats = compute_stats(splits, files=files, progress=not args.quiet)
     except DatasetError as e:
         print(f"dyncot-data stats: error: {e}", file=sys.stderr)
         return 1
