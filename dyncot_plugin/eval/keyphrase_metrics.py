@@ -1,0 +1,346 @@
+"""Keyphrase metrics that reproduce CMKP's evaluator (``pred_evaluate_func.py``) number for number, fast.
+
+:func:`evaluate_keyphrases` is a pure function of the predicted and gold keyphrase lists (plus, optionally, the
+post texts for present/absent and the training keyphrases for unseen). Per post, exactly as CMKP does it:
+
+1. every keyphrase is tokenised with ``strip().split(" ")`` and each token is stripped, lower-cased and
+   Porter-stemmed (:mod:`dyncot_plugin.eval.normalize`);
+2. gold keyphrases are de-duplicated on their stemmed form (first kept);
+3. predictions are de-duplicated on their stemmed form (first kept; an invalid first occurrence still shadows
+   later copies) and invalid ones are dropped (a stemmed token ``<unk>``, ``,`` or ``.``); empty predictions are
+   *kept* (CMKP's ``len(word_list) == 0`` test can never fire after ``split(" ")``), they just never match;
+4. a prediction matches when its stemmed tokens, joined by spaces, equal those of a gold keyphrase;
+5. @k takes the first ``min(k, #predictions)`` remaining predictions, without padding:
+   ``P@k = matches / min(k, #pred)`` (0 when there is no prediction), ``R@k = matches / #gold``;
+   ``AP@k = sum of P@i over the matching ranks i <= k, divided by #gold``; ``M`` means all predictions;
+6. P, R and AP are averaged over posts (macro); F1 is the harmonic mean of macro-P and macro-R
+   (``variant="cmkp"``) or the mean of the per-post F1 (``variant="per_post"``, used by some later papers).
+
+Present / absent: gold keyphrases *and* predictions are split by whether their stemmed tokens occur contiguously
+in the stemmed post text; the present (absent) scores average only over the posts with at least one present
+(absent) gold keyphrase, predictions of the other kind being ignored, as in CMKP.
+
+Unseen (not in CMKP): a keyphrase is *seen* when its stripped, lower-cased string is in the training keyphrase
+set (exact string otherwise; CMKP's text is lower-case already). Unseen scores are computed like absent ones:
+unseen predictions against unseen gold keyphrases, over the posts with at least one unseen gold keyphrase.
+
+Speed: keyphrases are analysed once per distinct string and words stemmed once per distinct word. A post word is
+only stemmed when its first letter is the first letter of some stemmed keyphrase word of that post: a Porter
+stem (nltk) always keeps the word's first character, so any other word cannot be part of a match and is replaced
+by a placeholder that equals no keyphrase word. This is exact, and skips most of the cold stemming work.
+
+Import-light: nltk only (no torch, no numpy).
+"""
+
+from __future__ import annotations
+
+import gc
+from itertools import compress
+from operator import not_
+from typing import Iterable, Sequence
+
+from dyncot_plugin.eval.normalize import _STEMMER, INVALID_TOKENS, STEM_CACHE, stem_lower
+
+__all__ = ["evaluate_keyphrases", "VARIANTS", "load_train_keyphrases_set"]
+
+VARIANTS = ("cmkp", "per_post")
+
+# Raw keyphrase piece -> _kp_info tuple.
+_KP_INFO: dict[str, tuple] = {}
+# Raw post word -> its stem, or a marker (_MARK + first two lower-cased characters) while it has not been needed.
+_SRC_TOKENS: dict[str, str] = {}
+_MARK = "\x00"
+_NEEDLE = " " + _MARK
+_MARK_IN_KEYPHRASES = False  # set if a stemmed keyphrase word ever starts with _MARK (then no markers are used)
+# Irregular forms whose nltk stem does not start with the word's first two characters (dying -> die).
+_POOL_MOVED = frozenset(
+    w for w, s in getattr(_STEMMER, "pool", {}).items() if s[:2] != w[:2] and not (len(s) == 1 and s == w[:1])
+)
+
+
+def _kp_info(piece: str) -> tuple:
+    """(match key, dedup key, valid, presence probe or None, needles, seen-set key) of one keyphrase string."""
+    global _MARK_IN_KEYPHRASES
+    info = _KP_INFO.get(piece)
+    if info is None:
+        get = STEM_CACHE.get
+        words = [w.strip().lower() for w in piece.strip().split(" ")]
+        stems = [get(w) or stem_lower(w) for w in words]
+        match_key = " ".join(stems)  # CMKP compares ' '.join(tokens)
+        dedup_key = "_".join(stems)  # CMKP de-duplicates on '_'.join(tokens)
+        valid = INVALID_TOKENS.isdisjoint(stems)
+        # what to look for in the stemmed post text; "\n" (never in it) for the empty keyphrase, never present
+        probe = (" " + match_key + " ") if match_key.strip() else "\n"
+        needles = frozenset([_NEEDLE + s[:2] for s in stems if s])
+        if _MARK in match_key:
+            _MARK_IN_KEYPHRASES = True
+        info = (match_key, dedup_key, valid, probe, needles, piece.strip().lower())
+        if len(_KP_INFO) < 2_000_000:
+            _KP_INFO[piece] = info
+    return info
+
+
+def _stem_raw(tok: str) -> str:
+    w = tok.lower()
+    s = STEM_CACHE.get(w)
+    return s if s is not None else stem_lower(w)
+
+
+def _first_sight(tok: str, needles: set[str]) -> str:
+    w = tok.lower()
+    if _NEEDLE + w[:2] in needles or _NEEDLE + w[:1] in needles or w in _POOL_MOVED:
+        s = _stem_raw(tok)
+    else:
+        s = _MARK + w[:2]
+    if len(_SRC_TOKENS) < 5_000_000:
+        _SRC_TOKENS[tok] = s
+    return s
+
+
+def _stemmed_source(src: str, needles: set[str]) -> str:
+    """`` s1 s2 ... `` (leading and trailing space): the post's stemmed words, with markers for some of them.
+
+    Stemming every post word is most of the cost of a cold evaluation, and most post words are never needed:
+    nltk's Porter stem of a lower-cased word ``w`` keeps its first two characters (``stem[:2] == w[:2]``, or
+    ``stem == w[0]`` for a one-character stem) -- suffix rules never reach that far, except for a few irregular
+    forms (``dying`` -> ``die``, :data:`_POOL_MOVED`), which are always stemmed. So a post word can only stem to a
+    keyphrase word ``t`` of the post when its first two (or first one) characters are some ``t[:2]``; ``needles``
+    holds ``" " + _MARK + t[:2]`` for the post's keyphrase words. Other words stand as a marker (``_MARK`` + their
+    first two characters), which equals no keyphrase word, until some post needs them: then they are stemmed
+    (once, and cached). Exact, and most post words are never stemmed.
+    """
+    toks = src.split()
+    if _MARK_IN_KEYPHRASES:  # some keyphrase word starts with the marker character: no markers at all
+        return " " + " ".join([_stem_raw(t) for t in toks]) + " "
+    get = _SRC_TOKENS.get
+    vals = list(map(get, toks))
+    if None in vals:
+        vals = [v or _first_sight(t, needles) for v, t in zip(vals, toks)]
+    stemmed = " " + " ".join(vals) + " "
+    if _MARK in stemmed:
+        for nd in needles:
+            if nd in stemmed:  # a marked word may stem to a keyphrase word: stem such words now
+                for t in toks:
+                    v = _SRC_TOKENS.get(t)
+                    if v is None or (v[:1] == _MARK and (" " + v[:3] in needles or " " + v[:2] in needles)):
+                        _SRC_TOKENS[t] = _stem_raw(t)
+                return " " + " ".join([get(t) or _stem_raw(t) for t in toks]) + " "
+    return stemmed
+
+
+class _Bucket:
+    """The per-post outcomes of one kind of scores (all / present / absent / unseen).
+
+    A post's scores depend only on its match pattern (which filtered predictions match, in rank order) and its
+    number of gold keyphrases, so the loop appends that pair to :attr:`keys` and :meth:`report` scores each
+    distinct pair once, then sums the per-post values in post order -- the same float additions as CMKP's
+    ``sum(list) / len(list)``.
+    """
+
+    __slots__ = ("keys",)
+
+    def __init__(self) -> None:
+        self.keys: list[tuple[tuple[bool, ...], int]] = []
+
+    @staticmethod
+    def _post_scores(hits: tuple[bool, ...], n_trg: int, ks: tuple) -> tuple:
+        """CMKP's per-post scores (``compute_classification_metrics_at_ks``, ``average_precision_at_ks``):
+        ``(P@k for k in ks) + (R@k ...) + (F1@k ...) + (AP@k ...) + (#gold, #predictions, #matches)``."""
+        n = len(hits)
+        if n == 0:  # CMKP records zeros for every metric of a post without (remaining) predictions
+            return (0,) * (4 * len(ks)) + (n_trg, 0, 0)
+        cum = []
+        ap_cum = []
+        m = 0
+        ap = 0.0
+        for i, hit in enumerate(hits):
+            if hit:
+                m += 1
+                ap += m / (i + 1)
+            cum.append(m)
+            ap_cum.append(ap)
+        ps, rs, fs, aps = [], [], [], []
+        for k in ks:
+            kk = n if (k == "M" or k >= n) else k
+            mk = cum[kk - 1]
+            precision = mk / kk
+            recall = mk / n_trg if n_trg > 0 else 0.0
+            ps.append(precision)
+            rs.append(recall)
+            fs.append(float(2 * (precision * recall)) / (precision + recall) if precision + recall > 0 else 0.0)
+            aps.append(ap_cum[kk - 1] / n_trg if n_trg > 0 else 0)
+        return (*ps, *rs, *fs, *aps, n_trg, n, m)
+
+    def report(self, ks: tuple, variant: str) -> dict:
+        out: dict = {}
+        n = len(self.keys)
+        nk = len(ks)
+        table = {key: self._post_scores(key[0], key[1], ks) for key in set(self.keys)}
+        # column sums over the posts, in post order (as CMKP's sum over its per-post lists)
+        sums = [sum(col) for col in zip(*map(table.__getitem__, self.keys))] if n else [0] * (4 * nk + 3)
+        for j, k in enumerate(ks):
+            if n:
+                mp, mr, mf, map_k = (sums[q * nk + j] / n for q in range(4))
+            else:  # CMKP divides by zero here
+                mp = mr = mf = map_k = 0.0
+            if variant == "per_post":
+                f1 = mf
+            else:
+                f1 = float(2 * mp * mr) / (mp + mr) if mp + mr > 0 else 0.0
+            out[f"f1@{k}"] = f1
+            out[f"p@{k}"] = mp
+            out[f"r@{k}"] = mr
+            out[f"map@{k}"] = map_k
+        out["num_posts"] = n
+        out["num_targets"], out["num_predictions"], out["num_matches"] = sums[4 * nk :]
+        return out
+
+
+def _normalise_ks(ks: Iterable) -> tuple:
+    out = []
+    for k in ks:
+        if k == "M" or k == "m":
+            k = "M"
+        else:
+            k = int(k)
+            if k < 1:
+                raise ValueError(f"ks must be positive integers or 'M', got {k}")
+        if k not in out:
+            out.append(k)
+    if "M" not in out:
+        out.append("M")
+    return tuple(out)
+
+
+def _new_buckets(sources, seen_set) -> tuple:
+    return (
+        _Bucket(),
+        _Bucket() if sources is not None else None,
+        _Bucket() if sources is not None else None,
+        _Bucket() if seen_set is not None else None,
+    )
+
+
+def _score_posts(preds, golds, sources, seen_set, buckets) -> tuple[int, int]:
+    """The per-post loop: fills the buckets, returns (#duplicate, #invalid) predictions removed."""
+    b_all, b_pre, b_abs, b_uns = buckets
+    add_all = b_all.keys.append
+    add_pre = b_pre.keys.append if b_pre is not None else None
+    add_abs = b_abs.keys.append if b_abs is not None else None
+    add_uns = b_uns.keys.append if b_uns is not None else None
+    n_dup = 0
+    n_invalid = 0
+    info = _KP_INFO.get
+    for i, g_list in enumerate(golds):
+        # unique targets (CMKP's find_unique_target: first of each stemmed form)
+        if len(g_list) == 1:
+            piece = g_list[0]
+            targets = [info(piece) or _kp_info(piece)]
+        else:
+            targets = []
+            tkeys = set()
+            for piece in g_list:
+                inf = info(piece) or _kp_info(piece)
+                if inf[1] not in tkeys:
+                    tkeys.add(inf[1])
+                    targets.append(inf)
+        # filtered predictions (CMKP's filter_prediction: first of each stemmed form, and valid)
+        fpreds = []
+        pkeys = set()
+        for piece in preds[i]:
+            inf = info(piece) or _kp_info(piece)
+            if inf[1] in pkeys:
+                n_dup += 1
+            else:
+                pkeys.add(inf[1])
+                if inf[2]:
+                    fpreds.append(inf)
+                else:
+                    n_invalid += 1
+        n_trg = len(targets)
+        trg_match = {t[0] for t in targets}
+        hits = tuple([p[0] in trg_match for p in fpreds])
+        add_all((hits, n_trg))
+
+        if add_pre is not None and n_trg:
+            needles = set()
+            for t in targets:
+                needles |= t[4]
+            for p in fpreds:
+                needles |= p[4]
+            stemmed = _stemmed_source(sources[i], needles) if needles else ""
+            n_tp = [t[3] in stemmed for t in targets].count(True)
+            if fpreds:
+                p_pres = [p[3] in stemmed for p in fpreds]
+                if n_tp:
+                    add_pre((tuple(compress(hits, p_pres)), n_tp))
+                if n_tp < n_trg:
+                    add_abs((tuple(compress(hits, map(not_, p_pres))), n_trg - n_tp))
+            else:
+                if n_tp:
+                    add_pre(((), n_tp))
+                if n_tp < n_trg:
+                    add_abs(((), n_trg - n_tp))
+
+        if add_uns is not None:
+            unseen_match = {t[0] for t in targets if t[5] not in seen_set}
+            if unseen_match:
+                n_tu = [t[5] not in seen_set for t in targets].count(True)
+                add_uns((tuple([p[0] in unseen_match for p in fpreds if p[5] not in seen_set]), n_tu))
+    return n_dup, n_invalid
+
+
+def evaluate_keyphrases(
+    preds: Sequence[Sequence[str]],
+    golds: Sequence[Sequence[str]],
+    sources: Sequence[str] | None = None,
+    train_keyphrases: set[str] | None = None,
+    ks: Iterable = (1, 3, 5),
+    variant: str = "cmkp",
+) -> dict:
+    """Score predicted keyphrase lists against gold lists, one list per post, with CMKP's protocol.
+
+    ``preds[i]`` / ``golds[i]`` are the keyphrase strings of post ``i`` in rank order; to reproduce CMKP exactly,
+    split a prediction line with :func:`~dyncot_plugin.eval.normalize.split_keyphrases_cmkp` (empty pieces count
+    as predictions there). ``sources[i]`` is the post text (present/absent scores); ``train_keyphrases`` the
+    training keyphrase strings (unseen scores). ``ks`` are the cut-offs; ``"M"`` (all predictions) is always
+    added. ``variant``: ``"cmkp"`` (F1 = harmonic mean of macro P and R) or ``"per_post"`` (mean per-post F1).
+
+    Returns ``{"f1@1", "p@1", "r@1", "map@1", ..., "f1@M", ..., "num_posts", "num_targets", "num_predictions",
+    "num_matches", "num_duplicates", "num_invalid", "variant", "present", "absent", "unseen"}``; ``present``,
+    ``absent`` (when ``sources`` is given) and ``unseen`` (when ``train_keyphrases`` is given) hold the same
+    score keys for their subset, else ``None``. Scores are fractions in [0, 1].
+    """
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    if len(preds) != len(golds):
+        raise ValueError(f"{len(preds)} prediction lists but {len(golds)} gold lists; they must align by post")
+    if sources is not None and len(sources) != len(golds):
+        raise ValueError(f"{len(sources)} sources but {len(golds)} gold lists; they must align by post")
+    ks = _normalise_ks(ks)
+    seen_set = None
+    if train_keyphrases is not None:
+        seen_set = {kp.strip().lower() for kp in train_keyphrases}
+
+    buckets = _new_buckets(sources, seen_set)
+    gc_was_enabled = gc.isenabled()
+    gc.disable()  # the loop allocates many small objects; collections would only rescan the caches
+    try:
+        n_dup, n_invalid = _score_posts(preds, golds, sources, seen_set, buckets)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    b_all, b_pre, b_abs, b_uns = buckets
+    out = b_all.report(ks, variant)
+    out["num_duplicates"] = n_dup
+    out["num_invalid"] = n_invalid
+    out["variant"] = variant
+    out["present"] = b_pre.report(ks, variant) if b_pre is not None else None
+    out["absent"] = b_abs.report(ks, variant) if b_abs is not None else None
+    out["unseen"] = b_uns.report(ks, variant) if b_uns is not None else None
+    return out
+
+
+def load_train_keyphrases_set(keyphrase_lists: Iterable[Iterable[str]]) -> set[str]:
+    """The training keyphrase set (stripped, lower-cased strings) from per-post keyphrase lists."""
+    return {kp.strip().lower() for kps in keyphrase_lists for kp in kps if kp.strip()}
