@@ -378,7 +378,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--test-size", help="test posts: a count, or a fraction of the pool (default: the size of the test= input)"
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="random seed: same inputs + seed = same split (default: 0)")
     parser.add_argument(
         "--name", default="mmkp_v2", help="dataset name of JSON outputs and of the report (default: mmkp_v2)"
     )
