@@ -150,3 +150,17 @@ def test_full_cmkp_facts():
     assert (o["seen_in_source"], o["unique_target_keyphrases"]) == (1774, 2534)
     assert round(100 * o["overlap"], 2) == 70.01
     assert round(100 * test["present_share"], 2) == 37.45
+
+
+def test_present_rule_agrees_with_the_evaluator():
+    """Same present/absent decision as dyncot-eval's scorer. The scorer also merges gold keyphrases of one post
+    whose stems coincide (line 27: 'cat' and 'cats' both stem to 'cat'), so it counts one absent target fewer."""
+    from dyncot_plugin.eval.keyphrase_metrics import evaluate_keyphrases
+
+    posts = stats.load_posts(TEST)
+    golds = [kps for _, kps in posts]
+    scored = evaluate_keyphrases(golds, golds, [text for text, _ in posts])
+    ours = stats.split_stats(posts)
+    assert posts[26][1] == ["cat", "cats of twitter", "cats"]
+    assert (scored["present"]["num_targets"], scored["absent"]["num_targets"]) == (30, 28)
+    assert (ours["present"], ours["absent"]) == (30, 29)
