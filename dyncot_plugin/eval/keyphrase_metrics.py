@@ -47,19 +47,43 @@ VARIANTS = ("cmkp", "per_post")
 
 # Raw keyphrase piece -> _kp_info tuple.
 _KP_INFO: dict[str, tuple] = {}
-# Raw post word -> its stem, or a marker (_MARK + first two lower-cased characters) while it has not been needed.
+# Raw post word -> its stem, or a marker (_MARK + first three lower-cased letters) while no post has needed it.
 _SRC_TOKENS: dict[str, str] = {}
 _MARK = "\x00"
 _NEEDLE = " " + _MARK
 _MARK_IN_KEYPHRASES = False  # set if a stemmed keyphrase word ever starts with _MARK (then no markers are used)
-# Irregular forms whose nltk stem does not start with the word's first two characters (dying -> die).
-_POOL_MOVED = frozenset(
-    w for w, s in getattr(_STEMMER, "pool", {}).items() if s[:2] != w[:2] and not (len(s) == 1 and s == w[:1])
-)
+
+
+def _stem_prefix_ok(w: str, s: str) -> bool:
+    """The prefix property of nltk's Porter stem ``s`` of the lower-cased word ``w`` (see :func:`_stemmed_source`)."""
+    if len(s) <= 2:
+        return s == w[: len(s)]
+    return s[:2] == w[:2] and (s[2] == w[2:3] or (s[2] == "i" and w[2:3] == "y") or (s[2] == "e" and len(s) == 3))
+
+
+# Irregular forms (nltk's pool: skies -> sky, dying -> die) that break the prefix property: always stemmed.
+_POOL_MOVED = frozenset(w for w, s in getattr(_STEMMER, "pool", {}).items() if not _stem_prefix_ok(w, s))
+
+
+def _needles(stem: str) -> tuple[list[str], list[str]]:
+    """The markers of the post words that may stem to ``stem``: ``(exact markers, marker beginnings)``.
+
+    Exact: ``_MARK`` + the first three letters a word needs; beginnings (``" " + _MARK + ...``, searched in the
+    stemmed post text) for stems of one or two letters and for three-letter stems ending in an ``e``.
+    """
+    if len(stem) <= 2:
+        return [], [_NEEDLE + stem]
+    exact = [_MARK + stem[:3]]
+    if stem[2] == "i":
+        exact.append(_MARK + stem[:2] + "y")
+    if stem[2] == "e" and len(stem) == 3:
+        return exact, [_NEEDLE + stem[:2]]
+    return exact, []
 
 
 def _kp_info(piece: str) -> tuple:
-    """(match key, dedup key, valid, presence probe or None, needles, seen-set key) of one keyphrase string."""
+    """``(match key, dedup key, valid, presence probe, exact markers, seen-set key, marker beginnings)`` of one
+    keyphrase string (see :func:`_needles` for the last three)."""
     global _MARK_IN_KEYPHRASES
     info = _KP_INFO.get(piece)
     if info is None:
@@ -71,10 +95,16 @@ def _kp_info(piece: str) -> tuple:
         valid = INVALID_TOKENS.isdisjoint(stems)
         # what to look for in the stemmed post text; "\n" (never in it) for the empty keyphrase, never present
         probe = (" " + match_key + " ") if match_key.strip() else "\n"
-        needles = frozenset([_NEEDLE + s[:2] for s in stems if s])
+        exact: set[str] = set()
+        begins: set[str] = set()
+        for st in stems:
+            if st:
+                e, b = _needles(st)
+                exact.update(e)
+                begins.update(b)
         if _MARK in match_key:
             _MARK_IN_KEYPHRASES = True
-        info = (match_key, dedup_key, valid, probe, needles, piece.strip().lower())
+        info = (match_key, dedup_key, valid, probe, frozenset(exact), piece.strip().lower(), tuple(begins))
         if len(_KP_INFO) < 2_000_000:
             _KP_INFO[piece] = info
     return info
@@ -86,28 +116,43 @@ def _stem_raw(tok: str) -> str:
     return s if s is not None else stem_lower(w)
 
 
-def _first_sight(tok: str, needles: set[str]) -> str:
+def _may_match(v: str, exact: set[str], begins: set[str]) -> bool:
+    """Whether the post word with marker ``v`` may stem to one of the keyphrase words behind the needles."""
+    return v in exact or " " + v[:3] in begins or " " + v[:2] in begins
+
+
+def _first_sight(tok: str, exact: set[str], begins: set[str]) -> str:
     w = tok.lower()
-    if _NEEDLE + w[:2] in needles or _NEEDLE + w[:1] in needles or w in _POOL_MOVED:
-        s = _stem_raw(tok)
-    else:
-        s = _MARK + w[:2]
+    v = _MARK + w[:3]
+    s = _stem_raw(tok) if (_may_match(v, exact, begins) or w in _POOL_MOVED) else v
     if len(_SRC_TOKENS) < 5_000_000:
         _SRC_TOKENS[tok] = s
     return s
 
 
-def _stemmed_source(src: str, needles: set[str]) -> str:
+def _post_needles(kps: list[tuple]) -> tuple[set[str], set[str]]:
+    exact: set[str] = set()
+    begins: set[str] = set()
+    for x in kps:
+        exact |= x[4]
+        begins.update(x[6])
+    return exact, begins
+
+
+def _stemmed_source(src: str, kps: list[tuple]) -> str:
     """`` s1 s2 ... `` (leading and trailing space): the post's stemmed words, with markers for some of them.
 
-    Stemming every post word is most of the cost of a cold evaluation, and most post words are never needed:
-    nltk's Porter stem of a lower-cased word ``w`` keeps its first two characters (``stem[:2] == w[:2]``, or
-    ``stem == w[0]`` for a one-character stem) -- suffix rules never reach that far, except for a few irregular
-    forms (``dying`` -> ``die``, :data:`_POOL_MOVED`), which are always stemmed. So a post word can only stem to a
-    keyphrase word ``t`` of the post when its first two (or first one) characters are some ``t[:2]``; ``needles``
-    holds ``" " + _MARK + t[:2]`` for the post's keyphrase words. Other words stand as a marker (``_MARK`` + their
-    first two characters), which equals no keyphrase word, until some post needs them: then they are stemmed
-    (once, and cached). Exact, and most post words are never stemmed.
+    Stemming every post word is most of the cost of a cold evaluation, and most post words are never needed. The
+    Porter stem ``s`` of a lower-cased word ``w`` only rewrites suffixes, and every rewrite either cuts the word
+    or replaces a suffix by a string starting with the suffix's first letter, with a stem of at least two
+    letters before it (rules conditioned on ``m > 0``). Hence (:func:`_stem_prefix_ok`): a stem of one or two
+    letters is a prefix of ``w``; a longer one shares ``w``'s first two letters and its third letter too, except
+    ``y -> i`` (``cry -> cri``) and an ``e`` appended to a two-letter stem (``ating -> ate``). nltk's irregular
+    forms that break this (``skies -> sky``, ``dying -> die``) are in :data:`_POOL_MOVED` and always stemmed.
+    A post word therefore stands as a marker (``_MARK`` + its first three letters), which equals no keyphrase
+    word, until some post has a keyphrase word it may stem to (:func:`_needles`); then it is stemmed, once, and
+    cached. Exact, and most post words are never stemmed. The property is checked by the tests on the CMKP
+    vocabulary, nltk's irregular forms and random suffix combinations.
     """
     toks = src.split()
     if _MARK_IN_KEYPHRASES:  # some keyphrase word starts with the marker character: no markers at all
@@ -115,16 +160,20 @@ def _stemmed_source(src: str, needles: set[str]) -> str:
     get = _SRC_TOKENS.get
     vals = list(map(get, toks))
     if None in vals:
-        vals = [v or _first_sight(t, needles) for v, t in zip(vals, toks)]
+        exact, begins = _post_needles(kps)
+        vals = [v or _first_sight(t, exact, begins) for v, t in zip(vals, toks)]
     stemmed = " " + " ".join(vals) + " "
     if _MARK in stemmed:
-        for nd in needles:
-            if nd in stemmed:  # a marked word may stem to a keyphrase word: stem such words now
+        present = set(vals)
+        for x in kps:
+            if not x[4].isdisjoint(present) or any(b in stemmed for b in x[6]):
+                # a marked word may stem to a keyphrase word of this post: stem such words now
+                exact, begins = _post_needles(kps)
                 for t in toks:
-                    v = _SRC_TOKENS.get(t)
-                    if v is None or (v[:1] == _MARK and (" " + v[:3] in needles or " " + v[:2] in needles)):
+                    v = _SRC_TOKENS[t]
+                    if v[:1] == _MARK and _may_match(v, exact, begins):
                         _SRC_TOKENS[t] = _stem_raw(t)
-                return " " + " ".join([get(t) or _stem_raw(t) for t in toks]) + " "
+                return " " + " ".join(map(_SRC_TOKENS.__getitem__, toks)) + " "
     return stemmed
 
 
@@ -263,12 +312,7 @@ def _score_posts(preds, golds, sources, seen_set, buckets) -> tuple[int, int]:
         add_all((hits, n_trg))
 
         if add_pre is not None and n_trg:
-            needles = set()
-            for t in targets:
-                needles |= t[4]
-            for p in fpreds:
-                needles |= p[4]
-            stemmed = _stemmed_source(sources[i], needles) if needles else ""
+            stemmed = _stemmed_source(sources[i], targets + fpreds)
             n_tp = [t[3] in stemmed for t in targets].count(True)
             if fpreds:
                 p_pres = [p[3] in stemmed for p in fpreds]
