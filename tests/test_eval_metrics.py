@@ -162,14 +162,16 @@ def test_macro_f1_vs_per_post_variant():
 
 
 def test_unseen():
-    train = {"cat", "Mat"}
-    golds = [["cat", "dogs"], ["mat"]]
-    preds = [["dog", "cat", "bird"], ["mat"]]
+    train = {"cat", " mat "}
+    golds = [["cat", "dogs"], ["mat"], ["Cat"]]
+    preds = [["dog", "cat", "bird"], ["mat"], ["cat"]]
     r = evaluate_keyphrases(preds, golds, None, train)
     u = r["unseen"]
-    # only post 1 has an unseen gold (dogs); its unseen predictions are dog (hit after stemming), bird
-    assert u["num_posts"] == 1 and u["num_targets"] == 1 and u["num_predictions"] == 2
-    assert u["f1@1"] == approx(1.0) and u["p@3"] == approx(0.5) and u["f1@3"] == approx(2 / 3)
+    # post 1: unseen gold dogs; its unseen predictions dog (a hit after stemming) and bird (cat is seen)
+    # post 2: mat is seen (white space stripped); post 3: "Cat" is unseen (exact string), "cat" is not
+    assert u["num_posts"] == 2 and u["num_targets"] == 2 and u["num_predictions"] == 2
+    assert u["p@1"] == approx(0.5) and u["r@1"] == approx(0.5)
+    assert u["p@3"] == approx(0.25) and u["f1@3"] == approx(2 * 0.25 * 0.5 / 0.75)
 
 
 def test_ks_and_alignment_errors():

@@ -20,9 +20,10 @@ Present / absent: gold keyphrases *and* predictions are split by whether their s
 in the stemmed post text; the present (absent) scores average only over the posts with at least one present
 (absent) gold keyphrase, predictions of the other kind being ignored, as in CMKP.
 
-Unseen (not in CMKP): a keyphrase is *seen* when its stripped, lower-cased string is in the training keyphrase
-set (exact string otherwise; CMKP's text is lower-case already). Unseen scores are computed like absent ones:
-unseen predictions against unseen gold keyphrases, over the posts with at least one unseen gold keyphrase.
+Unseen (not in CMKP): a keyphrase is *seen* when its string (stripped of surrounding white space, otherwise exact:
+no lower-casing, no stemming) is one of the training keyphrases, the definition the data tools use for train→test
+overlap. Unseen scores are computed like absent ones: unseen predictions against unseen gold keyphrases (matched
+as usual, after stemming), over the posts with at least one unseen gold keyphrase.
 
 Speed: keyphrases are analysed once per distinct string and words stemmed once per distinct word. A post word is
 only stemmed when its first letter is the first letter of some stemmed keyphrase word of that post: a Porter
@@ -81,32 +82,57 @@ def _needles(stem: str) -> tuple[list[str], list[str]]:
     return exact, []
 
 
+# Raw keyphrase word -> (stem, exact markers, marker beginnings).
+_WORD_INFO: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {}
+
+
+def _word_info(tok: str) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
+    w = tok.strip().lower()
+    s = STEM_CACHE.get(w)
+    if s is None:
+        s = stem_lower(w)
+    if s:
+        exact, begins = _needles(s)
+        info = (s, tuple(exact), tuple(begins))
+    else:
+        info = (s, (), ())
+    if len(_WORD_INFO) < 2_000_000:
+        _WORD_INFO[tok] = info
+    return info
+
+
 def _kp_info(piece: str) -> tuple:
     """``(match key, dedup key, valid, presence probe, exact markers, seen-set key, marker beginnings)`` of one
-    keyphrase string (see :func:`_needles` for the last three)."""
+    keyphrase string (see :func:`_needles` for the markers)."""
     global _MARK_IN_KEYPHRASES
     info = _KP_INFO.get(piece)
-    if info is None:
-        get = STEM_CACHE.get
-        words = [w.strip().lower() for w in piece.strip().split(" ")]
-        stems = [get(w) or stem_lower(w) for w in words]
+    if info is not None:
+        return info
+    get = _WORD_INFO.get
+    toks = piece.strip().split(" ")
+    if len(toks) == 1:
+        stem, exact, begins = get(toks[0]) or _word_info(toks[0])
+        stems = (stem,)
+        match_key = dedup_key = stem
+    else:
+        infos = [get(t) or _word_info(t) for t in toks]
+        stems = [x[0] for x in infos]
         match_key = " ".join(stems)  # CMKP compares ' '.join(tokens)
         dedup_key = "_".join(stems)  # CMKP de-duplicates on '_'.join(tokens)
-        valid = INVALID_TOKENS.isdisjoint(stems)
-        # what to look for in the stemmed post text; "\n" (never in it) for the empty keyphrase, never present
-        probe = (" " + match_key + " ") if match_key.strip() else "\n"
-        exact: set[str] = set()
-        begins: set[str] = set()
-        for st in stems:
-            if st:
-                e, b = _needles(st)
-                exact.update(e)
-                begins.update(b)
-        if _MARK in match_key:
-            _MARK_IN_KEYPHRASES = True
-        info = (match_key, dedup_key, valid, probe, frozenset(exact), piece.strip().lower(), tuple(begins))
-        if len(_KP_INFO) < 2_000_000:
-            _KP_INFO[piece] = info
+        exact = ()
+        begins = ()
+        for x in infos:
+            exact += x[1]
+            if x[2]:
+                begins += x[2]
+    # what to look for in the stemmed post text; "\n" (never in it) for the empty keyphrase, never present
+    probe = (" " + match_key + " ") if match_key.strip() else "\n"
+    if _MARK in match_key:
+        _MARK_IN_KEYPHRASES = True
+    valid = INVALID_TOKENS.isdisjoint(stems)
+    info = (match_key, dedup_key, valid, probe, exact, piece.strip(), begins)
+    if len(_KP_INFO) < 2_000_000:
+        _KP_INFO[piece] = info
     return info
 
 
@@ -116,26 +142,23 @@ def _stem_raw(tok: str) -> str:
     return s if s is not None else stem_lower(w)
 
 
-def _may_match(v: str, exact: set[str], begins: set[str]) -> bool:
-    """Whether the post word with marker ``v`` may stem to one of the keyphrase words behind the needles."""
-    return v in exact or " " + v[:3] in begins or " " + v[:2] in begins
-
-
 def _first_sight(tok: str, exact: set[str], begins: set[str]) -> str:
     w = tok.lower()
     v = _MARK + w[:3]
-    s = _stem_raw(tok) if (_may_match(v, exact, begins) or w in _POOL_MOVED) else v
+    if v in exact or (begins and (" " + v[:3] in begins or " " + v[:2] in begins)) or w in _POOL_MOVED:
+        v = _stem_raw(tok)
     if len(_SRC_TOKENS) < 5_000_000:
-        _SRC_TOKENS[tok] = s
-    return s
+        _SRC_TOKENS[tok] = v
+    return v
 
 
 def _post_needles(kps: list[tuple]) -> tuple[set[str], set[str]]:
     exact: set[str] = set()
     begins: set[str] = set()
     for x in kps:
-        exact |= x[4]
-        begins.update(x[6])
+        exact.update(x[4])
+        if x[6]:
+            begins.update(x[6])
     return exact, begins
 
 
@@ -166,12 +189,14 @@ def _stemmed_source(src: str, kps: list[tuple]) -> str:
     if _MARK in stemmed:
         present = set(vals)
         for x in kps:
-            if not x[4].isdisjoint(present) or any(b in stemmed for b in x[6]):
+            if not present.isdisjoint(x[4]) or (x[6] and any(b in stemmed for b in x[6])):
                 # a marked word may stem to a keyphrase word of this post: stem such words now
                 exact, begins = _post_needles(kps)
                 for t in toks:
                     v = _SRC_TOKENS[t]
-                    if v[:1] == _MARK and _may_match(v, exact, begins):
+                    if v[:1] == _MARK and (
+                        v in exact or (begins and (" " + v[:3] in begins or " " + v[:2] in begins))
+                    ):
                         _SRC_TOKENS[t] = _stem_raw(t)
                 return " " + " ".join(map(_SRC_TOKENS.__getitem__, toks)) + " "
     return stemmed
@@ -364,7 +389,7 @@ def evaluate_keyphrases(
     ks = _normalise_ks(ks)
     seen_set = None
     if train_keyphrases is not None:
-        seen_set = {kp.strip().lower() for kp in train_keyphrases}
+        seen_set = {kp.strip() for kp in train_keyphrases}
 
     buckets = _new_buckets(sources, seen_set)
     gc_was_enabled = gc.isenabled()
@@ -386,5 +411,5 @@ def evaluate_keyphrases(
 
 
 def load_train_keyphrases_set(keyphrase_lists: Iterable[Iterable[str]]) -> set[str]:
-    """The training keyphrase set (stripped, lower-cased strings) from per-post keyphrase lists."""
-    return {kp.strip().lower() for kps in keyphrase_lists for kp in kps if kp.strip()}
+    """The training keyphrase set (stripped strings) from per-post keyphrase lists."""
+    return {kp.strip() for kps in keyphrase_lists for kp in kps if kp.strip()}

@@ -30,8 +30,7 @@ Import-light: no torch; transformers is imported only when a tokenizer path is g
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 __all__ = ["ParsedOutput", "parse_output", "summarize_outputs", "KINDS", "WELL_FORMED", "count_tokens"]
 
@@ -51,8 +50,9 @@ KINDS = (
 WELL_FORMED = frozenset({"cot", "bare", "answer_only"})
 
 
-@dataclass(frozen=True)
-class ParsedOutput:
+class ParsedOutput(NamedTuple):
+    """One parsed output (immutable). ``kind``: see the module docstring."""
+
     kind: str
     think: str | None  # the rationale (stripped); None when the output has no think block
     answer: str  # the answer text (stripped); "" when none could be recovered
