@@ -41,7 +41,11 @@ class EvalInputError(ValueError):
 def _read_lines(path: Path) -> list[str]:
     """Lines as CMKP reads them (``open(...).readlines()``: universal newlines), without the line ends."""
     with open(path, encoding="utf-8") as f:
-        return [line[:-1] if line.endswith("\n") else line for line in f.readlines()]
+        text = f.read()  # text mode: \r\n and \r already read as \n, as readlines() splits them
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return lines
 
 
 def _is_jsonl_predictions(path: Path) -> bool:
