@@ -7,7 +7,7 @@ Predictions: ``--predictions`` (a CMKP-format file, one ';'-separated line per p
 ``sh/sample_pred/best_pred.txt``), or else synthetic ones written by :func:`synth_predictions`: five keyphrases per
 post like a beam-search model's -- the gold keyphrase first half of the time, otherwise popular keyphrases of the
 file, recombined gold words, words of the post, and now and then a duplicate or an ``<unk>``. They resemble CMKP's
-published ``best_pred.txt`` (five keyphrases per post, 2.3 words per keyphrase here vs 2.4 there).
+published ``best_pred.txt`` (five keyphrases per post, 2.1 words per keyphrase here vs 2.4 there).
 
 Each timing runs in a fresh Python process, so the stem caches start cold, exactly like one ``dyncot-eval`` call;
 it counts the evaluation work (reading the two files, parsing the outputs, scoring, summarising), not the
