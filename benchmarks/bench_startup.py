@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"bootstrap loaded at start-up: {report['bootstrap_loaded_at_startup']}; heavy modules loaded at "
           f"start-up: {report['heavy_modules_at_startup'] or 'none'}")
     print(f"site.addpackage({PTH}) in a bare interpreter: median {report['pth_ms']['median']:.2f} ms "
-          f"(p90 {report["pth_ms"]["p90"]:.2f}, min {report["pth_ms"]["min"]:.2f})")
+          f"(p90 {report['pth_ms']['p90']:.2f}, min {report['pth_ms']['min']:.2f})")
     if import_ms:
         print(f"-X importtime, dyncot_plugin._bootstrap cumulative: median "
               f"{report['bootstrap_importtime_ms']['median']:.2f} ms")
