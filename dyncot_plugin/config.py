@@ -46,6 +46,12 @@ class DynCotArguments:
         dyncot_log_selection (`bool`, default ``False``):
             Also write every selection decision (global step, per-sample plain-answer loss, CoT or not) to
             ``<output_dir>/dyncot_selection/rank<N>.jsonl``, one file per rank: for analysing which samples think.
+        dyncot_reuse_image_features (`bool`, default ``True``):
+            ``dynamic`` only: the training forward reuses the image features the selection pass computed for the
+            same batch instead of running the vision tower again. Applied only where it is exact (vision tower and
+            projector frozen, as LLaMA-Factory's ``freeze_vision_tower`` / ``freeze_multi_modal_projector``
+            defaults leave them, and no dropout in the tower); the log says whether it is in use. ``false`` runs
+            the vision tower in both forwards.
     """
 
     dyncot_strategy: str = "sft"
@@ -54,6 +60,7 @@ class DynCotArguments:
     dyncot_eval_samples: int = 0
     dyncot_eval_max_new_tokens: int = 256
     dyncot_log_selection: bool = False
+    dyncot_reuse_image_features: bool = True
 
     def __post_init__(self) -> None:
         if self.dyncot_strategy not in STRATEGIES:
@@ -69,8 +76,9 @@ class DynCotArguments:
                 f"dyncot_missing_cot: got {self.dyncot_missing_cot!r}; allowed values are "
                 f"{', '.join(MISSING_COT_POLICIES)}."
             )
-        if not isinstance(self.dyncot_log_selection, bool):
-            raise DynCotConfigError(f"dyncot_log_selection: got {self.dyncot_log_selection!r}; expected true or false.")
+        for key in ("dyncot_log_selection", "dyncot_reuse_image_features"):
+            if not isinstance(getattr(self, key), bool):
+                raise DynCotConfigError(f"{key}: got {getattr(self, key)!r}; expected true or false.")
         for key in ("dyncot_eval_samples", "dyncot_eval_max_new_tokens"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -91,6 +99,7 @@ _TYPES = {
     "dyncot_eval_samples": int,
     "dyncot_eval_max_new_tokens": int,
     "dyncot_log_selection": bool,
+    "dyncot_reuse_image_features": bool,
 }
 
 

@@ -82,6 +82,22 @@ def test_dynamic_writes_cot_ratio_plot_and_selection_records(train):
     assert [e["cot_ratio"] for e in state["log_history"] if "loss" in e] == [1.0] * 4  # what report_to receives
 
 
+def test_cot_ratio_and_selection_loss_reach_tensorboard(train):
+    """`report_to: tensorboard` receives the plugin's metrics at every logging step, equal to trainer_log.jsonl."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out, _ = train(dyncot_strategy="dynamic", dyncot_gamma=1.0e6, report_to="tensorboard")
+    (event_file,) = (out / "runs").rglob("events.out.tfevents.*")
+    events = EventAccumulator(str(event_file.parent))
+    events.Reload()
+    assert {"train/cot_ratio", "train/selection_loss", "train/loss"} <= set(events.Tags()["scalars"])
+    log = read_log(out)
+    for key in ("cot_ratio", "selection_loss", "loss"):
+        scalars = events.Scalars(f"train/{key}")
+        assert [e.step for e in scalars] == [1, 2, 3, 4]
+        assert [e.value for e in scalars] == pytest.approx([entry[key] for entry in log], rel=1e-5)
+
+
 def test_samples_without_cot_fall_back_when_allowed(train, tmp_path_factory):
     data = tmp_path_factory.mktemp("half")
     write_plugin_dataset(data, "half", n=8, cot_rows=[0, 1, 2, 3])
@@ -92,6 +108,35 @@ def test_samples_without_cot_fall_back_when_allowed(train, tmp_path_factory):
     # rows 0-3 (steps 1-2) have CoT, rows 4-7 (steps 3-4) do not: with gamma huge, exactly those train on CoT.
     assert [e["cot_ratio"] for e in read_log(out)] == [1.0, 1.0, 0.0, 0.0]
     assert "4 sample(s) without CoT text train on their plain target" in proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope="module")
+def alternating(tmp_path_factory):
+    """Every other row has CoT text: with gamma huge, each batch of 2 mixes a CoT row and a plain row."""
+    data = tmp_path_factory.mktemp("alternating")
+    write_plugin_dataset(data, "alt", n=8, cot_rows=[0, 2, 4, 6])
+    return data
+
+
+def test_reusing_image_features_changes_no_loss(train, alternating):
+    common = dict(dataset="alt", dataset_dir=alternating, dyncot_strategy="dynamic", dyncot_gamma=1.0e6,
+                  dyncot_missing_cot="sft", disable_shuffling=True, gradient_accumulation_steps=2)
+    reused, proc = train(**common)
+    recomputed, proc_off = train(**common, dyncot_reuse_image_features=False)
+    assert [e["cot_ratio"] for e in read_log(reused)] == [0.5] * 4  # mixed batches: one CoT row, one plain row
+    assert len(read_losses(reused)) == 4 and read_losses(reused) == read_losses(recomputed)
+    # 4 steps x 2 accumulated micro-batches: every training forward took the selection pass's features
+    assert "image features reused in 8 training forwards, recomputed in 0" in proc.stdout + proc.stderr
+    assert "image features" not in proc_off.stdout + proc_off.stderr
+
+
+def test_image_features_are_not_reused_when_the_vision_tower_trains(train, alternating):
+    out, proc = train(dataset="alt", dataset_dir=alternating, dyncot_strategy="dynamic", dyncot_gamma=1.0e6,
+                      dyncot_missing_cot="sft", disable_shuffling=True, freeze_vision_tower=False)
+    log = proc.stdout + proc.stderr
+    assert "image features are computed twice per step: the vision tower or projector trains" in log
+    assert "reused in" not in log
+    assert [e["cot_ratio"] for e in read_log(out)] == [0.5] * 4
 
 
 def test_cot_too_long_for_cutoff_falls_back_and_is_counted(train, tmp_path_factory):

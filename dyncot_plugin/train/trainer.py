@@ -11,6 +11,7 @@ pass), which keeps DeepSpeed ZeRO-3's parameter gathering in lock-step across ra
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -25,6 +26,7 @@ from llamafactory.train.sft.trainer import CustomSeq2SeqTrainer
 
 from dyncot_plugin.config import DynCotArguments
 from dyncot_plugin.data.collator import COT_PREFIX, HAS_COT_KEY
+from dyncot_plugin.train.image_features import ImageFeatureCache, find_multimodal_module, why_not_reusable
 from dyncot_plugin.train.selection import (
     IGNORE_INDEX,
     answer_nll,
@@ -63,9 +65,25 @@ class DynCotTrainer(CustomSeq2SeqTrainer):
         # Running sums since the last log: [rows trained on CoT, rows, selection-loss sum, rows scored].
         self._dyncot_sums = torch.zeros(4, dtype=torch.float64)
         self._pending_eval_metrics: dict[str, float] = {}
+        self._image_cache: ImageFeatureCache | None = None
+        self._image_cache_checked = False
+
+    def train(self, *args, **kwargs):
+        try:
+            return super().train(*args, **kwargs)
+        finally:
+            if self._image_cache is not None:
+                logger.info_rank0(
+                    f"[dyncot] image features reused in {self._image_cache.hits} training forwards, "
+                    f"recomputed in {self._image_cache.misses}"
+                )
+                self._image_cache.remove()
+            self._image_cache, self._image_cache_checked = None, False
 
     # ----------------------------------------------------------------------------------------- batch building
     def get_batch_samples(self, epoch_iterator: Iterator, num_batches: int, device: torch.device):
+        if self._image_cache is not None:
+            self._image_cache.clear()
         return super().get_batch_samples(self._training_batches(epoch_iterator), num_batches, device)
 
     def _training_batches(self, epoch_iterator: Iterator) -> Iterator[dict[str, Any]]:
@@ -91,6 +109,10 @@ class DynCotTrainer(CustomSeq2SeqTrainer):
             stacked[IS_COT_ROW_KEY] = is_cot_row
             self._count(cot_rows=int(has_cot.sum()), rows=rows)
             return stacked
+        if self.image_feature_cache() is not None:
+            # One device copy of the media for both forwards: the training forward finds the selection pass's
+            # image features by the identity of its pixel_values tensor (merge_views keeps the plain view's).
+            plain, cot = self._prepare_inputs(plain), self._prepare_inputs(cot)
         losses = self.selection_losses(plain)
         select = choose_views(losses, has_cot, self.dyncot_args.dyncot_gamma)
         finite = torch.isfinite(losses)
@@ -124,12 +146,29 @@ class DynCotTrainer(CustomSeq2SeqTrainer):
         model = self.model_wrapped if self.model_wrapped is not None else self.model
         was_training = model.training
         model.eval()
+        cache = self._image_cache
         try:
-            with self.compute_loss_context_manager():
+            with self.compute_loss_context_manager(), (cache.record() if cache else contextlib.nullcontext()):
                 outputs = model(**model_inputs, logits_to_keep=positions, use_cache=False)
         finally:
             model.train(was_training)
         return answer_nll(outputs.logits, labels, positions).to(torch.float32)
+
+    def image_feature_cache(self) -> ImageFeatureCache | None:
+        """The reuse of selection-pass image features (see ``image_features.py``), set up on first use; None when
+        ``dyncot_reuse_image_features`` is off, the strategy is not ``dynamic``, or reuse would not be exact."""
+        if not self._image_cache_checked:
+            self._image_cache_checked = True
+            args = self.dyncot_args
+            if args.dyncot_strategy == "dynamic" and args.dyncot_reuse_image_features:
+                module = find_multimodal_module(self.model)
+                reason = why_not_reusable(module)
+                if reason is None:
+                    self._image_cache = ImageFeatureCache(module)
+                    logger.info_rank0("[dyncot] the training forward reuses the selection pass's image features")
+                else:
+                    logger.info_rank0(f"[dyncot] image features are computed twice per step: {reason}")
+        return self._image_cache
 
     # --------------------------------------------------------------------------------------------- loss
     def compute_loss(self, model, inputs, return_outputs: bool = False, num_items_in_batch=None):

@@ -1,0 +1,95 @@
+"""Reuse of the selection pass's image features in the training forward of the same batch (``dynamic`` only).
+
+Dynamic CoT runs two forwards per micro-batch: the no-grad selection pass over the plain view, then the training
+pass over the merged batch. Both carry the *same* images (:func:`~dyncot_plugin.train.selection.merge_views` keeps
+the plain view's ``pixel_values`` tensor), so when nothing in the vision tower trains, the training pass would
+recompute exactly the features the selection pass just computed. On Qwen2-VL-2B the ViT is a third of the
+parameters; skipping its second forward is the largest saving available to the selection pass
+(``benchmarks/bench_dynamic.py``: step-time ratio 1.37x -> 1.19x on the CPU ``mid`` shape, losses identical).
+
+How: one instance attribute, ``get_image_features``, is set on the model's inner multimodal module (the module that
+owns ``visual`` and calls ``self.get_image_features`` from its forward: ``Qwen2VLModel``, ``Qwen2_5_VLModel``).
+While the selection pass runs, computed features are recorded together with the ``pixel_values`` tensor they came
+from; a later call with that very tensor object (identity, not equality: no stale entry can match a new batch)
+gets the recorded features back and drops the entry. Everything else, generation included, falls through to the
+class's method. The attribute is removed by :meth:`ImageFeatureCache.remove`.
+
+Used only when it cannot change results: every parameter of ``visual`` (the projector/merger included) is frozen
+and ``visual`` has no active dropout, so its output does not depend on train/eval mode or on the graph.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import torch
+from torch import nn
+
+
+def find_multimodal_module(model: nn.Module) -> nn.Module | None:
+    """The module that owns a ``visual`` sub-module and defines ``get_image_features`` (None when there is none)."""
+    for module in model.modules():
+        visual = module._modules.get("visual")
+        if isinstance(visual, nn.Module) and callable(getattr(type(module), "get_image_features", None)):
+            return module
+    return None
+
+
+def why_not_reusable(module: nn.Module | None) -> str | None:
+    """None when reusing image features is exact for this module, else the reason it is not."""
+    if module is None:
+        return "the model has no module with `visual` and `get_image_features`"
+    visual = module._modules["visual"]
+    if any(p.requires_grad for p in visual.parameters()):
+        return "the vision tower or projector trains (freeze_vision_tower / freeze_multi_modal_projector are off)"
+    if any(isinstance(m, nn.Dropout) and m.p > 0 for m in visual.modules()):
+        return "the vision tower has dropout"
+    return None
+
+
+class ImageFeatureCache:
+    """Records image features during the selection pass and hands them to the training forward of the same batch."""
+
+    def __init__(self, module: nn.Module) -> None:
+        if "get_image_features" in module.__dict__:
+            raise RuntimeError(f"{type(module).__name__}.get_image_features is already replaced on this instance")
+        self.module = module
+        self.recording = False
+        self.entries: list[tuple[torch.Tensor, Any]] = []  # (pixel_values object, get_image_features output)
+        self.hits = 0
+        self.misses = 0
+        self._original = type(module).get_image_features.__get__(module)
+
+        def get_image_features(pixel_values, image_grid_thw=None, **kwargs):
+            for i, (key, output) in enumerate(self.entries):
+                if key is pixel_values:
+                    del self.entries[i]
+                    self.hits += 1
+                    return output
+            output = self._original(pixel_values, image_grid_thw, **kwargs)
+            if self.recording:
+                self.entries.append((pixel_values, output))
+            elif module.training:
+                self.misses += 1
+            return output
+
+        module.get_image_features = get_image_features
+
+    @contextlib.contextmanager
+    def record(self):
+        """Within this block (the selection pass), computed image features are kept for the training forward."""
+        self.recording = True
+        try:
+            yield
+        finally:
+            self.recording = False
+
+    def clear(self) -> None:
+        """Drop entries no training forward used (called before each optimizer step's batches are built)."""
+        self.entries.clear()
+
+    def remove(self) -> None:
+        self.clear()
+        if self.module.__dict__.get("get_image_features") is not None:
+            del self.module.get_image_features
