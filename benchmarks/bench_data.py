@@ -25,6 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _common import cpu_model
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CMKP = ROOT.parent / "shared" / "cmkp" / "tw_mm_s1"
 BUNDLED = ROOT / "tests" / "data"
@@ -36,16 +38,6 @@ def source_lines(cmkp_dir: Path) -> tuple[list[str], str]:
         files = [BUNDLED / "cmkp_test_src.txt", BUNDLED / "cmkp_train_src.txt"]
     lines = [line for f in files for line in f.read_text(encoding="utf-8").split("\n") if line]
     return lines, ", ".join(str(f) for f in files)
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def timed(cmd: list[str], pin: list[str]) -> dict[str, float]:

@@ -61,6 +61,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _common import cpu_model, emit_json
+
 TIME_TARGET, MEMORY_TARGET = 1.40, 1.10
 
 # Model shapes. `qwen2vl-2b` is Qwen2-VL-2B-Instruct's config (2.21 B parameters: Qwen2-1.5B with tied embeddings +
@@ -88,16 +90,6 @@ RESULT_PREFIX = "BENCH_RESULT "
 
 
 # ------------------------------------------------------------------------------------------------ helpers
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def int_range(text: str) -> tuple[int, int]:
     lo, _, hi = text.partition("-")
     lo, hi = int(lo), int(hi or lo)
@@ -610,9 +602,7 @@ def main(argv: list[str] | None = None) -> int:
           f"(vision {est['vision_tflop']:.3f}) -> ratio {est['ratio_cache_vision']:.3f} with the image features "
           f"reused (frozen tower, the default), {est['ratio']:.3f} recomputed")
     if args.estimate_only:
-        print("BENCH_JSON " + json.dumps(report))
-        if args.json:
-            args.json.write_text(json.dumps(report, indent=2) + "\n")
+        emit_json(report, args.json)
         return 0
 
     records = timing["records"]
@@ -673,9 +663,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"memory: {report['memory_method']}")
     print(f"targets: time <= {TIME_TARGET}x -> {dyn['time_ratio']:.3f}x; peak memory <= {MEMORY_TARGET}x -> "
           + (f"{dyn['memory_ratio']:.3f}x" if "memory_ratio" in dyn else "not measured"))
-    print("BENCH_JSON " + json.dumps(report))
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    emit_json(report, args.json)
     return 0
 
 

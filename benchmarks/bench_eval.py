@@ -25,9 +25,10 @@ import random
 import subprocess
 import sys
 import tempfile
-import time
 from collections import Counter
 from pathlib import Path
+
+from _common import cpu_model
 
 DEFAULT_SRC = "/work/shared/cmkp/tw_mm_s1/test_src.txt"
 
@@ -84,17 +85,6 @@ def synth_predictions(src_lines: list[str], seed: int = 0, n_pred: int = 5) -> l
     return out
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _time_child(pred: Path, src: Path, runs: int) -> dict:
     best = None
     for _ in range(runs):
@@ -136,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         big_pred.write_text("\n".join((pred_lines * reps)[: args.big_posts]) + "\n", encoding="utf-8")
 
         results = {
-            "machine": {"python": platform.python_version(), "cpu": _cpu_model(), "cores": os.cpu_count(),
+            "machine": {"python": platform.python_version(), "cpu": cpu_model(), "cores": os.cpu_count(),
                         "load_avg_1m": os.getloadavg()[0]},
             "predictions": str(args.predictions or f"synthetic (seed {args.seed})"),
             "test": _time_child(pred, src, args.runs),

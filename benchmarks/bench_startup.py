@@ -25,7 +25,6 @@ The last line is ``BENCH_JSON {...}``. Exit status 0 whatever the numbers (a ben
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -34,6 +33,8 @@ import sys
 import sysconfig
 import time
 from pathlib import Path
+
+from _common import cpu_model, emit_json
 
 TARGET_MS = 20.0
 PTH = "dyncot_plugin.pth"
@@ -95,8 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     py = sys.executable
 
     # Heavy modules must not load at start-up.
-    loaded = run([py, "-c", "import sys; print(' '.join(m for m in ('torch', 'transformers', 'llamafactory', "
-                  "'dyncot_plugin._bootstrap') if m in sys.modules))"], env).stdout.split()
+    probe = ("import sys; print(' '.join(m for m in ('torch', 'transformers', 'llamafactory', "
+             "'dyncot_plugin._bootstrap') if m in sys.modules))")
+    loaded = run([py, "-c", probe], env).stdout.split()
 
     pth_ms, import_ms, with_ms, without_ms = [], [], [], []
     pth_cmd = [py, "-S", "-c", PTH_CODE.format(sitedir=str(sitedir), pth=PTH)]
@@ -124,9 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         "startup_without_pth_ms": without_s,
         "added_ms_median": with_s["median"] - without_s["median"],
         "target_ms": TARGET_MS,
-        "machine": {"cpu": next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text()
-                                 .splitlines() if line.startswith("model name")), platform.processor()),
-                    "cores_visible": os.cpu_count(), "python": platform.python_version()},
+        "machine": {"cpu": cpu_model(), "cores_visible": os.cpu_count(), "python": platform.python_version()},
     }
     print(f"{args.runs} fresh processes per arm; {report['machine']['cpu']}, {report['machine']['cores_visible']} "
           f"cores, Python {report['machine']['python']}")
@@ -139,9 +139,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{report['bootstrap_importtime_ms']['median']:.2f} ms")
     print(f"python start-up with the .pth {with_s['median']:.1f} ms, without {without_s['median']:.1f} ms (medians) "
           f"-> added {report['added_ms_median']:.2f} ms (target < {TARGET_MS:.0f} ms)")
-    print("BENCH_JSON " + json.dumps(report))
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    emit_json(report, args.json)
     return 0
 
 

@@ -84,8 +84,7 @@ def test_installing_the_wheel_into_a_scratch_venv_activates_the_plugin(wheel, tm
     # A typo in a recipe key fails through the wheel's hook, before any model is loaded.
     recipe = tmp_path / "typo.yaml"
     recipe.write_text("model_name_or_path: /nonexistent\nstage: sft\ndo_train: true\ndyncot_gama: 0.4\n")
-    typo = subprocess.run([py, "-c", "import sys; from llamafactory.cli import main; sys.argv = ['llamafactory-cli', "
-                           f"'train', {str(recipe)!r}]; main()"], cwd=tmp_path, capture_output=True, text=True,
-                          env=offline_env({}), timeout=300)
+    cli = f"import sys; from llamafactory.cli import main; sys.argv = ['llamafactory-cli', 'train', {str(recipe)!r}]; main()"
+    typo = subprocess.run([py, "-c", cli], cwd=tmp_path, capture_output=True, text=True, env=offline_env({}), timeout=300)
     assert typo.returncode != 0
     assert "dyncot_gamma" in typo.stderr + typo.stdout
