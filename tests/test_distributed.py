@@ -30,6 +30,8 @@ def test_zero3_two_ranks_selecting_differently_finish(tiny_model_dir, tmp_path):
     output = proc.stdout + proc.stderr
     # the plugin is active in both torchrun workers
     assert "(rank 0): patched llamafactory" in output and "(rank 1): patched llamafactory" in output
+    # ZeRO-3 partitions the frozen vision tower too; the training forward still takes the selection pass's features
+    assert "image features reused in 2 training forwards, recomputed in 0" in output
     records = {
         rank: [json.loads(line) for line in (tmp_path / "out" / "dyncot_selection" / f"rank{rank}.jsonl").read_text().splitlines()]
         for rank in (0, 1)

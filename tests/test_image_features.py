@@ -1,4 +1,4 @@
-"""Unit tests of the image-feature reuse: what it finds, when it refuses, identity matching, clean removal."""
+"""Unit tests of the image-feature reuse: what it finds, when it refuses, matching images, clean removal."""
 
 import pytest
 import torch
@@ -18,7 +18,7 @@ class Inner(nn.Module):
 
     def get_image_features(self, pixel_values, image_grid_thw=None):
         self.calls += 1
-        return self.visual(pixel_values)
+        return self.visual(pixel_values.type(self.visual[0].weight.dtype))  # as Qwen2VLModel casts
 
     def forward(self, pixel_values):
         return self.get_image_features(pixel_values)
@@ -41,7 +41,7 @@ def test_finds_the_inner_module_and_checks_exactness():
     assert "no module" in why_not_reusable(None)
 
 
-def test_recorded_features_are_handed_back_once_for_the_same_tensor_only():
+def test_recorded_features_are_handed_back_once_for_the_same_images_only():
     inner = Outer().model
     cache = ImageFeatureCache(inner)
     pixels = torch.randn(4, 3)
@@ -49,12 +49,16 @@ def test_recorded_features_are_handed_back_once_for_the_same_tensor_only():
     with cache.record():
         first = inner(pixels)
     inner.train()
-    assert inner(pixels.clone()) is not first  # equal values, another tensor: recomputed, never matched
+    other = pixels.clone()
+    other[0, 0] += 1
+    assert inner(other) is not first  # other images: recomputed
     assert inner.calls == 2 and cache.misses == 1
-    assert inner(pixels) is first  # the selection pass's tensor: reused without calling the tower
-    assert inner.calls == 2 and cache.hits == 1
+    assert inner(pixels.double()) is not first  # another dtype: recomputed
+    assert inner.calls == 3 and cache.misses == 2
+    assert inner(pixels.clone()) is first  # the same images in a copy (DeepSpeed copies the batch): reused
+    assert inner.calls == 3 and cache.hits == 1
     inner(pixels)  # the entry was used up
-    assert inner.calls == 3 and cache.entries == []
+    assert inner.calls == 4 and cache.entries == []
 
 
 def test_clear_and_remove_restore_the_class_method():

@@ -9,9 +9,11 @@ parameters; skipping its second forward is the largest saving available to the s
 
 How: one instance attribute, ``get_image_features``, is set on the model's inner multimodal module (the module that
 owns ``visual`` and calls ``self.get_image_features`` from its forward: ``Qwen2VLModel``, ``Qwen2_5_VLModel``).
-While the selection pass runs, computed features are recorded together with the ``pixel_values`` tensor they came
-from; a later call with that very tensor object (identity, not equality: no stale entry can match a new batch)
-gets the recorded features back and drops the entry. Everything else, generation included, falls through to the
+While the selection pass runs, computed features are recorded together with the ``pixel_values`` and
+``image_grid_thw`` they came from; a later call with the same images (:func:`same_images`: the same tensor, or
+equal values, since the batch may be copied between the two forwards, as ``Trainer._prepare_inputs`` does under
+DeepSpeed) gets the recorded features back and drops the entry. Entries are dropped before each optimizer step's
+batches are built. Everything else, generation included, falls through to the
 class's method. The attribute is removed by :meth:`ImageFeatureCache.remove`.
 
 Used only when it cannot change results: every parameter of ``visual`` (the projector/merger included) is frozen
@@ -48,6 +50,21 @@ def why_not_reusable(module: nn.Module | None) -> str | None:
     return None
 
 
+def _same(a: Any, b: Any) -> bool:
+    if a is b:
+        return True
+    if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)):
+        return False
+    return a.shape == b.shape and a.dtype == b.dtype and a.device == b.device and torch.equal(a, b)
+
+
+def same_images(pixels: torch.Tensor, grid: Any, other_pixels: torch.Tensor, other_grid: Any) -> bool:
+    """Whether two ``get_image_features`` calls see the same images: the same tensors, or tensors of the same shape,
+    dtype, device and values (then the frozen tower's output is the same). One comparison pass over the pixels, far
+    cheaper than the tower's forward."""
+    return _same(grid, other_grid) and _same(pixels, other_pixels)
+
+
 class ImageFeatureCache:
     """Records image features during the selection pass and hands them to the training forward of the same batch."""
 
@@ -56,20 +73,20 @@ class ImageFeatureCache:
             raise RuntimeError(f"{type(module).__name__}.get_image_features is already replaced on this instance")
         self.module = module
         self.recording = False
-        self.entries: list[tuple[torch.Tensor, Any]] = []  # (pixel_values object, get_image_features output)
+        self.entries: list[tuple[torch.Tensor, Any, Any]] = []  # (pixel_values, image_grid_thw, features)
         self.hits = 0
         self.misses = 0
         self._original = type(module).get_image_features.__get__(module)
 
         def get_image_features(pixel_values, image_grid_thw=None, **kwargs):
-            for i, (key, output) in enumerate(self.entries):
-                if key is pixel_values:
+            for i, (pixels, grid, output) in enumerate(self.entries):
+                if same_images(pixels, grid, pixel_values, image_grid_thw):
                     del self.entries[i]
                     self.hits += 1
                     return output
             output = self._original(pixel_values, image_grid_thw, **kwargs)
             if self.recording:
-                self.entries.append((pixel_values, output))
+                self.entries.append((pixel_values, image_grid_thw, output))
             elif module.training:
                 self.misses += 1
             return output

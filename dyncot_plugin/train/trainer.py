@@ -110,8 +110,8 @@ class DynCotTrainer(CustomSeq2SeqTrainer):
             self._count(cot_rows=int(has_cot.sum()), rows=rows)
             return stacked
         if self.image_feature_cache() is not None:
-            # One device copy of the media for both forwards: the training forward finds the selection pass's
-            # image features by the identity of its pixel_values tensor (merge_views keeps the plain view's).
+            # One device copy of the media for both forwards (merge_views keeps the plain view's pixel_values), so
+            # the training forward usually finds the selection pass's features by identity, without comparing pixels.
             plain, cot = self._prepare_inputs(plain), self._prepare_inputs(cot)
         losses = self.selection_losses(plain)
         select = choose_views(losses, has_cot, self.dyncot_args.dyncot_gamma)
