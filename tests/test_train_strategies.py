@@ -112,17 +112,16 @@ def test_samples_without_cot_fall_back_when_allowed(train, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def alternating(tmp_path_factory):
-    """Every other row has CoT text: with gamma huge, each batch of 2 mixes a CoT row and a plain row."""
+    """Run overrides where every other row has CoT text: with gamma huge, each batch of 2 mixes a CoT and a plain row."""
     data = tmp_path_factory.mktemp("alternating")
     write_plugin_dataset(data, "alt", n=8, cot_rows=[0, 2, 4, 6])
-    return data
+    return dict(dataset="alt", dataset_dir=data, dyncot_strategy="dynamic", dyncot_gamma=1.0e6,
+                dyncot_missing_cot="sft", disable_shuffling=True)
 
 
 def test_reusing_image_features_changes_no_loss(train, alternating):
-    common = dict(dataset="alt", dataset_dir=alternating, dyncot_strategy="dynamic", dyncot_gamma=1.0e6,
-                  dyncot_missing_cot="sft", disable_shuffling=True, gradient_accumulation_steps=2)
-    reused, proc = train(**common)
-    recomputed, proc_off = train(**common, dyncot_reuse_image_features=False)
+    reused, proc = train(**alternating, gradient_accumulation_steps=2)
+    recomputed, proc_off = train(**alternating, gradient_accumulation_steps=2, dyncot_reuse_image_features=False)
     assert [e["cot_ratio"] for e in read_log(reused)] == [0.5] * 4  # mixed batches: one CoT row, one plain row
     assert len(read_losses(reused)) == 4 and read_losses(reused) == read_losses(recomputed)
     # 4 steps x 2 accumulated micro-batches: every training forward took the selection pass's features
@@ -131,8 +130,7 @@ def test_reusing_image_features_changes_no_loss(train, alternating):
 
 
 def test_image_features_are_not_reused_when_the_vision_tower_trains(train, alternating):
-    out, proc = train(dataset="alt", dataset_dir=alternating, dyncot_strategy="dynamic", dyncot_gamma=1.0e6,
-                      dyncot_missing_cot="sft", disable_shuffling=True, freeze_vision_tower=False)
+    out, proc = train(**alternating, freeze_vision_tower=False)
     log = proc.stdout + proc.stderr
     assert "image features are computed twice per step: the vision tower or projector trains" in log
     assert "reused in" not in log

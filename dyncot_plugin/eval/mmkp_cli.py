@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from dyncot_plugin.eval.keyphrase_metrics import VARIANTS, evaluate_keyphrases
-from dyncot_plugin.eval.normalize import split_keyphrases, split_keyphrases_cmkp
-from dyncot_plugin.eval.outputs import KINDS, parse_output, summarize_outputs
+from dyncot_plugin.eval.normalize import split_keyphrases_cmkp
+from dyncot_plugin.eval.outputs import KINDS, label_keyphrases, parse_output, summarize_outputs
 
 SEP = "<sep>"
 
@@ -112,7 +112,7 @@ def _row_keyphrases(row: dict[str, Any], path: Path, i: int) -> list[str]:
     content = _assistant(row)
     if content is None:
         raise EvalInputError(f"{path}, row {i}: no 'keyphrases' list and no assistant message to read them from.")
-    return split_keyphrases(parse_output(content).answer)
+    return label_keyphrases(content)
 
 
 def read_cmkp_src(path: Path) -> tuple[list[str], list[list[str]]]:
@@ -243,7 +243,7 @@ def _evaluate_files(
         else:
             if not all(isinstance(r.get("label"), str) for r in rows):
                 raise EvalInputError(f"{pred_path}: rows lack 'label'; give --dataset or --src for the gold keyphrases")
-            golds = [split_keyphrases(parse_output(r["label"]).answer) for r in rows]
+            golds = [label_keyphrases(r["label"]) for r in rows]
             notes.append("no --dataset/--src: gold keyphrases read from the labels; present/absent scores skipped")
     else:
         fmt = "cmkp"

@@ -32,6 +32,8 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple, Sequence
 
+from dyncot_plugin.eval.normalize import split_keyphrases
+
 __all__ = ["ParsedOutput", "parse_output", "summarize_outputs", "KINDS", "WELL_FORMED", "count_tokens"]
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
@@ -114,6 +116,11 @@ def parse_output(text: str | None) -> ParsedOutput:
     if not ans:
         return ParsedOutput("empty_answer", think, "", True)
     return ParsedOutput("cot" if closed else "unclosed_answer", think, ans, True)
+
+
+def label_keyphrases(text: str | None) -> list[str]:
+    """Gold keyphrases of a label in plain or CoT form: its answer split on ``;``, empty pieces dropped."""
+    return split_keyphrases(parse_output(text).answer)
 
 
 def _load_tokenizer(tokenizer: Any) -> Any:

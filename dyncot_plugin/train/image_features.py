@@ -5,7 +5,8 @@ pass over the merged batch. Both carry the *same* images (:func:`~dyncot_plugin.
 the plain view's ``pixel_values`` tensor), so when nothing in the vision tower trains, the training pass would
 recompute exactly the features the selection pass just computed. On Qwen2-VL-2B the ViT is a third of the
 parameters; skipping its second forward is the largest saving available to the selection pass
-(``benchmarks/bench_dynamic.py``: step-time ratio 1.37x -> 1.19x on the CPU ``mid`` shape, losses identical).
+(``benchmarks/bench_dynamic.py``: step-time ratio against sft 1.36x -> 1.13x on the CPU ``mid`` shape, losses
+identical).
 
 How: one instance attribute, ``get_image_features``, is set on the model's inner multimodal module (the module that
 owns ``visual`` and calls ``self.get_image_features`` from its forward: ``Qwen2VLModel``, ``Qwen2_5_VLModel``).
@@ -13,8 +14,8 @@ While the selection pass runs, computed features are recorded together with the 
 ``image_grid_thw`` they came from; a later call with the same images (:func:`same_images`: the same tensor, or
 equal values, since the batch may be copied between the two forwards, as ``Trainer._prepare_inputs`` does under
 DeepSpeed) gets the recorded features back and drops the entry. Entries are dropped before each optimizer step's
-batches are built. Everything else, generation included, falls through to the
-class's method. The attribute is removed by :meth:`ImageFeatureCache.remove`.
+batches are built. Everything else, generation included, falls through to the class's method. The attribute is
+removed by :meth:`ImageFeatureCache.remove`.
 
 Used only when it cannot change results: every parameter of ``visual`` (the projector/merger included) is frozen
 and ``visual`` has no active dropout, so its output does not depend on train/eval mode or on the graph.

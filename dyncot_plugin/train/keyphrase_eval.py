@@ -18,8 +18,8 @@ import torch
 import torch.distributed as dist
 
 from dyncot_plugin.eval.keyphrase_metrics import evaluate_keyphrases
-from dyncot_plugin.eval.normalize import split_keyphrases, split_keyphrases_cmkp
-from dyncot_plugin.eval.outputs import parse_output, summarize_outputs
+from dyncot_plugin.eval.normalize import split_keyphrases_cmkp
+from dyncot_plugin.eval.outputs import label_keyphrases, parse_output, summarize_outputs
 
 IGNORE_INDEX = -100
 METRIC_KEYS = ("f1@1", "f1@M", "cot_rate", "gen_len")
@@ -110,7 +110,7 @@ def generate_and_score(trainer: Any, eval_dataset: Any, max_samples: int, max_ne
     # The same splits as `dyncot-eval mmkp` on LLaMA-Factory predictions, so the two report the same numbers.
     scores = evaluate_keyphrases(
         [split_keyphrases_cmkp(p.answer) for p in parsed],
-        [split_keyphrases(parse_output(g).answer) for _, _, _, g in local],
+        [label_keyphrases(g) for _, _, _, g in local],
     )
     summary = summarize_outputs(texts, parsed=parsed)
     lengths = [length for _, _, length, _ in local]
