@@ -294,6 +294,12 @@ class Bench:
                 dyncot_args=DynCotArguments(dyncot_strategy=strategy, dyncot_gamma=0.0,
                                             dyncot_reuse_image_features=variant != "recompute_vision"),
             )
+        # One model serves every arm: the image-feature reuse is installed on it once, shared by the arms using it.
+        shared = None
+        for trainer in self.trainers.values():
+            if trainer.dyncot_args.dyncot_strategy == "dynamic" and trainer.dyncot_args.dyncot_reuse_image_features:
+                shared = shared or trainer.image_feature_cache()
+                trainer._image_cache, trainer._image_cache_checked = shared, True
         first = self.trainers[arms[0]]
         # What Trainer.train does before the loop: accelerator.prepare (autocast on GPU bf16) and the optimizer.
         wrapped = first.accelerator.prepare_model(self.model)
