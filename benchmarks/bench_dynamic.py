@@ -238,8 +238,10 @@ class Bench:
         from llamafactory.model import load_model, load_tokenizer
 
         from dyncot_plugin.config import DynCotArguments
-        from dyncot_plugin.data.collator import DualViewDataCollator
-        from dyncot_plugin.train.workflow import make_get_dataset
+        from dyncot_plugin.strategies import STRATEGIES
+        from dyncot_plugin.train.families import family_of
+        from dyncot_plugin.train.views import DualViewDataCollator
+        from dyncot_plugin.train.workflow import SFT_WORKFLOW_SWAPS, Run
 
         self.torch = torch
         self.cuda = ctx["device"] == "cuda"
@@ -259,7 +261,8 @@ class Bench:
         tokenizer_module = load_tokenizer(model_args)
         template = get_template_and_fix_tokenizer(tokenizer_module["tokenizer"], data_args)
         both_views = DynCotArguments(dyncot_strategy="dynamic", dyncot_gamma=0.0)
-        dataset = make_get_dataset(get_dataset, both_views)(
+        make_get_dataset = dict((name, factory) for _, name, factory in SFT_WORKFLOW_SWAPS)["get_dataset"]
+        dataset = make_get_dataset(get_dataset, Run(both_views))(
             template, model_args, data_args, training_args, stage="sft", **tokenizer_module
         )["train_dataset"]
         self.model = load_model(tokenizer_module["tokenizer"], model_args, finetuning_args, True) if with_model else None
@@ -275,7 +278,9 @@ class Bench:
         self.batches, self.collate_s = {}, {}
         for arm in arms:
             strategy = "sft" if arm == "sft" else "dynamic"
-            collator = DualViewDataCollator(strategy=strategy, **collator_kwargs)
+            collator = DualViewDataCollator(
+                strategy=STRATEGIES[strategy], family=family_of(self.model) if with_model else None, **collator_kwargs
+            )
             self.batches[arm], times = [], []
             for feats in self.features:
                 start = time.perf_counter()

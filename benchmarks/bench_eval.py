@@ -35,7 +35,7 @@ DEFAULT_SRC = "/work/shared/cmkp/tw_mm_s1/test_src.txt"
 _CHILD = r"""
 import json, sys, time
 t0 = time.perf_counter()
-from dyncot_plugin.eval.mmkp_cli import evaluate_files
+from dyncot_plugin.tasks.mmkp.evaluate import evaluate_files
 t1 = time.perf_counter()
 c1 = time.process_time()
 res = evaluate_files(sys.argv[1], src=sys.argv[2])

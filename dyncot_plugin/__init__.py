@@ -13,7 +13,7 @@ def install() -> None:
     """Apply the plugin's patches to LLaMA-Factory now (idempotent). Ignores ``DYNCOT_DISABLE``: an explicit call wins."""
     from dyncot_plugin.patches import apply_patches
 
-    apply_patches(force=True)
+    apply_patches()
 
 
 __all__ = ["__version__", "install"]

@@ -29,6 +29,8 @@ class _PatchAfterExecLoader:
 
     def exec_module(self, module):
         self._loader.exec_module(module)
+        if is_disabled():
+            return
         from dyncot_plugin.patches import apply_patches
 
         apply_patches()

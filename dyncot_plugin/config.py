@@ -12,9 +12,13 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from dyncot_plugin.strategies import STRATEGIES as _STRATEGY_TABLE
+from dyncot_plugin.strategies import Strategy
+
 PREFIX = "dyncot_"
-STRATEGIES = ("sft", "cot", "multitask", "dynamic")
+STRATEGIES = tuple(_STRATEGY_TABLE)
 MISSING_COT_POLICIES = ("error", "sft")
+EVAL_TASKS = ("auto", "mmkp", "scienceqa")
 
 
 class DynCotConfigError(ValueError):
@@ -39,10 +43,14 @@ class DynCotArguments:
             What ``cot``/``multitask``/``dynamic`` do with a sample that has no CoT text: ``error`` stops with the
             dataset name and row; ``sft`` trains it on its plain target and logs how many samples did so.
         dyncot_eval_samples (`int`, default ``0``):
-            Size of the capped evaluation subset on which, every ``eval_steps``, the model generates and F1@1,
-            F1@M, the CoT rate and the generation length are logged. ``0`` turns the callback off (no cost).
+            Size of the capped evaluation subset on which, every ``eval_steps``, the model generates and the
+            task's metrics (``dyncot_eval_task``), the CoT rate and the generation length are logged as
+            ``eval_<metric>``. ``0`` turns it off (no cost).
         dyncot_eval_max_new_tokens (`int`, default ``256``):
-            Generation budget of that callback per sample.
+            Generation budget of that evaluation per sample.
+        dyncot_eval_task (`str`, default ``"auto"``):
+            What that evaluation scores: ``mmkp`` (keyphrase F1@1 and F1@M, CMKP protocol), ``scienceqa`` (answer
+            accuracy), or ``auto``: ``scienceqa`` when every gold label reads ``The answer is (X).``, else ``mmkp``.
         dyncot_log_selection (`bool`, default ``False``):
             Also write every selection decision (global step, per-sample plain-answer loss, CoT or not) to
             ``<output_dir>/dyncot_selection/rank<N>.jsonl``, one file per rank: for analysing which samples think.
@@ -59,6 +67,7 @@ class DynCotArguments:
     dyncot_missing_cot: str = "error"
     dyncot_eval_samples: int = 0
     dyncot_eval_max_new_tokens: int = 256
+    dyncot_eval_task: str = "auto"
     dyncot_log_selection: bool = False
     dyncot_reuse_image_features: bool = True
 
@@ -76,6 +85,10 @@ class DynCotArguments:
                 f"dyncot_missing_cot: got {self.dyncot_missing_cot!r}; allowed values are "
                 f"{', '.join(MISSING_COT_POLICIES)}."
             )
+        if self.dyncot_eval_task not in EVAL_TASKS:
+            raise DynCotConfigError(
+                f"dyncot_eval_task: got {self.dyncot_eval_task!r}; allowed values are {', '.join(EVAL_TASKS)}."
+            )
         for key in ("dyncot_log_selection", "dyncot_reuse_image_features"):
             if not isinstance(getattr(self, key), bool):
                 raise DynCotConfigError(f"{key}: got {getattr(self, key)!r}; expected true or false.")
@@ -85,9 +98,14 @@ class DynCotArguments:
                 raise DynCotConfigError(f"{key}: got {value!r}; expected an integer >= 0.")
 
     @property
+    def strategy(self) -> Strategy:
+        """The row of :data:`dyncot_plugin.strategies.STRATEGIES` for ``dyncot_strategy``."""
+        return _STRATEGY_TABLE[self.dyncot_strategy]
+
+    @property
     def needs_cot(self) -> bool:
         """Whether the strategy reads the CoT column at all."""
-        return self.dyncot_strategy != "sft"
+        return self.strategy.needs_cot
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

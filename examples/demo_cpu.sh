@@ -19,7 +19,7 @@ echo "== 3/4 llamafactory-cli train examples/tiny_predict_cpu.yaml  (generate on
 llamafactory-cli train examples/tiny_predict_cpu.yaml > outputs/demo_predict.log 2>&1 || { tail -40 outputs/demo_predict.log; exit 1; }
 
 echo "== 4/4 results"
-python -m dyncot_plugin.eval.training_report outputs/demo/dynamic
+python -m dyncot_plugin.train.report outputs/demo/dynamic
 dyncot-eval mmkp --predictions outputs/demo/predict/generated_predictions.jsonl \
     --dataset data_info/mmkp_demo_eval.json --train data_info/mmkp_demo.json
 echo "Plots: outputs/demo/dynamic/training_loss.png, outputs/demo/dynamic/training_cot_ratio.png"

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from dyncot_plugin.cli.data import main as data_main
-from dyncot_plugin.data import cmkp
-from dyncot_plugin.data.cmkp import CmkpFormatError, parse_cmkp_line, read_cmkp_file
-from dyncot_plugin.data.dataset_io import DatasetError, dataset_entry, load_rows
+from dyncot_plugin.io.datasets import DatasetError, dataset_entry, load_rows
+from dyncot_plugin.tasks.mmkp import convert as cmkp
+from dyncot_plugin.tasks.mmkp.convert import CmkpFormatError, parse_cmkp_line, read_cmkp_file
 
 DATA = Path(__file__).resolve().parent / "data"
 SRC = DATA / "cmkp_test_src.txt"  # lines 1-40 of CMKP tw_mm_s1/test_src.txt
@@ -341,7 +341,7 @@ def test_cli_two_splits_side_files_and_errors(tmp_path, capsys):
             "-q",
         ]
     )
-    assert rc == 1  # no image folder: skipping every post would leave an empty split
+    assert rc == 2  # no image folder: skipping every post would leave an empty split
     assert "would write an empty test split; check --image-dir" in capsys.readouterr().err
     assert not (out / "tpl_test.json").exists()
     (out / "images").mkdir()
@@ -369,10 +369,10 @@ def test_cli_two_splits_side_files_and_errors(tmp_path, capsys):
     )
 
     rc = data_main(["convert-cmkp", f"dev={src_dir / 'test_src.txt'}", "-o", str(out)])
-    assert rc == 1
+    assert rc == 2
     assert "error: unknown split name 'dev'" in capsys.readouterr().err
     rc = data_main(["convert-cmkp", str(src_dir / "test_src.txt"), "-o", str(tmp_path / "new")])
-    assert rc == 1
+    assert rc == 2
     assert "image folder" in capsys.readouterr().err
     assert not (tmp_path / "new" / "mmkp_test.json").exists()
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 
-from dyncot_plugin.data import dataset_io as io
-from dyncot_plugin.data.dataset_io import DatasetError
+from dyncot_plugin.io import datasets, files, splits
+from dyncot_plugin.io.datasets import DatasetError
 
 
 def _listing(path):
@@ -17,32 +18,32 @@ def _listing(path):
 
 def test_atomic_write_json_list_is_one_row_per_line_and_valid_json(tmp_path):
     rows = [{"id": "a", "x": "é"}, {"id": "b", "x": None}]
-    out = io.atomic_write_json(tmp_path / "sub" / "rows.json", rows)
+    out = files.atomic_write_json(tmp_path / "sub" / "rows.json", rows)
     text = out.read_text(encoding="utf-8")
     assert text == '[\n{"id": "a", "x": "é"},\n{"id": "b", "x": null}\n]\n'
     assert json.loads(text) == rows
     assert _listing(tmp_path / "sub") == ["rows.json"]  # no temporary file left
-    io.atomic_write_json(tmp_path / "empty.json", [])
+    files.atomic_write_json(tmp_path / "empty.json", [])
     assert json.loads((tmp_path / "empty.json").read_text()) == []
-    io.atomic_write_json(tmp_path / "obj.json", {"a": [1, 2]})
+    files.atomic_write_json(tmp_path / "obj.json", {"a": [1, 2]})
     assert (tmp_path / "obj.json").read_text() == '{\n  "a": [\n    1,\n    2\n  ]\n}\n'
 
 
 def test_atomic_open_keeps_old_file_on_error(tmp_path):
     target = tmp_path / "data.json"
     target.write_text("old")
-    with pytest.raises(RuntimeError), io.atomic_open(target) as f:
+    with pytest.raises(RuntimeError), files.atomic_open(target) as f:
         f.write("half a fi")
         raise RuntimeError("boom")
     assert target.read_text() == "old"
     assert _listing(tmp_path) == ["data.json"]
-    io.atomic_write_text(target, "new")
+    files.atomic_write_text(target, "new")
     assert target.read_text() == "new"
     assert _listing(tmp_path) == ["data.json"]
 
 
 def test_atomic_write_new_file_gets_normal_permissions(tmp_path):
-    path = io.atomic_write_text(tmp_path / "f.txt", "x")
+    path = files.atomic_write_text(tmp_path / "f.txt", "x")
     umask = os.umask(0)
     os.umask(umask)
     assert os.stat(path).st_mode & 0o777 == 0o666 & ~umask
@@ -50,13 +51,13 @@ def test_atomic_write_new_file_gets_normal_permissions(tmp_path):
 
 def test_staged_writes_all_or_nothing(tmp_path):
     (tmp_path / "a.json").write_text("old a")
-    with pytest.raises(ValueError), io.StagedWrites() as staged:
+    with pytest.raises(ValueError), files.StagedWrites() as staged:
         staged.write_json(tmp_path / "a.json", [1])
         staged.write_text(tmp_path / "b.txt", "b")
         raise ValueError("fails before commit")
     assert _listing(tmp_path) == ["a.json"]
     assert (tmp_path / "a.json").read_text() == "old a"
-    with io.StagedWrites() as staged:
+    with files.StagedWrites() as staged:
         staged.write_json(tmp_path / "a.json", [1])
         staged.write_text(tmp_path / "b.txt", "b")
     assert _listing(tmp_path) == ["a.json", "b.txt"]
@@ -65,10 +66,10 @@ def test_staged_writes_all_or_nothing(tmp_path):
 
 def test_load_rows_json_and_jsonl(tmp_path):
     rows = [{"id": "x_test_000000"}, {"id": "x_test_000001"}]
-    io.atomic_write_json(tmp_path / "r.json", rows)
-    assert io.load_rows(tmp_path / "r.json") == rows
+    files.atomic_write_json(tmp_path / "r.json", rows)
+    assert datasets.load_rows(tmp_path / "r.json") == rows
     (tmp_path / "r.jsonl").write_text('{"id": 1}\n\n{"id": 2}\n')
-    assert io.load_rows(tmp_path / "r.jsonl") == [{"id": 1}, {"id": 2}]
+    assert datasets.load_rows(tmp_path / "r.jsonl") == [{"id": 1}, {"id": 2}]
 
 
 @pytest.mark.parametrize(
@@ -83,58 +84,58 @@ def test_load_rows_json_and_jsonl(tmp_path):
 def test_load_rows_errors(tmp_path, name, content, message):
     (tmp_path / name).write_text(content)
     with pytest.raises(DatasetError, match=message):
-        io.load_rows(tmp_path / name)
+        datasets.load_rows(tmp_path / name)
 
 
 def test_load_rows_missing_file(tmp_path):
     with pytest.raises(DatasetError, match="no such file"):
-        io.load_rows(tmp_path / "nope.json")
+        datasets.load_rows(tmp_path / "nope.json")
 
 
 def test_split_names():
-    assert io.SPLITS == ("train", "valid", "test")
-    assert io.parse_split_spec("test=a/b.txt") == ("test", io.Path("a/b.txt"))
-    assert io.parse_split_spec("dir/valid_src.txt") == ("valid", io.Path("dir/valid_src.txt"))
-    assert io.parse_split_spec("mmkp_v2_train.json")[0] == "train"
+    assert splits.SPLITS == ("train", "valid", "test")
+    assert splits.parse_split_spec("test=a/b.txt") == ("test", Path("a/b.txt"))
+    assert splits.parse_split_spec("dir/valid_src.txt") == ("valid", Path("dir/valid_src.txt"))
+    assert splits.parse_split_spec("mmkp_v2_train.json")[0] == "train"
     with pytest.raises(DatasetError, match="unknown split name 'dev' in 'dev=x.txt'; use one of train, valid, test"):
-        io.parse_split_spec("dev=x.txt")
+        splits.parse_split_spec("dev=x.txt")
     with pytest.raises(DatasetError, match="cannot tell the split"):
-        io.parse_split_spec("posts.txt")
+        splits.parse_split_spec("posts.txt")
     with pytest.raises(DatasetError, match="unknown split name 'eval'"):
-        io.check_split("eval")
-    assert io.sample_id("mmkp", "test", 17) == "mmkp_test_000017"
-    assert io.sample_id("mmkp_360k", "train", 1234567) == "mmkp_360k_train_1234567"
+        splits.check_split("eval")
+    assert splits.sample_id("mmkp", "test", 17) == "mmkp_test_000017"
+    assert splits.sample_id("mmkp_360k", "train", 1234567) == "mmkp_360k_train_1234567"
 
 
 def test_dataset_entry_shapes():
-    assert io.dataset_entry("mmkp_train.json") == {
+    assert datasets.dataset_entry("mmkp_train.json") == {
         "file_name": "mmkp_train.json",
         "formatting": "sharegpt",
         "columns": {"messages": "messages", "images": "images", "cot": "cot"},
         "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant"},
     }
-    entry = io.dataset_entry("t.json", has_images=False, cot_column=None)
+    entry = datasets.dataset_entry("t.json", has_images=False, cot_column=None)
     assert entry["columns"] == {"messages": "messages"}
 
 
 def test_update_dataset_info_merges_and_replaces(tmp_path):
     (tmp_path / "dataset_info.json").write_text(json.dumps({"other": {"file_name": "o.json"}}))
-    io.update_dataset_info(tmp_path, "mmkp_test", "mmkp_test.json")
-    io.update_dataset_info(tmp_path, "mmkp_test", "mmkp_test.json", has_images=False)
-    io.update_dataset_info(tmp_path, "x", "x.json", entry={"file_name": "x.json", "custom": 1})
+    datasets.update_dataset_info(tmp_path, "mmkp_test", "mmkp_test.json")
+    datasets.update_dataset_info(tmp_path, "mmkp_test", "mmkp_test.json", has_images=False)
+    datasets.update_dataset_info(tmp_path, "x", "x.json", entry={"file_name": "x.json", "custom": 1})
     info = json.loads((tmp_path / "dataset_info.json").read_text())
     assert list(info) == ["other", "mmkp_test", "x"]
     assert info["other"] == {"file_name": "o.json"}
-    assert info["mmkp_test"] == io.dataset_entry("mmkp_test.json", has_images=False)
+    assert info["mmkp_test"] == datasets.dataset_entry("mmkp_test.json", has_images=False)
     assert info["x"] == {"file_name": "x.json", "custom": 1}
-    assert io.read_dataset_info(tmp_path) == info
-    assert io.read_dataset_info(tmp_path / "none") == {}
+    assert datasets.read_dataset_info(tmp_path) == info
+    assert datasets.read_dataset_info(tmp_path / "none") == {}
 
 
 def test_update_dataset_info_refuses_broken_file(tmp_path):
     (tmp_path / "dataset_info.json").write_text("{ broken")
     with pytest.raises(DatasetError, match="dataset_info.json:1: not valid JSON"):
-        io.update_dataset_info(tmp_path, "a", "a.json")
+        datasets.update_dataset_info(tmp_path, "a", "a.json")
     assert (tmp_path / "dataset_info.json").read_text() == "{ broken"
 
 
@@ -143,7 +144,7 @@ def test_project_dataset_info_lists_the_mmkp_files():
     from pathlib import Path
 
     data_info = Path(__file__).resolve().parents[1] / "data_info"
-    info = io.read_dataset_info(data_info)
+    info = datasets.read_dataset_info(data_info)
     for name in (
         "mmkp_train",
         "mmkp_valid",
@@ -155,7 +156,7 @@ def test_project_dataset_info_lists_the_mmkp_files():
         "mmkp_360k_test",
         "mmkp_demo",
     ):
-        assert info[name] == io.dataset_entry(f"{name}.json"), name
+        assert info[name] == datasets.dataset_entry(f"{name}.json"), name
     from llamafactory.data.parser import get_dataset_list
 
     attrs = get_dataset_list(["mmkp_train", "mmkp_v2_test", "mmkp_360k_test"], str(data_info))

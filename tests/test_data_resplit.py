@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 
 from dyncot_plugin.cli.data import main as data_main
-from dyncot_plugin.data import cmkp, stats
-from dyncot_plugin.data.cmkp import read_cmkp_file
-from dyncot_plugin.data.dataset_io import DatasetError, dataset_entry, load_rows
-from dyncot_plugin.data.resplit import select_split
+from dyncot_plugin.io.datasets import DatasetError, dataset_entry, load_rows
+from dyncot_plugin.tasks.mmkp import convert as cmkp
+from dyncot_plugin.tasks.mmkp import stats
+from dyncot_plugin.tasks.mmkp.convert import read_cmkp_file
+from dyncot_plugin.tasks.mmkp.resplit import select_split
 
 DATA = Path(__file__).resolve().parent / "data"
 SHARED = Path(os.environ.get("DYNCOT_CMKP_DIR", Path(__file__).resolve().parents[2] / "shared" / "cmkp"))
@@ -268,7 +269,7 @@ def test_cli_errors_write_nothing(tmp_path, capsys, extra, message):
     out = tmp_path / "out"
     inputs = [str(pool / "train_src.txt"), f"test={pool / 'test_src.txt'}"]
     rc = data_main(["resplit", *inputs, *extra, "-o", str(out)])
-    assert rc == 1
+    assert rc == 2
     assert message.format(pool=pool) in capsys.readouterr().err
     assert not out.exists()
 
@@ -287,7 +288,7 @@ def test_cli_refuses_to_overwrite_its_input(tmp_path, capsys):
             "0.2",
         ]
     )
-    assert rc == 1
+    assert rc == 2
     assert "would overwrite the input file(s)" in capsys.readouterr().err
     assert (pool / "train_src.txt").read_text() == before
     assert sorted(p.name for p in pool.iterdir()) == [

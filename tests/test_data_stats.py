@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 
 from dyncot_plugin.cli.data import main as data_main
-from dyncot_plugin.data import cmkp, stats
-from dyncot_plugin.data.dataset_io import DatasetError, atomic_write_json
+from dyncot_plugin.io.datasets import DatasetError
+from dyncot_plugin.io.files import atomic_write_json
+from dyncot_plugin.tasks.mmkp import convert as cmkp
+from dyncot_plugin.tasks.mmkp import stats
 
 DATA = Path(__file__).resolve().parent / "data"
 TRAIN = DATA / "cmkp_train_src.txt"  # 120 posts from CMKP tw_mm_s1_tiny/train_src.txt
@@ -118,7 +120,7 @@ def test_cli_table_and_json(tmp_path, capsys):
     ],
 )
 def test_cli_errors(tmp_path, capsys, argv, message):
-    assert data_main(["stats", *argv, "--json", str(tmp_path / "s.json"), "-q"]) == 1
+    assert data_main(["stats", *argv, "--json", str(tmp_path / "s.json"), "-q"]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "s.json").exists()
 
@@ -128,7 +130,7 @@ def test_cli_bad_line_names_file_and_line(tmp_path, capsys):
     lines = TEST.read_text().split("\n")
     lines[20] = lines[20].replace("<sep>", " ", 1)
     bad.write_text("\n".join(lines))
-    assert data_main(["stats", str(bad), "-q"]) == 1
+    assert data_main(["stats", str(bad), "-q"]) == 2
     assert f"{bad}:21: expected 3 fields separated by <sep>" in capsys.readouterr().err
 
 
@@ -155,7 +157,7 @@ def test_full_cmkp_facts():
 def test_present_rule_agrees_with_the_evaluator():
     """Same present/absent decision as dyncot-eval's scorer. The scorer also merges gold keyphrases of one post
     whose stems coincide (line 27: 'cat' and 'cats' both stem to 'cat'), so it counts one absent target fewer."""
-    from dyncot_plugin.eval.keyphrase_metrics import evaluate_keyphrases
+    from dyncot_plugin.tasks.mmkp.metrics import evaluate_keyphrases
 
     posts = stats.load_posts(TEST)
     golds = [kps for _, kps in posts]

@@ -8,8 +8,8 @@ from pathlib import Path
 from PIL import Image
 
 from dyncot_plugin.cli.data import main as data_main
-from dyncot_plugin.data.demo import EVAL_NAME, IMAGE_DIR, SOURCE_DIR, TRAIN_NAME
-from dyncot_plugin.data.demo_rationale import DEMO_COT_SOURCE, write_demo_rationale
+from dyncot_plugin.tasks.mmkp.demo import EVAL_NAME, IMAGE_DIR, SOURCE_DIR, TRAIN_NAME
+from dyncot_plugin.tasks.mmkp.demo_rationale import DEMO_COT_SOURCE, write_demo_rationale
 from dyncot_plugin.teacher.validate import validate_reply
 
 REPO = Path(__file__).resolve().parents[1]

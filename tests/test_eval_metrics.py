@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from dyncot_plugin.eval.keyphrase_metrics import evaluate_keyphrases
-from dyncot_plugin.eval.normalize import (
+from dyncot_plugin.tasks.mmkp.metrics import evaluate_keyphrases
+from dyncot_plugin.tasks.mmkp.normalize import (
     is_present,
     is_valid_keyphrase,
     split_keyphrases,
@@ -63,8 +63,8 @@ def test_is_present():
 
 def test_stem_prefix_property():
     """The evaluator skips stemming post words on this property of nltk's Porter stemmer (see _stemmed_source)."""
-    from dyncot_plugin.eval.keyphrase_metrics import _POOL_MOVED, _stem_prefix_ok
-    from dyncot_plugin.eval.normalize import _STEMMER
+    from dyncot_plugin.tasks.mmkp.metrics import _POOL_MOVED, _stem_prefix_ok
+    from dyncot_plugin.tasks.mmkp.normalize import _STEMMER
 
     words = {"ies", "ied", "sses", "cry", "trying", "ating", "izing", "dying", "skies", "aing", "yying", "bbing", "a"}
     for path in glob.glob("/work/shared/cmkp/tw_mm_s1_tiny/*.txt"):
@@ -202,7 +202,7 @@ def test_marker_resolution_across_posts():
 
 def test_import_light():
     code = (
-        "import sys, dyncot_plugin.eval.keyphrase_metrics, dyncot_plugin.eval.outputs, dyncot_plugin.eval.mmkp_cli;"
+        "import sys, dyncot_plugin.tasks.mmkp.metrics, dyncot_plugin.cot_format, dyncot_plugin.tasks.mmkp.evaluate;"
         "print(sorted(m for m in ('torch', 'transformers', 'llamafactory') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
@@ -211,7 +211,7 @@ def test_import_light():
 
 def _brute_force(preds, golds, sources, ks=(1, 3, 5, "M")):
     """The protocol written plainly (no caches, no markers), for random cross-checks of the fast path."""
-    from dyncot_plugin.eval.normalize import stem_keyphrase, stem_phrase
+    from dyncot_plugin.tasks.mmkp.normalize import stem_keyphrase, stem_phrase
 
     sums = {tag: {} for tag in ("all", "present", "absent")}
     counts = {tag: 0 for tag in sums}
@@ -261,7 +261,7 @@ def _brute_force(preds, golds, sources, ks=(1, 3, 5, "M")):
 
 
 def test_fast_path_matches_brute_force_on_random_posts():
-    import dyncot_plugin.eval.keyphrase_metrics as km
+    import dyncot_plugin.tasks.mmkp.metrics as km
 
     rnd = random.Random(7)
     roots = ["cry", "run", "ate", "sky", "happy", "nation", "relate", "a", "i", "go", "dy", "ti", "<unk>", ",", "u.s."]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dyncot_plugin.eval.outputs import parse_output, summarize_outputs
+from dyncot_plugin.cot_format import parse_output, summarize_outputs
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from dyncot_plugin.cli.data import main as data_main
-from dyncot_plugin.data import scienceqa as sqa
+from dyncot_plugin.tasks.scienceqa import convert as sqa
 
 
 def _load_raw():
@@ -196,5 +196,5 @@ def test_cli(raw_paths, tmp_path, capsys):
     assert "1 problem(s) of split 'train' have neither lecture nor solution" in printed
     assert not (out / "sqa_val_answer.json").exists()
     # errors: exit code 1 and a one-line message naming the file
-    assert data_main(argv[:-4] + ["--split", "nope"]) == 1
+    assert data_main(argv[:-4] + ["--split", "nope"]) == 2
     assert "pid_splits.json: no split 'nope'" in capsys.readouterr().err

@@ -15,8 +15,8 @@ import pytest
 
 from dyncot_plugin.cli.data import main as data_main
 from dyncot_plugin.cli.eval import main as eval_main
-from dyncot_plugin.data.scienceqa import clean_rationale
-from dyncot_plugin.eval.scienceqa import CATEGORY_NAMES
+from dyncot_plugin.tasks.scienceqa.convert import clean_rationale
+from dyncot_plugin.tasks.scienceqa.evaluate import CATEGORY_NAMES
 from dyncot_plugin.testing.lf_runner import run_llamafactory, tiny_sft_config
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from dyncot_plugin.cli.eval import main as eval_main
-from dyncot_plugin.data.predictions import PredictionsError
-from dyncot_plugin.eval import scienceqa as E
+from dyncot_plugin.io.predictions import PredictionsError
+from dyncot_plugin.tasks.scienceqa import evaluate as E
 
 
 def _load_raw():
@@ -131,7 +131,7 @@ def test_evaluate_cli_with_id_files(tmp_path, capsys):
 
     # --split requires exact coverage: a missing id is an error that lists it
     _write(preds, [{"id": pid, "predict": t} for pid, t in HAND.items() if pid != "302"])
-    assert eval_main(argv) == 1
+    assert eval_main(argv) == 2
     assert "'302'" in capsys.readouterr().err
 
 

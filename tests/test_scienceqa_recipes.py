@@ -11,8 +11,8 @@ import pytest
 import yaml
 
 from dyncot_plugin.config import parse_dyncot_args, split_args
-from dyncot_plugin.data import scienceqa as sqa
-from dyncot_plugin.data.stage2 import build_stage2
+from dyncot_plugin.tasks.scienceqa import convert as sqa
+from dyncot_plugin.tasks.scienceqa.stage2 import build_stage2
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted((ROOT / "examples").glob("scienceqa_*.yaml"))

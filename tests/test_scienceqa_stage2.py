@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from dyncot_plugin.cli.data import main as data_main
-from dyncot_plugin.data import predictions as P
-from dyncot_plugin.data import scienceqa as sqa
-from dyncot_plugin.data.stage2 import build_stage2
+from dyncot_plugin.io import predictions as P
+from dyncot_plugin.tasks.scienceqa import convert as sqa
+from dyncot_plugin.tasks.scienceqa.stage2 import build_stage2
 
 
 def _load_raw():
@@ -187,5 +187,5 @@ def test_stage2_cli(data_dir, stage1_preds, capsys):
     assert data_main(["build-stage2", "--dataset-dir", str(data_dir), "--split", "val"]) == 0
     captured = capsys.readouterr()
     assert "(gold rationales)" in captured.out and "oracle" in captured.err
-    assert data_main(["build-stage2", "--dataset-dir", str(data_dir), "--split", "nope"]) == 1
+    assert data_main(["build-stage2", "--dataset-dir", str(data_dir), "--split", "nope"]) == 2
     assert "no dataset 'sqa_nope_answer'" in capsys.readouterr().err

@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from dyncot_plugin.cli.data import main as data_main
-from dyncot_plugin.data.dataset_io import atomic_write_json, update_dataset_info
+from dyncot_plugin.io.datasets import update_dataset_info
+from dyncot_plugin.io.files import atomic_write_json
 
 KEY = "sk-test-SECRET123"
 KEY_ENV = "DYNCOT_TEST_TEACHER_KEY"

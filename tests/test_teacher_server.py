@@ -22,7 +22,8 @@ from pathlib import Path
 import pytest
 
 from dyncot_plugin.cli.data import main as data_main
-from dyncot_plugin.data.dataset_io import atomic_write_json, update_dataset_info
+from dyncot_plugin.io.datasets import update_dataset_info
+from dyncot_plugin.io.files import atomic_write_json
 from dyncot_plugin.testing.lf_runner import llamafactory_cli, make_image, offline_env
 
 KEY = "sk-test-SECRET123"

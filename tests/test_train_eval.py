@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from dyncot_plugin.eval.keyphrase_metrics import evaluate_keyphrases
-from dyncot_plugin.eval.normalize import split_keyphrases
-from dyncot_plugin.eval.outputs import parse_output
+from dyncot_plugin.cot_format import parse_output
+from dyncot_plugin.tasks.mmkp.metrics import evaluate_keyphrases
+from dyncot_plugin.tasks.mmkp.normalize import split_keyphrases
 from dyncot_plugin.testing.lf_runner import run_llamafactory, tiny_sft_config
 from dyncot_plugin.testing.plugin_data import write_plugin_dataset
 

@@ -7,14 +7,14 @@ import sys
 from dyncot_plugin.cli._dispatch import dispatch
 
 COMMANDS = {
-    "convert-cmkp": "dyncot_plugin.data.cmkp",
-    "stats": "dyncot_plugin.data.stats",
-    "resplit": "dyncot_plugin.data.resplit",
+    "convert-cmkp": "dyncot_plugin.tasks.mmkp.convert",
+    "stats": "dyncot_plugin.tasks.mmkp.stats",
+    "resplit": "dyncot_plugin.tasks.mmkp.resplit",
+    "demo-data": "dyncot_plugin.tasks.mmkp.demo",
     "gen-cot": "dyncot_plugin.teacher.gen_cot",
-    "demo-data": "dyncot_plugin.data.demo",
-    "convert-scienceqa": "dyncot_plugin.data.scienceqa",
-    "build-stage2": "dyncot_plugin.data.stage2",
-    "attach-ids": "dyncot_plugin.data.predictions",
+    "convert-scienceqa": "dyncot_plugin.tasks.scienceqa.convert",
+    "build-stage2": "dyncot_plugin.tasks.scienceqa.stage2",
+    "attach-ids": "dyncot_plugin.io.predictions",
 }
 
 

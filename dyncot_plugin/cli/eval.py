@@ -7,8 +7,8 @@ import sys
 from dyncot_plugin.cli._dispatch import dispatch
 
 COMMANDS = {
-    "mmkp": "dyncot_plugin.eval.mmkp_cli",
-    "scienceqa": "dyncot_plugin.eval.scienceqa",
+    "mmkp": "dyncot_plugin.tasks.mmkp.evaluate",
+    "scienceqa": "dyncot_plugin.tasks.scienceqa.evaluate",
 }
 
 

@@ -24,15 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dyncot_plugin.data.dataset_io import (
-    DatasetError,
-    atomic_write_json,
-    atomic_write_text,
-    load_rows,
-    read_dataset_info,
-    update_dataset_info,
-)
-from dyncot_plugin.eval.normalize import split_keyphrases, stem_phrase
+from dyncot_plugin.io.datasets import DatasetError, load_rows, read_dataset_info, update_dataset_info
+from dyncot_plugin.io.files import atomic_write_json, atomic_write_text
+from dyncot_plugin.tasks.mmkp.normalize import stem_phrase
+from dyncot_plugin.tasks.mmkp.rows import post_text, row_keyphrases
 from dyncot_plugin.teacher.cache import CacheLockedError, JsonlCache, SampleState
 from dyncot_plugin.teacher.client import (
     EndpointError,
@@ -81,25 +76,6 @@ def _fallback_id(row: dict) -> str:
     return "row-" + hashlib.sha1(blob.encode("utf-8")).hexdigest()[:16]
 
 
-def _row_text(row: dict) -> str | None:
-    if isinstance(row.get("text"), str) and row["text"].strip():
-        return row["text"]
-    for m in row.get("messages") or []:
-        if m.get("role") == "user" and isinstance(m.get("content"), str):
-            return m["content"].replace("<image>", "").strip() or None
-    return None
-
-
-def _row_keyphrases(row: dict) -> list[str]:
-    kps = row.get("keyphrases")
-    if isinstance(kps, list):
-        return [str(k).strip() for k in kps if str(k).strip()]
-    for m in reversed(row.get("messages") or []):
-        if m.get("role") == "assistant" and isinstance(m.get("content"), str) and "<answer>" not in m["content"]:
-            return split_keyphrases(m["content"], ";")
-    return []
-
-
 def build_samples(rows: list[dict], media_dir: Path) -> tuple[list[Sample], list[tuple[int, str]]]:
     """Samples to ask about, and (row index, reason) for rows that cannot be asked about."""
     samples: list[Sample] = []
@@ -112,8 +88,8 @@ def build_samples(rows: list[dict], media_dir: Path) -> tuple[list[Sample], list
                 f"rows {seen[sid]} and {i} share the id {sid!r}; ids must be unique (the cache is keyed by id)"
             )
         seen[sid] = i
-        text = _row_text(row)
-        kps = _row_keyphrases(row)
+        text = post_text(row)
+        kps = [k for k in row_keyphrases(row) or [] if k]
         if text is None:
             unusable.append((i, "no post text"))
             continue
@@ -468,7 +444,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--price-completion", type=float, default=None, help="USD per 1M completion tokens, for the estimate"
     )
     g.add_argument("--dry-run", action="store_true", help="show what would be asked (first request) and exit")
-    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.add_argument("-q", "--quiet", "--no-progress", dest="no_progress", action="store_true", help="no progress bar")
 
 
 class _TqdmHandler(logging.Handler):

@@ -6,7 +6,7 @@ A reply is accepted when
    followed by exactly one ``<answer>…</answer>`` block (white space between them allowed), the rationale is not
    empty, and the answer holds at least one keyphrase (keyphrases are separated by ``;``);
 2. its *keyphrases* match the gold ones after the evaluator's normalisation
-   (:func:`dyncot_plugin.eval.normalize.stem_phrase`: lower-case, white-space tokenise, Porter-stem each word),
+   (:func:`dyncot_plugin.tasks.mmkp.normalize.stem_phrase`: lower-case, white-space tokenise, Porter-stem each word),
    compared as sets:
 
    - ``exact`` (the default): the answer's set equals the gold set (order and duplicates do not matter);
@@ -25,11 +25,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from dyncot_plugin.eval.normalize import split_keyphrases, stem_phrase
+from dyncot_plugin.cot_format import ANSWER_SEP, build_cot
+from dyncot_plugin.tasks.mmkp.normalize import split_keyphrases, stem_phrase
 
 MATCH_RULES = ("exact", "superset")
 DEFAULT_MATCH = "exact"
-ANSWER_SEP = "; "
 
 _TAG_RE = re.compile(r"</?(think|answer)>", re.IGNORECASE)
 _REPLY_RE = re.compile(r"\A<think>(?P<think>.*)</think>\s*<answer>(?P<answer>.*)</answer>\Z", re.DOTALL)
@@ -113,8 +113,9 @@ def _stem_map(phrases: list[str]) -> dict[tuple[str, ...], str]:
     return out
 
 
-def build_cot(rationale: str, gold: list[str], sep: str = ANSWER_SEP) -> str:
-    return f"<think>{rationale.strip()}</think><answer>{sep.join(gold)}</answer>"
+def build_target(rationale: str, gold: list[str], sep: str = ANSWER_SEP) -> str:
+    """The stored CoT target: the teacher's rationale and the gold answer word for word."""
+    return build_cot(rationale, sep.join(gold))
 
 
 def validate_reply(
@@ -150,4 +151,4 @@ def validate_reply(
             parts.append("unexpected " + ", ".join(repr(p) for p in extra))
         reason = "the answer's keyphrases do not match the given ones: " + "; ".join(parts)
         return Verdict(ok=False, reason=reason, kind="keyphrases", parsed=parsed, missing=missing, extra=extra)
-    return Verdict(ok=True, cot=build_cot(parsed.rationale, gold, sep), parsed=parsed, extra=extra)
+    return Verdict(ok=True, cot=build_target(parsed.rationale, gold, sep), parsed=parsed, extra=extra)

@@ -29,24 +29,28 @@ from typing import Any
 import torch
 from torch import nn
 
+from dyncot_plugin.train.families import DEFAULT_FAMILY, ModelFamily
 
-def find_multimodal_module(model: nn.Module) -> nn.Module | None:
-    """The module that owns a ``visual`` sub-module and defines ``get_image_features`` (None when there is none)."""
+
+def find_multimodal_module(model: nn.Module, family: ModelFamily = DEFAULT_FAMILY) -> nn.Module | None:
+    """The module that owns the family's vision modules (``visual`` for Qwen) and defines ``get_image_features``
+    (None when there is none)."""
     for module in model.modules():
-        visual = module._modules.get("visual")
-        if isinstance(visual, nn.Module) and callable(getattr(type(module), "get_image_features", None)):
+        if all(isinstance(module._modules.get(name), nn.Module) for name in family.vision_modules) and callable(
+            getattr(type(module), "get_image_features", None)
+        ):
             return module
     return None
 
 
-def why_not_reusable(module: nn.Module | None) -> str | None:
+def why_not_reusable(module: nn.Module | None, family: ModelFamily = DEFAULT_FAMILY) -> str | None:
     """None when reusing image features is exact for this module, else the reason it is not."""
     if module is None:
-        return "the model has no module with `visual` and `get_image_features`"
-    visual = module._modules["visual"]
-    if any(p.requires_grad for p in visual.parameters()):
+        return f"the model has no module with {' and '.join(map(repr, family.vision_modules))} and `get_image_features`"
+    towers = [module._modules[name] for name in family.vision_modules]
+    if any(p.requires_grad for tower in towers for p in tower.parameters()):
         return "the vision tower or projector trains (freeze_vision_tower / freeze_multi_modal_projector are off)"
-    if any(isinstance(m, nn.Dropout) and m.p > 0 for m in visual.modules()):
+    if any(isinstance(m, nn.Dropout) and m.p > 0 for tower in towers for m in tower.modules()):
         return "the vision tower has dropout"
     return None
 

@@ -9,13 +9,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-IGNORE_INDEX = -100
-# Keys laid out [batch, seq] (batch dim 0) or [k, batch, seq] (position_ids of M-RoPE models, batch dim 1).
-SEQ_PAD = {"input_ids": None, "attention_mask": 0, "labels": IGNORE_INDEX, "position_ids": 1,
-           "token_type_ids": 0, "mm_token_type_ids": 0}
-ROW_KEYS = ("rope_deltas",)  # one value per row, no sequence dim
-# Image/video tensors that belong to the batch's samples; duplicated when both views are stacked.
-MEDIA_KEYS = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw", "second_per_grid_ts")
+from dyncot_plugin.train.families import DEFAULT_FAMILY, IGNORE_INDEX, ModelFamily
+
+# Batch layout per model family (dyncot_plugin.train.families): ``seq_pad`` keys are [batch, seq] (batch dim 0) or
+# [k, batch, seq] (position_ids of M-RoPE models, batch dim 1); ``row_keys`` have one value per row; ``media_keys``
+# belong to the batch's samples and are duplicated when both views are stacked.
 
 
 def answer_positions(labels: torch.Tensor) -> torch.Tensor:
@@ -39,9 +37,11 @@ def answer_nll(logits: torch.Tensor, labels: torch.Tensor, positions: torch.Tens
     return torch.where(counts > 0, per_row, torch.full_like(per_row, float("inf")))
 
 
-def choose_views(losses: torch.Tensor, has_cot: torch.Tensor, gamma: float) -> torch.Tensor:
-    """Rows trained on CoT: plain-answer loss strictly below γ, and a usable CoT view."""
-    return (losses < gamma) & has_cot.to(losses.device)
+def choose_views(losses: torch.Tensor, has_cot: torch.Tensor, gamma: float, when: str = "below") -> torch.Tensor:
+    """Rows trained on CoT: a usable CoT view, and a plain-answer loss strictly below γ (``when="below"``, the
+    paper's rule) or at or above it (``when="above"``, the reverse ablation)."""
+    chosen = losses < gamma if when == "below" else losses >= gamma
+    return chosen & torch.isfinite(losses) & has_cot.to(losses.device)
 
 
 def _fit(tensor: torch.Tensor, length: int, pad_value: int | float) -> torch.Tensor:
@@ -56,7 +56,9 @@ def _batch_dim(key: str, tensor: torch.Tensor) -> int:
     return 1 if key == "position_ids" and tensor.dim() == 3 else 0
 
 
-def merge_views(plain: dict, cot: dict, select: torch.Tensor, pad_token_id: int) -> dict:
+def merge_views(
+    plain: dict, cot: dict, select: torch.Tensor, pad_token_id: int, family: ModelFamily = DEFAULT_FAMILY
+) -> dict:
     """Row i from ``cot`` where ``select[i]``, else from ``plain``; media tensors stay those of ``plain``.
 
     Right padding: a row's tokens sit at the start, so trimming to the longest *selected* view only drops padding.
@@ -67,7 +69,7 @@ def merge_views(plain: dict, cot: dict, select: torch.Tensor, pad_token_id: int)
     any_plain = bool((~select).any())
     length = max(plain["input_ids"].size(-1) if any_plain else 0, cot["input_ids"].size(-1))
     merged = dict(plain)
-    for key, pad in SEQ_PAD.items():
+    for key, pad in family.seq_pad.items():
         if key not in plain:
             continue
         pad = pad_token_id if pad is None else pad
@@ -75,14 +77,16 @@ def merge_views(plain: dict, cot: dict, select: torch.Tensor, pad_token_id: int)
         shape = [1] * p.dim()
         shape[_batch_dim(key, p)] = -1
         merged[key] = torch.where(select.view(shape).to(p.device), c, p)
-    for key in ROW_KEYS:
+    for key in family.row_keys:
         if key in plain and key in cot:
             shape = [-1] + [1] * (plain[key].dim() - 1)
             merged[key] = torch.where(select.view(shape).to(plain[key].device), cot[key], plain[key])
     return merged
 
 
-def stack_views(plain: dict, cot: dict, has_cot: torch.Tensor, pad_token_id: int) -> tuple[dict, torch.Tensor]:
+def stack_views(
+    plain: dict, cot: dict, has_cot: torch.Tensor, pad_token_id: int, family: ModelFamily = DEFAULT_FAMILY
+) -> tuple[dict, torch.Tensor]:
     """Both views in one batch of 2B rows (plain rows first); media duplicated to match. Returns (batch, is_cot_row).
 
     A CoT row of a sample without a usable CoT view gets no targets, so multitask never trains its plain answer
@@ -90,7 +94,7 @@ def stack_views(plain: dict, cot: dict, has_cot: torch.Tensor, pad_token_id: int
     """
     length = max(plain["input_ids"].size(-1), cot["input_ids"].size(-1))
     stacked = {}
-    for key, pad in SEQ_PAD.items():
+    for key, pad in family.seq_pad.items():
         if key not in plain:
             continue
         pad = pad_token_id if pad is None else pad
@@ -99,10 +103,10 @@ def stack_views(plain: dict, cot: dict, has_cot: torch.Tensor, pad_token_id: int
             c = torch.where(has_cot.view(-1, 1).to(c.device), c, torch.full_like(c, IGNORE_INDEX))
         dim = _batch_dim(key, plain[key])
         stacked[key] = torch.cat([_fit(plain[key], length, pad), _fit(c, length, pad)], dim=dim)
-    for key in ROW_KEYS:
+    for key in family.row_keys:
         if key in plain and key in cot:
             stacked[key] = torch.cat([plain[key], cot[key]], dim=0)
-    for key in MEDIA_KEYS:
+    for key in family.media_keys:
         if key in plain and plain[key] is not None:
             stacked[key] = torch.cat([plain[key], plain[key]], dim=0)
     for key, value in plain.items():

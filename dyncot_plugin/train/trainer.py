@@ -25,30 +25,13 @@ from llamafactory.extras import logging
 from llamafactory.train.sft.trainer import CustomSeq2SeqTrainer
 
 from dyncot_plugin.config import DynCotArguments
-from dyncot_plugin.data.collator import COT_PREFIX, HAS_COT_KEY
+from dyncot_plugin.train.families import IGNORE_INDEX, check_batch_keys, family_of, model_type_of
 from dyncot_plugin.train.image_features import ImageFeatureCache, find_multimodal_module, why_not_reusable
-from dyncot_plugin.train.selection import (
-    IGNORE_INDEX,
-    answer_nll,
-    answer_positions,
-    choose_views,
-    merge_views,
-    stack_views,
-)
+from dyncot_plugin.train.metrics import SUM_KEYS, train_log_metrics
+from dyncot_plugin.train.selection import answer_nll, answer_positions, choose_views, merge_views, stack_views
+from dyncot_plugin.train.views import IS_COT_ROW, split_views
 
 logger = logging.get_logger(f"llamafactory.{__name__}")  # under LLaMA-Factory's handler and verbosity
-
-IS_COT_ROW_KEY = "dyncot_is_cot_row"  # multitask: which rows of the stacked batch are CoT rows
-LOG_KEYS = ("cot_ratio", "selection_loss")
-EVAL_KEYS = ("f1@1", "f1@M", "cot_rate", "gen_len")  # logged as eval_<key> by the keyphrase evaluation
-
-
-def split_views(batch: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None, torch.Tensor | None]:
-    """(plain batch, CoT view or None, has_cot or None): the plugin's keys taken out of a collated batch."""
-    plain = dict(batch)
-    has_cot = plain.pop(HAS_COT_KEY, None)
-    cot = {k[len(COT_PREFIX):]: plain.pop(k) for k in list(plain) if k.startswith(COT_PREFIX)}
-    return plain, (cot or None), has_cot
 
 
 class DynCotTrainer(CustomSeq2SeqTrainer):
@@ -62,8 +45,10 @@ class DynCotTrainer(CustomSeq2SeqTrainer):
     def __init__(self, *args, dyncot_args: DynCotArguments, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.dyncot_args = dyncot_args
-        # Running sums since the last log: [rows trained on CoT, rows, selection-loss sum, rows scored].
-        self._dyncot_sums = torch.zeros(4, dtype=torch.float64)
+        self.strategy = dyncot_args.strategy
+        self.family = family_of(self.model)
+        # Named running sums since the last log (TRL-style buffers), summed over ranks and cleared in ``log``.
+        self._metrics: dict[str, float] = dict.fromkeys(SUM_KEYS, 0.0)
         self._pending_eval_metrics: dict[str, float] = {}
         self._image_cache: ImageFeatureCache | None = None
         self._image_cache_checked = False
@@ -91,24 +76,35 @@ class DynCotTrainer(CustomSeq2SeqTrainer):
             yield self.build_training_batch(batch)
 
     def build_training_batch(self, batch: dict[str, Any]) -> dict[str, Any]:
-        """The batch that is actually trained, with targets chosen per the strategy."""
+        """The batch that is actually trained, built as the strategy's ``batch`` kind says
+        (:mod:`dyncot_plugin.strategies`)."""
         plain, cot, has_cot = split_views(batch)
-        strategy = self.dyncot_args.dyncot_strategy
         rows = plain["input_ids"].size(0)
-        if strategy == "sft" or has_cot is None:
-            self._count(cot_rows=0, rows=rows)
+        if has_cot is None:  # sft, or a batch without any CoT information
+            self._count(rows=rows)
             return plain
-        if strategy == "cot":  # the collator already chose the CoT view where one exists
-            self._count(cot_rows=int(has_cot.sum()), rows=rows)
-            return plain
-        if cot is None:
-            raise RuntimeError(f"dyncot_strategy={strategy} needs both views; the data collator gave only one.")
-        pad_id = self.processing_class.pad_token_id
-        if strategy == "multitask":
-            stacked, is_cot_row = stack_views(plain, cot, has_cot, pad_id)
-            stacked[IS_COT_ROW_KEY] = is_cot_row
-            self._count(cot_rows=int(has_cot.sum()), rows=rows)
-            return stacked
+        if self.strategy.batch != "as_collated":
+            if cot is None:
+                raise RuntimeError(
+                    f"dyncot_strategy={self.strategy.name} needs both views; the data collator gave only one."
+                )
+            check_batch_keys(self.family, plain, model_type_of(self.model))
+        return getattr(self, f"_batch_{self.strategy.batch}")(plain, cot, has_cot)
+
+    def _batch_as_collated(self, plain: dict, cot: dict | None, has_cot: torch.Tensor) -> dict:
+        """``cot``: the collator already put the CoT view where a row has one."""
+        self._count(cot_rows=int(has_cot.sum()), rows=has_cot.numel())
+        return plain
+
+    def _batch_stack(self, plain: dict, cot: dict, has_cot: torch.Tensor) -> dict:
+        """``multitask``: both views, stacked; ``compute_loss`` averages the two token-mean losses."""
+        stacked, is_cot_row = stack_views(plain, cot, has_cot, self.processing_class.pad_token_id, self.family)
+        stacked[IS_COT_ROW] = is_cot_row
+        self._count(cot_rows=int(has_cot.sum()), rows=has_cot.numel())
+        return stacked
+
+    def _batch_select(self, plain: dict, cot: dict, has_cot: torch.Tensor) -> dict:
+        """``dynamic``: a no-grad pass scores each row's plain answer; rows under γ train on their CoT view."""
         if self.image_feature_cache() is not None:
             # One device copy of the media for both forwards (merge_views keeps the plain view's pixel_values), so
             # the training forward usually finds the selection pass's features by identity, without comparing pixels.
@@ -116,10 +112,13 @@ class DynCotTrainer(CustomSeq2SeqTrainer):
         losses = self.selection_losses(plain)
         select = choose_views(losses, has_cot, self.dyncot_args.dyncot_gamma)
         finite = torch.isfinite(losses)
-        self._count(cot_rows=int(select.sum()), rows=rows, loss_sum=float(losses[finite].sum()), scored=int(finite.sum()))
+        self._count(
+            cot_rows=int(select.sum()), rows=has_cot.numel(), selection_loss_sum=float(losses[finite].sum()),
+            scored=int(finite.sum()),
+        )
         if self.dyncot_args.dyncot_log_selection:
             self._record_selection(losses, select)
-        return merge_views(plain, cot, select, pad_id)
+        return merge_views(plain, cot, select, self.processing_class.pad_token_id, self.family)
 
     def _record_selection(self, losses: torch.Tensor, select: torch.Tensor) -> None:
         folder = os.path.join(self.args.output_dir, "dyncot_selection")
@@ -160,9 +159,9 @@ class DynCotTrainer(CustomSeq2SeqTrainer):
         if not self._image_cache_checked:
             self._image_cache_checked = True
             args = self.dyncot_args
-            if args.dyncot_strategy == "dynamic" and args.dyncot_reuse_image_features:
-                module = find_multimodal_module(self.model)
-                reason = why_not_reusable(module)
+            if self.strategy.batch == "select" and args.dyncot_reuse_image_features:
+                module = find_multimodal_module(self.model, self.family)
+                reason = why_not_reusable(module, self.family)
                 if reason is None:
                     self._image_cache = ImageFeatureCache(module)
                     logger.info_rank0("[dyncot] the training forward reuses the selection pass's image features")
@@ -172,7 +171,7 @@ class DynCotTrainer(CustomSeq2SeqTrainer):
 
     # --------------------------------------------------------------------------------------------- loss
     def compute_loss(self, model, inputs, return_outputs: bool = False, num_items_in_batch=None):
-        is_cot_row = inputs.pop(IS_COT_ROW_KEY, None)
+        is_cot_row = inputs.pop(IS_COT_ROW, None)
         if is_cot_row is None:
             return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
         # multitask: the mean of the two token-mean losses (plain rows, CoT rows) of this micro-batch.
@@ -215,17 +214,18 @@ class DynCotTrainer(CustomSeq2SeqTrainer):
 
     # --------------------------------------------------------------------------------------------- evaluation
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval", **gen_kwargs):
-        """LLaMA-Factory's evaluation, plus F1@1/F1@M/CoT rate/length on a capped subset when
+        """LLaMA-Factory's evaluation, plus the task's metrics, CoT rate and length on a capped subset when
         ``dyncot_eval_samples`` > 0 (logged in the same entry as ``eval_loss``)."""
         if self.dyncot_args.dyncot_eval_samples <= 0:
             return super().evaluate(eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix, **gen_kwargs)
-        from dyncot_plugin.train.keyphrase_eval import generate_and_score
+        from dyncot_plugin.train.generation_eval import generate_and_score
 
         dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
         if isinstance(dataset, dict):  # eval_on_each_dataset: score the first one
             dataset = next(iter(dataset.values()))
+        args = self.dyncot_args
         scores = generate_and_score(
-            self, dataset, self.dyncot_args.dyncot_eval_samples, self.dyncot_args.dyncot_eval_max_new_tokens
+            self, dataset, args.dyncot_eval_samples, args.dyncot_eval_max_new_tokens, args.dyncot_eval_task
         )
         self._pending_eval_metrics = {f"{metric_key_prefix}_{k}": v for k, v in scores.items()}
         try:
@@ -236,22 +236,19 @@ class DynCotTrainer(CustomSeq2SeqTrainer):
         return metrics
 
     # ---------------------------------------------------------------------------------------------- logging
-    def _count(self, cot_rows: int, rows: int, loss_sum: float = 0.0, scored: int = 0) -> None:
-        self._dyncot_sums += torch.tensor([cot_rows, rows, loss_sum, scored], dtype=torch.float64)
+    def _count(self, **amounts: float) -> None:
+        for key, amount in amounts.items():
+            self._metrics[key] += amount
 
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
         if self._pending_eval_metrics and any(k.endswith("_loss") and k not in ("loss",) for k in logs):
             logs.update(self._pending_eval_metrics)
         if "loss" in logs:  # a training log: every rank is here, so the all-reduce is safe
-            sums = self._dyncot_sums.clone()
+            sums = torch.tensor([self._metrics[k] for k in SUM_KEYS], dtype=torch.float64)
             if dist.is_available() and dist.is_initialized():
                 sums = sums.to(self.args.device)
                 dist.all_reduce(sums)
                 sums = sums.cpu()
-            self._dyncot_sums.zero_()
-            cot_rows, rows, loss_sum, scored = sums.tolist()
-            if rows > 0:
-                logs["cot_ratio"] = round(cot_rows / rows, 4)
-            if scored > 0:
-                logs["selection_loss"] = round(loss_sum / scored, 4)
+            self._metrics = dict.fromkeys(SUM_KEYS, 0.0)
+            logs.update(train_log_metrics(dict(zip(SUM_KEYS, sums.tolist()))))
         super().log(logs, *args, **kwargs)

@@ -25,11 +25,12 @@ import json
 import os
 import re
 import shutil
-import sys
 from pathlib import Path
 from typing import Any
 
-from dyncot_plugin.data.dataset_io import DatasetError, atomic_write_json, update_dataset_info
+from dyncot_plugin.cot_format import build_cot
+from dyncot_plugin.io.datasets import DatasetError, update_dataset_info
+from dyncot_plugin.io.files import atomic_write_json
 
 # MM-CoT's option letters (``--options`` default in its main.py). ScienceQA has 2..5 choices per problem.
 OPTIONS = ("A", "B", "C", "D", "E")
@@ -98,7 +99,7 @@ def cot_text(rationale: str, letter: str) -> str | None:
     """The plugin's CoT target; ``None`` (no CoT for this sample) when the problem has no lecture nor solution."""
     if not rationale:
         return None
-    return f"<think>{rationale}</think><answer>{answer_text(letter)}</answer>"
+    return build_cot(rationale, answer_text(letter))
 
 
 SOLUTION_PREFIX_RE = re.compile(r"^\s*solution\s*:\s*", re.IGNORECASE)
@@ -358,7 +359,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help='Optional MM-CoT captions.json ({"captions": {pid: caption}}); appended to the hint in Context.',
     )
     parser.add_argument(
-        "--out", required=True, help="Output LLaMA-Factory dataset_dir (created; dataset_info.json updated)."
+        "-o", "--output-dir", "--out", dest="output_dir", required=True,
+        help="Output LLaMA-Factory dataset_dir (created; dataset_info.json updated). (--out: old spelling)"
     )
     parser.add_argument(
         "--split",
@@ -383,26 +385,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 0:
-        print("convert-scienceqa: --limit must be >= 0", file=sys.stderr)
-        return 2
-    try:
-        summary = convert(
-            args.problems,
-            args.splits_file,
-            args.out,
-            image_dir=args.image_dir,
-            captions_path=args.captions,
-            splits=args.splits or ["train", "val", "test"],
-            prefix=args.prefix,
-            limit=args.limit,
-            image_mode=args.image_mode,
-        )
-    except DatasetError as exc:
-        print(f"convert-scienceqa: {exc}", file=sys.stderr)
-        return 1
+        raise ScienceQAError("--limit must be >= 0")
+    summary = convert(
+        args.problems,
+        args.splits_file,
+        args.output_dir,
+        image_dir=args.image_dir,
+        captions_path=args.captions,
+        splits=args.splits or ["train", "val", "test"],
+        prefix=args.prefix,
+        limit=args.limit,
+        image_mode=args.image_mode,
+    )
     for name, n in summary["datasets"].items():
         print(f"{name}: {n} rows")
-    print(f"images: {summary['images']} placed under {Path(args.out) / 'images'}")
+    print(f"images: {summary['images']} placed under {Path(args.output_dir) / 'images'}")
     for split, n in summary["no_cot"].items():
         if n:
             print(

@@ -15,21 +15,14 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dyncot_plugin.data.dataset_io import (
-    DatasetError,
-    StagedWrites,
-    load_rows,
-    parse_split_spec,
-    paused_gc,
-    sample_id,
-    update_dataset_info,
-)
+from dyncot_plugin.io.datasets import DatasetError, load_rows, update_dataset_info
+from dyncot_plugin.io.files import StagedWrites, paused_gc
+from dyncot_plugin.io.splits import parse_split_spec, sample_id
 
 JSON_SUFFIXES = (".json", ".jsonl")
 DEFAULT_TARGET = 0.45
@@ -245,7 +238,7 @@ class _Pool:
 
 
 def _load_pool(specs: list[str], kp_sep: str, side_files: bool) -> _Pool:
-    from dyncot_plugin.data.cmkp import ATTRIBUTE_SUFFIX, OCR_SUFFIX, read_cmkp_file, read_side_file
+    from dyncot_plugin.tasks.mmkp.convert import ATTRIBUTE_SUFFIX, OCR_SUFFIX, read_cmkp_file, read_side_file
 
     paths: list[tuple[str | None, Path]] = []
     for spec in specs:
@@ -316,7 +309,7 @@ def write_outputs(
     pool: _Pool, result: ResplitResult, out_dir: Path, name: str, kp_sep: str, report: dict[str, Any]
 ) -> list[Path]:
     """Stage every output file, then rename them all (nothing is written when anything fails)."""
-    from dyncot_plugin.data.cmkp import ATTRIBUTE_SUFFIX, OCR_SUFFIX
+    from dyncot_plugin.tasks.mmkp.convert import ATTRIBUTE_SUFFIX, OCR_SUFFIX
 
     json_files: list[tuple[str, Path, bool]] = []
     with StagedWrites() as staged:
@@ -413,39 +406,35 @@ def _test_size(value: str | None, pool: _Pool) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        with paused_gc():
-            pool = _load_pool(args.inputs, args.kp_sep, args.side_files)
-        size = _test_size(args.test_size, pool)
-        result = select_split(
-            pool.keyphrases,
-            size,
-            args.target_overlap,
-            seed=args.seed,
-            tolerance=args.tolerance,
-            group_keys=None if args.no_group_duplicates else pool.group_keys,
-        )
-        report = {
-            "target_overlap": args.target_overlap,
-            "tolerance": args.tolerance,
-            "overlap": result.overlap,
-            "random_split_overlap": result.initial_overlap,
-            "unique_test_keyphrases": result.seen + result.unseen,
-            "seen_in_train": result.seen,
-            "seed": args.seed,
-            "pool": len(pool.items),
-            "train_posts": len(result.train),
-            "test_posts": len(result.test),
-            "swaps": result.swaps,
-            "inputs": list(args.inputs),
-            "train_sources": [pool.sources[i] for i in result.train],
-            "test_sources": [pool.sources[i] for i in result.test],
-        }
-        out_dir = Path(args.output_dir)
-        written = write_outputs(pool, result, out_dir, args.name, args.kp_sep, report)
-    except DatasetError as e:
-        print(f"dyncot-data resplit: error: {e}", file=sys.stderr)
-        return 1
+    with paused_gc():
+        pool = _load_pool(args.inputs, args.kp_sep, args.side_files)
+    size = _test_size(args.test_size, pool)
+    result = select_split(
+        pool.keyphrases,
+        size,
+        args.target_overlap,
+        seed=args.seed,
+        tolerance=args.tolerance,
+        group_keys=None if args.no_group_duplicates else pool.group_keys,
+    )
+    report = {
+        "target_overlap": args.target_overlap,
+        "tolerance": args.tolerance,
+        "overlap": result.overlap,
+        "random_split_overlap": result.initial_overlap,
+        "unique_test_keyphrases": result.seen + result.unseen,
+        "seen_in_train": result.seen,
+        "seed": args.seed,
+        "pool": len(pool.items),
+        "train_posts": len(result.train),
+        "test_posts": len(result.test),
+        "swaps": result.swaps,
+        "inputs": list(args.inputs),
+        "train_sources": [pool.sources[i] for i in result.train],
+        "test_sources": [pool.sources[i] for i in result.test],
+    }
+    out_dir = Path(args.output_dir)
+    written = write_outputs(pool, result, out_dir, args.name, args.kp_sep, report)
     print(
         f"train->test overlap {100 * result.overlap:.2f}% (target {100 * args.target_overlap:.2f}% ± "
         f"{100 * args.tolerance:.2f}; random split {100 * result.initial_overlap:.2f}%; {result.swaps} swaps)\n"

@@ -20,16 +20,11 @@ import sys
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from dyncot_plugin.data.dataset_io import (
-    DatasetError,
-    StagedWrites,
-    atomic_write_text,
-    parse_split_spec,
-    paused_gc,
-    sample_id,
-    update_dataset_info,
-)
-from dyncot_plugin.eval.normalize import split_keyphrases
+from dyncot_plugin.cot_format import ANSWER_SEP
+from dyncot_plugin.io.datasets import DatasetError, update_dataset_info
+from dyncot_plugin.io.files import StagedWrites, atomic_write_text, paused_gc
+from dyncot_plugin.io.splits import parse_split_spec, parse_split_specs, sample_id
+from dyncot_plugin.tasks.mmkp.normalize import split_keyphrases
 
 # ------------------------------------------------------------------------------------- templates (one place only)
 
@@ -37,7 +32,7 @@ SEP = "<sep>"
 """Field separator of a CMKP line: ``post text<sep>kp1;kp2<sep>image-url``."""
 DEFAULT_KP_SEP = ";"
 """Keyphrase separator inside the CMKP keyphrase field (``--kp-sep``)."""
-DEFAULT_ANSWER_SEP = "; "
+DEFAULT_ANSWER_SEP = ANSWER_SEP
 """Separator of the keyphrases in the plain answer ``kp1; kp2`` (``--answer-sep``; the evaluator splits on ``;``)."""
 IMAGE_PLACEHOLDER = "<image>"
 """LLaMA-Factory's image token; removed from the prompt of text-only rows."""
@@ -124,7 +119,7 @@ def make_row(
     images: list[str] | None = None,
     answer_sep: str = DEFAULT_ANSWER_SEP,
 ) -> dict[str, Any]:
-    """One dataset row in the project's format (see :mod:`dyncot_plugin.data.dataset_io`); ``cot`` is None."""
+    """One dataset row in the project's format (see :mod:`dyncot_plugin.io.datasets`); ``cot`` is None."""
     return {
         "id": row_id,
         "messages": [
@@ -494,34 +489,25 @@ def _side_file(src: Path, suffix: str) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        sources: dict[str, Path] = {}
-        for spec in args.inputs:
-            split, path = parse_split_spec(spec)
-            if split in sources:
-                raise DatasetError(f"two source files for split {split}: {sources[split]} and {path}.")
-            sources[split] = path
-        splits = list(sources)
-        attributes = _side_specs(args.attributes, splits, "attributes")
-        ocr = _side_specs(args.ocr, splits, "ocr")
-        if args.side_files:
-            if attributes or ocr:
-                raise DatasetError(
-                    "--side-files finds the side files itself; do not combine it with --attributes/--ocr."
-                )
-            attributes = {s: _side_file(p, ATTRIBUTE_SUFFIX) for s, p in sources.items()}
-            ocr = {s: _side_file(p, OCR_SUFFIX) for s, p in sources.items()}
-        template = args.prompt_template
-        if template and template.startswith("@"):
-            try:
-                template = Path(template[1:]).read_text(encoding="utf-8").rstrip("\n")
-            except OSError as e:
-                raise DatasetError(f"--prompt-template {args.prompt_template}: {e.strerror}.") from None
-        with paused_gc():
-            results = _convert_cli(args, sources, attributes, ocr, template)
-    except DatasetError as e:
-        print(f"dyncot-data convert-cmkp: error: {e}", file=sys.stderr)
-        return 1
+    sources = parse_split_specs(args.inputs, what="source files")
+    splits = list(sources)
+    attributes = _side_specs(args.attributes, splits, "attributes")
+    ocr = _side_specs(args.ocr, splits, "ocr")
+    if args.side_files:
+        if attributes or ocr:
+            raise DatasetError(
+                "--side-files finds the side files itself; do not combine it with --attributes/--ocr."
+            )
+        attributes = {s: _side_file(p, ATTRIBUTE_SUFFIX) for s, p in sources.items()}
+        ocr = {s: _side_file(p, OCR_SUFFIX) for s, p in sources.items()}
+    template = args.prompt_template
+    if template and template.startswith("@"):
+        try:
+            template = Path(template[1:]).read_text(encoding="utf-8").rstrip("\n")
+        except OSError as e:
+            raise DatasetError(f"--prompt-template {args.prompt_template}: {e.strerror}.") from None
+    with paused_gc():
+        results = _convert_cli(args, sources, attributes, ocr, template)
     _print_results(args, results)
     return 0
 

@@ -15,7 +15,7 @@ Any failure raises :class:`PredictionsError` naming the files, the row and what 
 ``[{"id", "index", "predict", "label"}, ...]``; downstream code (``build-stage2``, ``dyncot-eval scienceqa``) then
 joins on ``id`` only, never on position.
 
-CLI: ``python -m dyncot_plugin.data.predictions --predictions generated_predictions.jsonl
+CLI: ``python -m dyncot_plugin.io.predictions --predictions generated_predictions.jsonl
 --dataset-dir data/sqa --dataset sqa_test_rationale --out predictions_with_ids.jsonl``.
 """
 
@@ -30,13 +30,14 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from dyncot_plugin.data.dataset_io import DatasetError, atomic_open, load_rows
+from dyncot_plugin.io.datasets import IMAGE_TOKEN, load_rows, require_message, resolve_dataset_file
+from dyncot_plugin.io.files import atomic_open
+from dyncot_plugin.io.read import InputError, read_jsonl
 
-IMAGE_TOKEN = "<image>"
 _MAX_LISTED = 20
 
 
-class PredictionsError(DatasetError):
+class PredictionsError(InputError):
     """Predictions that cannot be paired with (or joined to) their problems; the message says where and why."""
 
 
@@ -60,68 +61,22 @@ def list_some(items: Iterable[Any], limit: int = _MAX_LISTED) -> str:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def read_jsonl(path: str | Path, what: str = "predictions") -> list[dict[str, Any]]:
+def read_generated_predictions(path: str | Path, require_label: bool = True) -> list[dict[str, Any]]:
+    """LLaMA-Factory's ``generated_predictions.jsonl``: every row has a string ``predict`` (and ``label``)."""
     path = Path(path)
     if not path.is_file():
-        raise PredictionsError(f"{what} file not found: {path}")
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise PredictionsError(f"{path}, line {lineno}: not valid JSON ({exc}).") from exc
-            if not isinstance(row, dict):
-                raise PredictionsError(f"{path}, line {lineno}: expected a JSON object, got {type(row).__name__}.")
-            rows.append(row)
-    return rows
-
-
-def read_generated_predictions(path: str | Path) -> list[dict[str, Any]]:
-    """LLaMA-Factory's ``generated_predictions.jsonl``; every row must have a string ``predict`` and ``label``."""
-    rows = read_jsonl(path)
+        raise PredictionsError(f"predictions file not found: {path}")
+    rows = read_jsonl(path, "predictions file")
+    if not rows:
+        raise PredictionsError(f"{path}: no predictions (the file is empty).")
     for lineno, row in enumerate(rows, 1):
-        for key in ("predict", "label"):
+        for key in ("predict", "label") if require_label else ("predict",):
             if not isinstance(row.get(key), str):
                 raise PredictionsError(
                     f"{path}, row {lineno}: key {key!r} is {row.get(key)!r}; expected a string "
                     f"(LLaMA-Factory's generated_predictions.jsonl has prompt/predict/label)."
                 )
     return rows
-
-
-def read_dataset_rows(path: str | Path) -> list[dict[str, Any]]:
-    """A sharegpt dataset file: a JSON list (``.json``) or JSON lines (``.jsonl``) of rows."""
-    try:
-        return load_rows(path)
-    except DatasetError as exc:
-        raise PredictionsError(str(exc)) from None
-
-
-def resolve_dataset_file(dataset_dir: str | Path, name: str) -> Path:
-    """The file behind dataset ``name`` in ``<dataset_dir>/dataset_info.json``."""
-    info_path = Path(dataset_dir) / "dataset_info.json"
-    if not info_path.is_file():
-        raise PredictionsError(f"{info_path} not found; expected a LLaMA-Factory dataset_dir.")
-    info = json.loads(info_path.read_text(encoding="utf-8"))
-    if name not in info:
-        raise PredictionsError(f"{info_path}: no dataset {name!r}; it declares {list_some(sorted(info))}.")
-    file_name = info[name].get("file_name")
-    if not file_name:
-        raise PredictionsError(f"{info_path}: dataset {name!r} has no 'file_name'.")
-    return Path(dataset_dir) / file_name
-
-
-def _message(row: dict[str, Any], role: str, where: str) -> str:
-    messages = row.get("messages")
-    if not isinstance(messages, list):
-        raise PredictionsError(f"{where}: no 'messages' list.")
-    found = [m.get("content") for m in messages if isinstance(m, dict) and m.get("role") == role]
-    if not found or not isinstance(found[-1], str):
-        raise PredictionsError(f"{where}: no {role} message with string content.")
-    return found[-1] if role == "assistant" else found[0]
 
 
 def prompt_key(user_text: str) -> str:
@@ -139,6 +94,51 @@ def prompt_key(user_text: str) -> str:
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def check_pairing(
+    preds: list[dict[str, Any]],
+    data: list[dict[str, Any]],
+    predictions_path: str | Path,
+    dataset_path: str | Path,
+    *,
+    check_labels: bool = True,
+    check_prompt: bool = True,
+    hint: str = "",
+) -> int:
+    """Check that ``preds`` (LLaMA-Factory predictions) were generated on ``data``, row by row (see the module
+    docstring); returns the number of labels that ``cutoff_len`` truncated. ``hint`` ends the mismatch error."""
+    if len(preds) != len(data):
+        raise PredictionsError(
+            f"{predictions_path} has {len(preds)} rows but the dataset it should come from, {dataset_path}, has "
+            f"{len(data)}: rows are paired by position, so predict on the whole dataset (no max_samples) with this "
+            f"exact file as eval_dataset."
+        )
+    truncated = 0
+    mismatches: list[str] = []
+    for i, (pred, row) in enumerate(zip(preds, data)):
+        where = f"{dataset_path}, row {i}"
+        name = f"row {i}" + (f" (id {str(row['id'])!r})" if "id" in row else "")
+        if check_labels and isinstance(pred.get("label"), str):
+            expected = normalize(require_message(row, "assistant", where))
+            label = normalize(pred["label"])
+            if label != expected:
+                if label and expected.startswith(label):
+                    truncated += 1
+                else:
+                    mismatches.append(f"{name}: label {label[:80]!r} but the dataset says {expected[:80]!r}")
+        if check_prompt and isinstance(pred.get("prompt"), str):
+            key = normalize(prompt_key(require_message(row, "user", where)))
+            if key and key not in normalize(pred["prompt"]):
+                mismatches.append(f"{name}: the prompt does not contain the row's input {key[:80]!r}")
+        if len(mismatches) >= 5:
+            break
+    if mismatches:
+        raise PredictionsError(
+            f"{predictions_path} does not match {dataset_path} row by row (shuffled, or predicted on another "
+            f"dataset, or the prompt was truncated by cutoff_len):\n  " + "\n  ".join(mismatches) + hint
+        )
+    return truncated
+
+
 def attach_ids(
     predictions_path: str | Path, dataset_path: str | Path, check_prompt: bool = True
 ) -> tuple[list[dict[str, Any]], dict[str, int]]:
@@ -148,39 +148,17 @@ def attach_ids(
     ``stats`` counts ``rows`` and ``truncated_labels``.
     """
     preds = read_generated_predictions(predictions_path)
-    data = read_dataset_rows(dataset_path)
-    if len(preds) != len(data):
-        raise PredictionsError(
-            f"{predictions_path} has {len(preds)} rows but the dataset it should come from, {dataset_path}, has "
-            f"{len(data)}. Predict on the whole dataset (no max_samples) with this exact file as eval_dataset."
-        )
-    out: list[dict[str, Any]] = []
-    truncated = 0
-    mismatches: list[str] = []
-    for i, (pred, row) in enumerate(zip(preds, data)):
-        where = f"{dataset_path}, row {i}"
-        if not isinstance(row, dict) or "id" not in row:
-            raise PredictionsError(f"{where}: no 'id' key; datasets used with this tool need one id per row.")
-        pid = str(row["id"])
-        expected = normalize(_message(row, "assistant", where))
-        label = normalize(pred["label"])
-        if label != expected:
-            if label and expected.startswith(label):
-                truncated += 1
-            else:
-                mismatches.append(f"row {i} (id {pid!r}): label {label[:80]!r} but the dataset says {expected[:80]!r}")
-        if check_prompt and isinstance(pred.get("prompt"), str):
-            key = normalize(prompt_key(_message(row, "user", where)))
-            if key and key not in normalize(pred["prompt"]):
-                mismatches.append(f"row {i} (id {pid!r}): the prompt does not contain the row's input {key[:80]!r}")
-        if len(mismatches) >= 5:
-            break
-        out.append({"id": pid, "index": i, "predict": pred["predict"], "label": pred["label"]})
-    if mismatches:
-        raise PredictionsError(
-            f"{predictions_path} does not match {dataset_path} row by row (shuffled, or predicted on another "
-            f"dataset, or the prompt was truncated by cutoff_len):\n  " + "\n  ".join(mismatches)
-        )
+    data = load_rows(dataset_path)
+    for i, row in enumerate(data):
+        if "id" not in row:
+            raise PredictionsError(
+                f"{dataset_path}, row {i}: no 'id' key; datasets used with this tool need one id per row."
+            )
+    truncated = check_pairing(preds, data, predictions_path, dataset_path, check_prompt=check_prompt)
+    out = [
+        {"id": str(row["id"]), "index": i, "predict": pred["predict"], "label": pred["label"]}
+        for i, (pred, row) in enumerate(zip(preds, data))
+    ]
     return out, {"rows": len(out), "truncated_labels": truncated}
 
 
@@ -188,8 +166,8 @@ def load_predictions(
     predictions_path: str | Path, dataset_path: str | Path | None = None, check_prompt: bool = True
 ) -> list[dict[str, Any]]:
     """Predictions with ids: the file's own ``id`` column when every row has one, else :func:`attach_ids`."""
-    rows = read_jsonl(predictions_path)
-    if rows and all("id" in r for r in rows):
+    rows = read_generated_predictions(predictions_path, require_label=False)
+    if all("id" in r for r in rows):
         for n, r in enumerate(rows, 1):
             if not isinstance(r.get("predict"), str):
                 raise PredictionsError(
@@ -264,21 +242,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset-file", default=None, help="The dataset file that was predicted on (JSON list).")
     parser.add_argument("--dataset-dir", default=None, help="dataset_dir with dataset_info.json (with --dataset).")
     parser.add_argument("--dataset", default=None, help="Name of the eval_dataset that was predicted on.")
-    parser.add_argument("--out", required=True, help="Output JSON lines with id, index, predict, label.")
+    parser.add_argument(
+        "-o", "--output", "--out", dest="output", required=True,
+        help="Output JSON lines with id, index, predict, label. (--out: old spelling)",
+    )
     parser.add_argument("--no-prompt-check", action="store_true", help="Only check labels, not prompts.")
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        dataset_path = dataset_path_from_args(args.dataset_file, args.dataset_dir, args.dataset)
-        if dataset_path is None:
-            raise PredictionsError("give --dataset-file or --dataset-dir with --dataset.")
-        rows, stats = attach_ids(args.predictions, dataset_path, check_prompt=not args.no_prompt_check)
-    except PredictionsError as exc:
-        print(f"attach-ids: {exc}", file=sys.stderr)
-        return 1
-    write_jsonl(args.out, rows)
-    print(f"{stats['rows']} predictions with ids -> {args.out}")
+    dataset_path = dataset_path_from_args(args.dataset_file, args.dataset_dir, args.dataset)
+    if dataset_path is None:
+        raise PredictionsError("give --dataset-file or --dataset-dir with --dataset.")
+    rows, stats = attach_ids(args.predictions, dataset_path, check_prompt=not args.no_prompt_check)
+    write_jsonl(args.output, rows)
+    print(f"{stats['rows']} predictions with ids -> {args.output}")
     if stats["truncated_labels"]:
         print(f"note: {stats['truncated_labels']} label(s) were truncated by cutoff_len (matched as prefixes).")
     return 0
@@ -286,7 +263,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m dyncot_plugin.data.predictions", description=__doc__.splitlines()[0]
+        prog="python -m dyncot_plugin.io.predictions", description=__doc__.splitlines()[0]
     )
     add_arguments(parser)
     return run(parser.parse_args(argv))

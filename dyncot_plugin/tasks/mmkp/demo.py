@@ -3,7 +3,7 @@
 Writes <output-dir>/mmkp_demo.json (40 posts, train), <output-dir>/mmkp_demo_eval.json (8 held-out posts),
 <output-dir>/mmkp_demo_images/*.png, and adds the entries mmkp_demo and mmkp_demo_eval to
 <output-dir>/dataset_info.json (other entries are kept). Posts, keyphrases, image attributes and OCR text are
-CMKP's (MIT, see dyncot_plugin/data/demo_cmkp/NOTICE); the images are drawn from a seed and the CoT column is
+CMKP's (MIT, see dyncot_plugin/tasks/mmkp/demo_cmkp/NOTICE); the images are drawn from a seed and the CoT column is
 written by an offline template (cot_source "demo-offline"), not by a teacher model. Output is deterministic.
 """
 
@@ -12,10 +12,11 @@ from __future__ import annotations
 import argparse
 import hashlib
 import random
-import sys
 from pathlib import Path
 
-from dyncot_plugin.data.cmkp import (
+from dyncot_plugin.io.datasets import dataset_entry, update_dataset_info
+from dyncot_plugin.io.files import StagedWrites
+from dyncot_plugin.tasks.mmkp.convert import (
     DEFAULT_ANSWER_SEP,
     PromptTemplate,
     default_prompt_template,
@@ -23,8 +24,7 @@ from dyncot_plugin.data.cmkp import (
     read_cmkp_file,
     read_side_file,
 )
-from dyncot_plugin.data.dataset_io import DatasetError, StagedWrites, dataset_entry, update_dataset_info
-from dyncot_plugin.data.demo_rationale import DEMO_COT_SOURCE, write_demo_rationale
+from dyncot_plugin.tasks.mmkp.demo_rationale import DEMO_COT_SOURCE, write_demo_rationale
 
 SOURCE_DIR = Path(__file__).resolve().parent / "demo_cmkp"
 SOURCE_FILES = {"src": "demo_src.txt", "attributes": "demo_attribute_cleaned.txt", "ocr": "demo_ocr_final.txt"}
@@ -127,16 +127,12 @@ def build_demo(output_dir: str | Path, register: bool = True) -> dict[str, Path]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--output-dir", default="data_info", help="dataset_dir to write into (default: %(default)s)")
+    parser.add_argument("-o", "--output-dir", default="data_info", help="dataset_dir to write into (default: %(default)s)")
     parser.add_argument("--no-register", action="store_true", help="do not touch dataset_info.json")
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        paths = build_demo(args.output_dir, register=not args.no_register)
-    except (DatasetError, OSError) as err:
-        print(f"dyncot-data demo-data: error: {err}", file=sys.stderr)
-        return 2
+    paths = build_demo(args.output_dir, register=not args.no_register)
     for name, path in paths.items():
         print(f"{name}: {path}")
     print(

@@ -1,7 +1,10 @@
-"""Keyphrase metrics during training: generate on a capped eval subset at every evaluation.
+"""Task metrics during training: generate on a capped eval subset at every evaluation and score it with the task's
+scorer (:data:`dyncot_plugin.tasks.TASKS`: keyphrase F1 for MMKP, accuracy for ScienceQA), plus the CoT rate and
+the generated length.
 
 Enabled by ``dyncot_eval_samples: N`` (with LLaMA-Factory's ``eval_strategy: steps`` / ``eval_steps`` and an
-eval set); with the default ``0`` nothing here runs. Each rank generates for its own slice of the first N eval
+eval set); with the default ``0`` nothing here runs. ``dyncot_eval_task`` names the task (``auto``: read from the
+gold labels, :func:`dyncot_plugin.tasks.detect_task`). Each rank generates for its own slice of the first N eval
 samples, the same number of ``generate`` calls on every rank (``synced_gpus`` under ZeRO-3, where every forward
 gathers parameters from all ranks), and the texts are gathered before scoring with the CMKP protocol. Rank 0 also saves the generations to
 ``<output_dir>/dyncot_eval/step<N>.jsonl``.
@@ -17,12 +20,9 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from dyncot_plugin.eval.keyphrase_metrics import evaluate_keyphrases
-from dyncot_plugin.eval.normalize import split_keyphrases_cmkp
-from dyncot_plugin.eval.outputs import label_keyphrases, parse_output, summarize_outputs
-
-IGNORE_INDEX = -100
-METRIC_KEYS = ("f1@1", "f1@M", "cot_rate", "gen_len")
+from dyncot_plugin.cot_format import summarize_outputs
+from dyncot_plugin.tasks import TASKS, Task, detect_task
+from dyncot_plugin.train.families import IGNORE_INDEX
 
 
 def _prompt_feature(row: dict[str, Any]) -> tuple[dict[str, Any], list[int]]:
@@ -53,9 +53,11 @@ def _save_generations(trainer: Any, rows: list[tuple[int, str, int, str]]) -> No
 
 
 @torch.no_grad()
-def generate_and_score(trainer: Any, eval_dataset: Any, max_samples: int, max_new_tokens: int) -> dict[str, float]:
-    """Generate for the first ``max_samples`` eval rows and return ``{f1@1, f1@M, cot_rate, gen_len}`` (percent
-    for F1 and rate, mean generated tokens for length), identical on every rank."""
+def generate_and_score(
+    trainer: Any, eval_dataset: Any, max_samples: int, max_new_tokens: int, task: str = "auto"
+) -> dict[str, float]:
+    """Generate for the first ``max_samples`` eval rows and return the task's metrics plus ``cot_rate`` (percent) and
+    ``gen_len`` (mean generated tokens), identical on every rank."""
     from transformers.integrations import is_deepspeed_zero3_enabled
 
     tokenizer = trainer.processing_class
@@ -106,17 +108,12 @@ def generate_and_score(trainer: Any, eval_dataset: Any, max_samples: int, max_ne
     if trainer.is_world_process_zero():
         _save_generations(trainer, local)
     texts = [text for _, text, _, _ in local]
-    parsed = [parse_output(text) for text in texts]
-    # The same splits as `dyncot-eval mmkp` on LLaMA-Factory predictions, so the two report the same numbers.
-    scores = evaluate_keyphrases(
-        [split_keyphrases_cmkp(p.answer) for p in parsed],
-        [label_keyphrases(g) for _, _, _, g in local],
-    )
-    summary = summarize_outputs(texts, parsed=parsed)
+    golds = [g for _, _, _, g in local]
+    chosen: Task = detect_task(golds) if task == "auto" else TASKS[task]
+    summary = summarize_outputs(texts)
     lengths = [length for _, _, length, _ in local]
     return {
-        "f1@1": round(100 * scores["f1@1"], 4),
-        "f1@M": round(100 * scores["f1@M"], 4),
+        **chosen.load_scorer().score(texts, golds),
         "cot_rate": round(100 * summary["cot_rate"], 4),
         "gen_len": round(sum(lengths) / max(len(lengths), 1), 4),
     }

@@ -19,13 +19,12 @@ from __future__ import annotations
 
 import argparse
 import re
-import sys
 import warnings
 from pathlib import Path
 from typing import Any
 
-from dyncot_plugin.data.dataset_io import DatasetError, atomic_write_json
-from dyncot_plugin.data.predictions import (
+from dyncot_plugin.io.files import atomic_write_json
+from dyncot_plugin.io.predictions import (
     PredictionsError,
     dataset_path_from_args,
     index_by_id,
@@ -33,7 +32,7 @@ from dyncot_plugin.data.predictions import (
     load_predictions,
     write_jsonl,
 )
-from dyncot_plugin.data.scienceqa import (
+from dyncot_plugin.tasks.scienceqa.convert import (
     OPTIONS,
     answer_letter,
     clean_rationale,
@@ -220,7 +219,7 @@ def evaluate(
         splits = load_splits(splits_path)
         if split not in splits:
             raise PredictionsError(f"{splits_path}: no split {split!r}; it has {', '.join(sorted(splits))}.")
-        from dyncot_plugin.data.predictions import check_same_ids
+        from dyncot_plugin.io.predictions import check_same_ids
 
         check_same_ids(
             list(by_id), splits[split], f"predictions ({predictions_path})", f"split {split!r} of {splits_path}"
@@ -296,23 +295,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        dataset_path = dataset_path_from_args(args.dataset_file, args.dataset_dir, args.dataset)
-        rat_dataset = dataset_path_from_args(args.rationale_dataset_file, args.dataset_dir, args.rationale_dataset)
-        result = evaluate(
-            args.problems,
-            args.predictions,
-            dataset_path=dataset_path,
-            rationale_predictions_path=args.rationale_predictions,
-            rationale_dataset_path=rat_dataset,
-            think_rationale=args.think_rationale,
-            splits_path=args.splits_file,
-            split=args.split,
-            check_prompt=not args.no_prompt_check,
-        )
-    except DatasetError as exc:
-        print(f"dyncot-eval scienceqa: {exc}", file=sys.stderr)
-        return 1
+    dataset_path = dataset_path_from_args(args.dataset_file, args.dataset_dir, args.dataset)
+    rat_dataset = dataset_path_from_args(args.rationale_dataset_file, args.dataset_dir, args.rationale_dataset)
+    result = evaluate(
+        args.problems,
+        args.predictions,
+        dataset_path=dataset_path,
+        rationale_predictions_path=args.rationale_predictions,
+        rationale_dataset_path=rat_dataset,
+        think_rationale=args.think_rationale,
+        splits_path=args.splits_file,
+        split=args.split,
+        check_prompt=not args.no_prompt_check,
+    )
     details = result["answers"].pop("details")
     print(format_table(result))
     if args.output:

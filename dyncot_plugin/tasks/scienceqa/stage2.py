@@ -10,7 +10,7 @@ Rationales come from one of two sources (``--rationale``):
 * ``predicted``: stage-1 predictions. LLaMA-Factory's ``generated_predictions.jsonl`` has no ids, so the builder
   attaches them by re-reading the dataset that was predicted on (``--predictions-dataset``, by default
   ``<prefix>_<split>_rationale``), checking counts, labels and prompts row by row
-  (:mod:`dyncot_plugin.data.predictions`); a file that already has an ``id`` column is used as is. The
+  (:mod:`dyncot_plugin.io.predictions`); a file that already has an ``id`` column is used as is. The
   predictions are then joined to the problems **by id**: an id of the split without prediction, an id predicted
   that is not in the split, or an id predicted twice is an error that lists them.
 * ``gold``: the gold lecture + solution (from ``<prefix>_<split>_rationale``), joined by id the same way.
@@ -30,23 +30,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from dyncot_plugin.data.dataset_io import DatasetError, atomic_write_json, update_dataset_info
-from dyncot_plugin.data.predictions import (
-    PredictionsError,
-    check_same_ids,
-    index_by_id,
-    load_predictions,
-    read_dataset_rows,
-    resolve_dataset_file,
-    write_jsonl,
-)
-from dyncot_plugin.data.scienceqa import DEFAULT_PREFIX, stage2_user_text
+from dyncot_plugin.io.datasets import load_rows, require_message, resolve_dataset_file, update_dataset_info
+from dyncot_plugin.io.files import atomic_write_json
+from dyncot_plugin.io.predictions import PredictionsError, check_same_ids, index_by_id, load_predictions, write_jsonl
+from dyncot_plugin.tasks.scienceqa.convert import DEFAULT_PREFIX, stage2_user_text
 
 TRAIN_SPLITS = ("train", "trainval", "minitrain")
 
 
 def _rows_by_id(path: Path) -> tuple[list[str], dict[str, dict[str, Any]]]:
-    rows = read_dataset_rows(path)
+    rows = load_rows(path)
     order: list[str] = []
     by_id: dict[str, dict[str, Any]] = {}
     for i, row in enumerate(rows):
@@ -58,13 +51,6 @@ def _rows_by_id(path: Path) -> tuple[list[str], dict[str, dict[str, Any]]]:
         order.append(pid)
         by_id[pid] = row
     return order, by_id
-
-
-def _content(row: dict[str, Any], role: str, where: str) -> str:
-    for m in row.get("messages") or []:
-        if isinstance(m, dict) and m.get("role") == role and isinstance(m.get("content"), str):
-            return m["content"]
-    raise PredictionsError(f"{where}: no {role} message with string content.")
 
 
 def build_stage2(
@@ -96,7 +82,7 @@ def build_stage2(
     if rationale == "gold":
         rat_path = resolve_dataset_file(dataset_dir, rationale_name)
         rat_order, rat_rows = _rows_by_id(rat_path)
-        source = {pid: _content(r, "assistant", f"{rat_path}, id {pid!r}") for pid, r in rat_rows.items()}
+        source = {pid: require_message(r, "assistant", f"{rat_path}, id {pid!r}") for pid, r in rat_rows.items()}
         check_same_ids(rat_order, order, f"gold rationales ({rat_path})", f"dataset {answer_name} ({answer_path})")
     else:
         rat_path = resolve_dataset_file(dataset_dir, rationale_name)
@@ -120,8 +106,8 @@ def build_stage2(
             {
                 "id": pid,
                 "messages": [
-                    {"role": "user", "content": stage2_user_text(_content(row, "user", where), source[pid])},
-                    {"role": "assistant", "content": _content(row, "assistant", where)},
+                    {"role": "user", "content": stage2_user_text(require_message(row, "user", where), source[pid])},
+                    {"role": "assistant", "content": require_message(row, "assistant", where)},
                 ],
                 "images": list(row.get("images") or []),
             }
@@ -163,21 +149,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        result = build_stage2(
-            args.dataset_dir,
-            args.split,
-            prefix=args.prefix,
-            rationale=args.rationale,
-            predictions=args.predictions,
-            predictions_dataset=args.predictions_dataset,
-            name=args.name,
-            check_prompt=not args.no_prompt_check,
-            save_predictions=args.save_predictions,
-        )
-    except DatasetError as exc:
-        print(f"build-stage2: {exc}", file=sys.stderr)
-        return 1
+    result = build_stage2(
+        args.dataset_dir,
+        args.split,
+        prefix=args.prefix,
+        rationale=args.rationale,
+        predictions=args.predictions,
+        predictions_dataset=args.predictions_dataset,
+        name=args.name,
+        check_prompt=not args.no_prompt_check,
+        save_predictions=args.save_predictions,
+    )
     print(f"{result['name']}: {result['rows']} rows ({result['rationale']} rationales) -> {result['file']}")
     if result["rationale"] == "gold" and args.split not in TRAIN_SPLITS:
         print(

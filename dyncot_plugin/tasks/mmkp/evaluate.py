@@ -16,20 +16,24 @@ JSON instead of the table. The protocol is documented in docs/eval.md.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
-from dyncot_plugin.eval.keyphrase_metrics import VARIANTS, evaluate_keyphrases
-from dyncot_plugin.eval.normalize import split_keyphrases_cmkp
-from dyncot_plugin.eval.outputs import KINDS, label_keyphrases, parse_output, summarize_outputs
+from dyncot_plugin.cot_format import KINDS, parse_output, summarize_outputs
+from dyncot_plugin.io.datasets import load_rows
+from dyncot_plugin.io.files import paused_gc
+from dyncot_plugin.io.predictions import check_pairing, read_generated_predictions
+from dyncot_plugin.io.read import InputError, read_lines, read_text, require_rows
+from dyncot_plugin.tasks.mmkp.metrics import VARIANTS, evaluate_keyphrases
+from dyncot_plugin.tasks.mmkp.normalize import label_keyphrases, split_keyphrases_cmkp
+from dyncot_plugin.tasks.mmkp.rows import row_keyphrases
 
 SEP = "<sep>"
 
 
-class EvalInputError(ValueError):
+class EvalInputError(InputError):
     """Input files that cannot be evaluated together; the message names the files and what is wrong."""
 
 
@@ -38,137 +42,44 @@ class EvalInputError(ValueError):
 # ------------------------------------------------------------------------------------------------------------------
 
 
-def _read_lines(path: Path) -> list[str]:
-    """Lines as CMKP reads them (``open(...).readlines()``: universal newlines), without the line ends."""
-    with open(path, encoding="utf-8") as f:
-        text = f.read()  # text mode: \r\n and \r already read as \n, as readlines() splits them
-    lines = text.split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
-    return lines
-
-
 def _is_jsonl_predictions(path: Path) -> bool:
     if path.suffix in (".jsonl", ".json"):
         return True
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                return line.lstrip().startswith("{")
+    for line in read_lines(path, "predictions file"):
+        if line.strip():
+            return line.lstrip().startswith("{")
     return False
 
 
-def read_generated_predictions(path: Path) -> list[dict[str, Any]]:
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise EvalInputError(f"{path}, line {lineno}: not valid JSON ({exc}).") from exc
-            if not isinstance(row, dict) or not isinstance(row.get("predict"), str):
-                raise EvalInputError(
-                    f"{path}, line {lineno}: expected an object with a string 'predict' "
-                    f"(LLaMA-Factory's generated_predictions.jsonl rows are prompt/predict/label)."
-                )
-            rows.append(row)
-    return rows
-
-
-def read_dataset(path: Path) -> list[dict[str, Any]]:
-    """A sharegpt dataset file: a JSON list of rows, or JSON lines."""
-    text = path.read_text(encoding="utf-8")
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError:
-        data = []
-        for lineno, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    data.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise EvalInputError(f"{path}, line {lineno}: neither a JSON list nor JSON lines ({exc}).") from exc
-    if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
-        raise EvalInputError(f"{path}: expected a JSON list of dataset rows (objects).")
-    return data
-
-
-def _assistant(row: dict[str, Any]) -> str | None:
-    msgs = row.get("messages") or row.get("conversations")
-    if isinstance(msgs, list):
-        for m in reversed(msgs):
-            if isinstance(m, dict) and m.get("role", m.get("from")) in ("assistant", "gpt"):
-                c = m.get("content", m.get("value"))
-                return c if isinstance(c, str) else None
-    return None
-
-
 def _row_keyphrases(row: dict[str, Any], path: Path, i: int) -> list[str]:
-    kps = row.get("keyphrases")
-    if isinstance(kps, list) and all(isinstance(k, str) for k in kps):
-        return [k.strip() for k in kps]
-    content = _assistant(row)
-    if content is None:
+    kps = row_keyphrases(row)
+    if kps is None:
         raise EvalInputError(f"{path}, row {i}: no 'keyphrases' list and no assistant message to read them from.")
-    return label_keyphrases(content)
+    return kps
 
 
 def read_cmkp_src(path: Path) -> tuple[list[str], list[list[str]]]:
     """Post texts and gold keyphrases of a CMKP source file, split exactly as CMKP does."""
     sources, golds = [], []
-    for lineno, line in enumerate(_read_lines(path), 1):
+    for lineno, line in enumerate(read_lines(path, "source file"), 1):
         parts = line.strip().split(SEP)
         if len(parts) < 2:
             raise EvalInputError(f"{path}, line {lineno}: expected 'post text<sep>kp1;kp2<sep>image-url'.")
         sources.append(parts[0])
         golds.append(split_keyphrases_cmkp(parts[1]))
-    return sources, golds
+    return require_rows(sources, path, "posts"), golds
 
 
 def read_train_keyphrases(path: Path) -> set[str]:
     """The training keyphrase strings of a dataset JSON (``keyphrases`` or the assistant answer) or CMKP file."""
     if not path.is_file():
         raise EvalInputError(f"training file not found: {path}")
-    with open(path, encoding="utf-8") as f:
-        head = f.read(4096).lstrip()[:1]
+    head = read_text(path, "training file").lstrip()[:1]
     if path.suffix in (".json", ".jsonl") or head in ("[", "{"):
-        rows = read_dataset(path)
+        rows = load_rows(path)
         return {kp for i, row in enumerate(rows) for kp in _row_keyphrases(row, path, i) if kp}
     _, golds = read_cmkp_src(path)
     return {kp for kps in golds for kp in kps if kp}
-
-
-def _norm(text: str) -> str:
-    return " ".join(text.split())
-
-
-def _check_labels(rows: list[dict], data: list[dict], pred_path: Path, data_path: Path) -> int:
-    """Each ``label`` must equal (or, truncated by cutoff_len, be a prefix of) the row's assistant message."""
-    mismatches = []
-    truncated = 0
-    for i, (row, drow) in enumerate(zip(rows, data)):
-        label = row.get("label")
-        expected = _assistant(drow)
-        if not isinstance(label, str) or expected is None:
-            continue
-        a, b = _norm(label), _norm(expected)
-        if a == b:
-            continue
-        if a and b.startswith(a):
-            truncated += 1
-            continue
-        mismatches.append(f"row {i}: label {a[:70]!r} but the dataset says {b[:70]!r}")
-        if len(mismatches) >= 3:
-            break
-    if mismatches:
-        raise EvalInputError(
-            f"{pred_path} does not match {data_path} row by row (predicted on another dataset, or shuffled):\n  "
-            + "\n  ".join(mismatches)
-            + "\n(pass --no-label-check to score anyway)"
-        )
-    return truncated
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -182,13 +93,8 @@ def evaluate_files(*args, **kwargs) -> dict:
     Arguments as :func:`_evaluate_files`. The cyclic garbage collector is paused meanwhile: the run allocates
     hundreds of thousands of small objects and no cycles, and collections would cost a third of the time.
     """
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
+    with paused_gc():
         return _evaluate_files(*args, **kwargs)
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 def _evaluate_files(
@@ -216,18 +122,15 @@ def _evaluate_files(
     truncated = 0
     if _is_jsonl_predictions(pred_path):
         fmt = "llamafactory"
-        rows = read_generated_predictions(pred_path)
+        rows = read_generated_predictions(pred_path, require_label=False)
         outputs = [r["predict"] for r in rows]
         if dataset is not None:
             data_path = Path(dataset)
-            data = read_dataset(data_path)
-            if len(data) != len(rows):
-                raise EvalInputError(
-                    f"{pred_path} has {len(rows)} rows but the dataset file {data_path} has {len(data)}: rows are "
-                    f"paired by position, so predict on exactly this file (no max_samples, no other eval set)."
-                )
-            if label_check:
-                truncated = _check_labels(rows, data, pred_path, data_path)
+            data = load_rows(data_path)
+            truncated = check_pairing(
+                rows, data, pred_path, data_path, check_labels=label_check, check_prompt=False,
+                hint="\n(pass --no-label-check to score anyway)",
+            )
             golds = [_row_keyphrases(row, data_path, i) for i, row in enumerate(data)]
             if all(isinstance(row.get("text"), str) for row in data):
                 sources = [row["text"] for row in data]
@@ -252,7 +155,7 @@ def _evaluate_files(
                 f"{pred_path} is a CMKP-format prediction file (one ';'-separated line per post): give --src, "
                 f"the CMKP source file (post<sep>keyphrases<sep>image-url) of the same posts"
             )
-        outputs = _read_lines(pred_path)
+        outputs = require_rows(read_lines(pred_path, "predictions file"), pred_path, "predictions")
         sources, golds = read_cmkp_src(Path(src))
         if len(outputs) != len(golds):
             raise EvalInputError(
@@ -385,39 +288,35 @@ def _default_output(pred_path: Path) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        result = evaluate_files(
-            args.predictions,
-            dataset=args.dataset,
-            src=args.src,
-            train=args.train,
-            ks=args.ks,
-            variant=args.variant,
-            tokenizer=args.tokenizer,
-            label_check=not args.no_label_check,
-        )
-        if args.baseline:
-            try:
-                base = json.loads(Path(args.baseline).read_text(encoding="utf-8"))
-                b_len = base["gen_len"]["all"]
-                b_unit = base["gen_len"]["unit"]
-            except (OSError, ValueError, KeyError, TypeError) as exc:
-                raise EvalInputError(f"--baseline {args.baseline}: not a dyncot-eval JSON with gen_len ({exc})") from exc
-            ours = result["gen_len"]["all"]
-            if b_unit != result["gen_len"]["unit"]:
-                raise EvalInputError(
-                    f"--baseline {args.baseline} counts length in {b_unit}, this run in {result['gen_len']['unit']}"
-                )
-            if b_len and ours is not None:
-                result["gen_len_vs_baseline"] = {
-                    "baseline_file": str(args.baseline),
-                    "baseline": b_len,
-                    "ours": ours,
-                    "reduction": 1.0 - ours / b_len,
-                }
-    except EvalInputError as exc:
-        print(f"dyncot-eval mmkp: error: {exc}", file=sys.stderr)
-        return 2
+    result = evaluate_files(
+        args.predictions,
+        dataset=args.dataset,
+        src=args.src,
+        train=args.train,
+        ks=args.ks,
+        variant=args.variant,
+        tokenizer=args.tokenizer,
+        label_check=not args.no_label_check,
+    )
+    if args.baseline:
+        try:
+            base = json.loads(Path(args.baseline).read_text(encoding="utf-8"))
+            b_len = base["gen_len"]["all"]
+            b_unit = base["gen_len"]["unit"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise EvalInputError(f"--baseline {args.baseline}: not a dyncot-eval JSON with gen_len ({exc})") from exc
+        ours = result["gen_len"]["all"]
+        if b_unit != result["gen_len"]["unit"]:
+            raise EvalInputError(
+                f"--baseline {args.baseline} counts length in {b_unit}, this run in {result['gen_len']['unit']}"
+            )
+        if b_len and ours is not None:
+            result["gen_len_vs_baseline"] = {
+                "baseline_file": str(args.baseline),
+                "baseline": b_len,
+                "ours": ours,
+                "reduction": 1.0 - ours / b_len,
+            }
 
     text = json.dumps(result, indent=2, ensure_ascii=False)
     out_path = Path(args.output) if args.output else _default_output(Path(args.predictions))

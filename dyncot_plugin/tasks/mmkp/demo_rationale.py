@@ -14,7 +14,8 @@ accepts with ``match="exact"`` for the same gold keyphrases.
 
 from __future__ import annotations
 
-from dyncot_plugin.eval.normalize import is_present, stem_phrase
+from dyncot_plugin.cot_format import ANSWER_SEP, build_cot
+from dyncot_plugin.tasks.mmkp.normalize import is_present, stem_phrase
 
 DEMO_COT_SOURCE = "demo-offline"
 """The ``cot_source`` value of every row whose CoT this module wrote."""
@@ -47,7 +48,7 @@ def write_demo_rationale(
     keyphrases: list[str],
     attributes: str | list[str] | None = None,
     ocr: str | None = None,
-    sep: str = "; ",
+    sep: str = ANSWER_SEP,
 ) -> str:
     """The demo CoT target of one post. Deterministic: same inputs, same text."""
     if not keyphrases:
@@ -85,7 +86,7 @@ def write_demo_rationale(
         )
     parts.append(f"So the keyphrases are {_join(quoted)}.")
     think = _clean(" ".join(parts))
-    return f"<think>{think}</think><answer>{sep.join(keyphrases)}</answer>"
+    return build_cot(think, sep.join(keyphrases))
 
 
 __all__ = ["DEMO_COT_SOURCE", "write_demo_rationale"]

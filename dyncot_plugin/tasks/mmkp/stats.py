@@ -1,7 +1,7 @@
 """Statistics of MMKP splits: posts, keyphrases per post, unique keyphrases, present share, train->test overlap.
 
 Inputs are SPLIT=PATH (SPLIT one of train, valid, test; PATH a converted .json/.jsonl dataset or a CMKP
-source file). "Present" is the evaluator's rule (dyncot_plugin.eval.normalize): the lower-cased, Porter-stemmed
+source file). "Present" is the evaluator's rule (dyncot_plugin.tasks.mmkp.normalize): the lower-cased, Porter-stemmed
 keyphrase tokens occur contiguously in the stemmed post text; shares are over keyphrase occurrences.
 Overlap A->B is the share of B's unique keyphrases that also occur in A, by exact string (the definition of
 MMKP's 97.32%). Prints a table; --json PATH also writes the numbers as JSON (--json - prints only JSON).
@@ -17,15 +17,10 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from dyncot_plugin.data.dataset_io import (
-    SPLITS,
-    DatasetError,
-    atomic_write_json,
-    load_rows,
-    parse_split_spec,
-    paused_gc,
-)
-from dyncot_plugin.eval.normalize import is_present, stem_keyphrase, stem_phrase
+from dyncot_plugin.io.datasets import DatasetError, load_rows
+from dyncot_plugin.io.files import atomic_write_json, paused_gc
+from dyncot_plugin.io.splits import SPLITS, parse_split_specs
+from dyncot_plugin.tasks.mmkp.normalize import is_present, stem_keyphrase, stem_phrase
 
 JSON_SUFFIXES = (".json", ".jsonl")
 OVERLAP_PAIRS = (("train", "valid"), ("train", "test"), ("valid", "test"))
@@ -49,7 +44,7 @@ def load_posts(path: str | os.PathLike, *, kp_sep: str = ";") -> list[Post]:
                 raise DatasetError(f"{path}: row {i} ({row.get('id', 'no id')}): empty keyphrase list.")
             posts.append((text, kps))
         return posts
-    from dyncot_plugin.data.cmkp import read_cmkp_file
+    from dyncot_plugin.tasks.mmkp.convert import read_cmkp_file
 
     return [(p.text, p.keyphrases) for p in read_cmkp_file(path, kp_sep=kp_sep)]
 
@@ -155,19 +150,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        files: dict[str, str] = {}
-        for spec in args.inputs:
-            split, path = parse_split_spec(spec)
-            if split in files:
-                raise DatasetError(f"split {split} given twice ({files[split]} and {path}).")
-            files[split] = str(path)
-        with paused_gc():
-            splits = {split: load_posts(path, kp_sep=args.kp_sep) for split, path in files.items()}
-            stats = compute_stats(splits, files=files, progress=not args.quiet)
-    except DatasetError as e:
-        print(f"dyncot-data stats: error: {e}", file=sys.stderr)
-        return 1
+    files = {split: str(path) for split, path in parse_split_specs(args.inputs).items()}
+    with paused_gc():
+        splits = {split: load_posts(path, kp_sep=args.kp_sep) for split, path in files.items()}
+        stats = compute_stats(splits, files=files, progress=not args.quiet)
     if args.json == "-":
         print(json.dumps(stats, indent=2))
         return 0

@@ -24,6 +24,8 @@ from functools import lru_cache
 
 from nltk.stem.porter import PorterStemmer
 
+from dyncot_plugin.cot_format import parse_output
+
 _STEMMER = PorterStemmer()
 _stem = _STEMMER.stem
 
@@ -108,3 +110,8 @@ def is_present(kp_stemmed: tuple[str, ...] | list[str], src_stemmed: tuple[str, 
         if src[i] == first and src[i : i + n] == kp:
             return True
     return False
+
+
+def label_keyphrases(text: str | None) -> list[str]:
+    """Gold keyphrases of a label in plain or CoT form: its answer split on ``;``, empty pieces dropped."""
+    return split_keyphrases(parse_output(text).answer)

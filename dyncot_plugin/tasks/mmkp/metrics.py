@@ -4,7 +4,7 @@
 post texts for present/absent and the training keyphrases for unseen). Per post, exactly as CMKP does it:
 
 1. every keyphrase is tokenised with ``strip().split(" ")`` and each token is stripped, lower-cased and
-   Porter-stemmed (:mod:`dyncot_plugin.eval.normalize`);
+   Porter-stemmed (:mod:`dyncot_plugin.tasks.mmkp.normalize`);
 2. gold keyphrases are de-duplicated on their stemmed form (first kept);
 3. predictions are de-duplicated on their stemmed form (first kept; an invalid first occurrence still shadows
    later copies) and invalid ones are dropped (a stemmed token ``<unk>``, ``,`` or ``.``); empty predictions are
@@ -35,12 +35,12 @@ Import-light: nltk only (no torch, no numpy).
 
 from __future__ import annotations
 
-import gc
 from itertools import compress
 from operator import not_
 from typing import Iterable, Sequence
 
-from dyncot_plugin.eval.normalize import _STEMMER, INVALID_TOKENS, STEM_CACHE, stem_lower
+from dyncot_plugin.io.files import paused_gc
+from dyncot_plugin.tasks.mmkp.normalize import _STEMMER, INVALID_TOKENS, STEM_CACHE, stem_lower
 
 __all__ = ["evaluate_keyphrases", "VARIANTS", "load_train_keyphrases_set"]
 
@@ -370,7 +370,7 @@ def evaluate_keyphrases(
     """Score predicted keyphrase lists against gold lists, one list per post, with CMKP's protocol.
 
     ``preds[i]`` / ``golds[i]`` are the keyphrase strings of post ``i`` in rank order; to reproduce CMKP exactly,
-    split a prediction line with :func:`~dyncot_plugin.eval.normalize.split_keyphrases_cmkp` (empty pieces count
+    split a prediction line with :func:`~dyncot_plugin.tasks.mmkp.normalize.split_keyphrases_cmkp` (empty pieces count
     as predictions there). ``sources[i]`` is the post text (present/absent scores); ``train_keyphrases`` the
     training keyphrase strings (unseen scores). ``ks`` are the cut-offs; ``"M"`` (all predictions) is always
     added. ``variant``: ``"cmkp"`` (F1 = harmonic mean of macro P and R) or ``"per_post"`` (mean per-post F1).
@@ -392,13 +392,8 @@ def evaluate_keyphrases(
         seen_set = {kp.strip() for kp in train_keyphrases}
 
     buckets = _new_buckets(sources, seen_set)
-    gc_was_enabled = gc.isenabled()
-    gc.disable()  # the loop allocates many small objects; collections would only rescan the caches
-    try:
+    with paused_gc():  # the loop allocates many small objects; collections would only rescan the caches
         n_dup, n_invalid = _score_posts(preds, golds, sources, seen_set, buckets)
-    finally:
-        if gc_was_enabled:
-            gc.enable()
     b_all, b_pre, b_abs, b_uns = buckets
     out = b_all.report(ks, variant)
     out["num_duplicates"] = n_dup

@@ -1,4 +1,8 @@
-"""Parse model outputs (``<think>…</think><answer>…</answer>`` or a bare answer) and summarise how they think.
+"""The reasoning format, in one place: build and parse ``<think>rationale</think><answer>A</answer>``, and
+summarise how a set of outputs thinks.
+
+:func:`build_cot` writes a CoT target (the teacher, the demo data and the ScienceQA converter all call it);
+:data:`ANSWER_SEP` joins keyphrases in an answer (``kp1; kp2``). :func:`parse_output` reads any model output back.
 
 :func:`parse_output` never raises: every string maps to one :class:`ParsedOutput` whose ``kind`` says which form
 it had. Well-formed kinds:
@@ -32,12 +36,33 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple, Sequence
 
-from dyncot_plugin.eval.normalize import split_keyphrases
-
-__all__ = ["ParsedOutput", "parse_output", "summarize_outputs", "KINDS", "WELL_FORMED", "count_tokens"]
+__all__ = [
+    "ANSWER_SEP",
+    "KINDS",
+    "WELL_FORMED",
+    "ParsedOutput",
+    "build_cot",
+    "count_tokens",
+    "has_answer_block",
+    "parse_output",
+    "summarize_outputs",
+]
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"
+ANSWER_SEP = "; "
+"""Separator of the keyphrases in an answer (``kp1; kp2``); evaluation splits on ``;``."""
+
+
+def build_cot(rationale: str, answer: str) -> str:
+    """The CoT target ``<think>rationale</think><answer>answer</answer>`` (both parts stripped)."""
+    return f"{THINK_OPEN}{rationale.strip()}{THINK_CLOSE}{ANSWER_OPEN}{answer.strip()}{ANSWER_CLOSE}"
+
+
+def has_answer_block(text: str) -> bool:
+    """Whether ``text`` holds a closed ``<answer>…</answer>`` block (what a CoT target must have)."""
+    i = text.find(ANSWER_OPEN)
+    return i >= 0 and text.find(ANSWER_CLOSE, i + len(ANSWER_OPEN)) >= 0
 
 KINDS = (
     "cot",
@@ -116,11 +141,6 @@ def parse_output(text: str | None) -> ParsedOutput:
     if not ans:
         return ParsedOutput("empty_answer", think, "", True)
     return ParsedOutput("cot" if closed else "unclosed_answer", think, ans, True)
-
-
-def label_keyphrases(text: str | None) -> list[str]:
-    """Gold keyphrases of a label in plain or CoT form: its answer split on ``;``, empty pieces dropped."""
-    return split_keyphrases(parse_output(text).answer)
 
 
 def _load_tokenizer(tokenizer: Any) -> Any:

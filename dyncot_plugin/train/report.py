@@ -1,6 +1,6 @@
 """Print a run's training curve (loss, cot_ratio, selection loss) from LLaMA-Factory's ``trainer_log.jsonl``.
 
-    python -m dyncot_plugin.eval.training_report OUTPUT_DIR
+    python -m dyncot_plugin.train.report OUTPUT_DIR
 """
 
 from __future__ import annotations

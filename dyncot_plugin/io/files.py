@@ -1,0 +1,188 @@
+"""Files written all or nothing, and the locks that keep concurrent writers from losing each other's work.
+
+* :func:`atomic_open`, :func:`atomic_write_text`, :func:`atomic_write_json`, :class:`StagedWrites`: writes go to a
+  temporary file in the target's folder and are renamed over the target only on success, so that a crash or an
+  error never leaves a half-written file behind;
+* :func:`locked_dir`: an inter-process lock on a folder;
+* :func:`paused_gc`: pause the cyclic garbage collector while parsing 10^5 rows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+
+@contextlib.contextmanager
+def paused_gc() -> Iterator[None]:
+    """Pause the cyclic garbage collector while building many small containers (10^5 rows parse ~2x faster;
+    rows hold no reference cycles). Restores the previous state; nests."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+# -------------------------------------------------------------------------------------------------- atomic writes
+
+
+def _new_mode(path: Path) -> int:
+    try:
+        return os.stat(path).st_mode & 0o777
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO[Any]]:
+    """Open a temporary file next to ``path``; on a clean exit it replaces ``path``, on an exception it is deleted.
+
+    ``mode`` is ``"w"`` (text, ``encoding``) or ``"wb"``. Parent folders are created.
+    """
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_open: mode must be 'w' or 'wb', got {mode!r}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(
+            fd, mode, encoding=None if mode == "wb" else encoding, newline=None if mode == "wb" else "\n"
+        ) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, _new_mode(path))
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def _write_json(f: IO[str], obj: Any, indent: int | None) -> None:
+    if isinstance(obj, list) and indent is None:
+        # One element per line: valid JSON, uses the C encoder (fast for 10^5 rows), easy to grep and diff.
+        dumps = json.dumps
+        if not obj:
+            f.write("[]\n")
+            return
+        f.write("[\n")
+        last = len(obj) - 1
+        for i, item in enumerate(obj):
+            f.write(dumps(item, ensure_ascii=False))
+            f.write(",\n" if i < last else "\n")
+        f.write("]\n")
+    else:
+        json.dump(obj, f, ensure_ascii=False, indent=2 if indent is None else indent)
+        f.write("\n")
+
+
+def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> Path:
+    """Write ``text`` to ``path`` through a temporary file and ``os.replace`` (all or nothing)."""
+    with atomic_open(path, "w", encoding=encoding) as f:
+        f.write(text)
+    return Path(path)
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any, *, indent: int | None = None) -> Path:
+    """Write ``obj`` as UTF-8 JSON through a temporary file and ``os.replace`` (all or nothing).
+
+    A list is written one element per line (``[\\n{...},\\n{...}\\n]``) unless ``indent`` is given; any other
+    object is indented by ``indent`` (default 2).
+    """
+    with atomic_open(path, "w") as f:
+        _write_json(f, obj, indent)
+    return Path(path)
+
+
+class StagedWrites:
+    """Several files written all-or-nothing: stage each one, then :meth:`commit` renames them all.
+
+    Use as a context manager: leaving the block normally commits; an exception removes every staged file, so no
+    target is touched. (The renames themselves are individually atomic; an OS failure between two renames can
+    still leave the earlier ones done.)
+    """
+
+    def __init__(self) -> None:
+        self._staged: list[tuple[str, Path]] = []
+
+    def open(self, path: str | os.PathLike, encoding: str = "utf-8") -> IO[str]:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        self._staged.append((tmp, path))
+        return os.fdopen(fd, "w", encoding=encoding, newline="\n")
+
+    def write_text(self, path: str | os.PathLike, text: str) -> None:
+        with self.open(path) as f:
+            f.write(text)
+
+    def write_json(self, path: str | os.PathLike, obj: Any, *, indent: int | None = None) -> None:
+        with self.open(path) as f:
+            _write_json(f, obj, indent)
+
+    @property
+    def targets(self) -> list[Path]:
+        return [target for _, target in self._staged]
+
+    def commit(self) -> list[Path]:
+        for tmp, target in self._staged:
+            os.chmod(tmp, _new_mode(target))
+        for tmp, target in self._staged:
+            os.replace(tmp, target)
+        done = self.targets
+        self._staged = []
+        return done
+
+    def discard(self) -> None:
+        for tmp, _ in self._staged:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        self._staged = []
+
+    def __enter__(self) -> StagedWrites:  # noqa: PYI034 (typing.Self needs Python 3.11)
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.discard()
+
+
+# ----------------------------------------------------------------------------------------------------------- locks
+
+
+@contextlib.contextmanager
+def locked_dir(folder: str | os.PathLike) -> Iterator[None]:
+    """An exclusive inter-process lock on ``folder`` itself (``flock`` on the directory: no lock file is left
+    behind). Where that is not possible (not POSIX, some network file systems) it does nothing."""
+    try:
+        import fcntl
+
+        fd = os.open(folder, os.O_RDONLY)
+    except (ImportError, OSError):
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:
+            pass
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+__all__ = ["StagedWrites", "atomic_open", "atomic_write_json", "atomic_write_text", "locked_dir", "paused_gc"]

@@ -1,0 +1,35 @@
+"""The names of every metric the plugin logs, declared once: the trainer writes them, the ``LogCallback`` patch
+copies them into ``trainer_log.jsonl``, the plot and the report read them.
+
+Training logs (every ``logging_steps``, over ranks and accumulation steps):
+
+* ``cot_ratio``: share of the rows trained on their CoT target;
+* ``selection_loss``: mean plain-answer loss of the selection pass (``dynamic``).
+
+Evaluation logs (``eval_<name>``): the names of the task scorers in :mod:`dyncot_plugin.tasks`.
+
+Import-light: no torch.
+"""
+
+from __future__ import annotations
+
+from dyncot_plugin.tasks import EVAL_METRIC_NAMES
+
+# Running sums the trainer keeps between two training logs (all-reduced over ranks in this order).
+SUM_KEYS = ("cot_rows", "rows", "selection_loss_sum", "scored")
+TRAIN_LOG_KEYS = ("cot_ratio", "selection_loss")
+EVAL_LOG_KEYS = tuple(f"eval_{name}" for name in EVAL_METRIC_NAMES)
+LOGGED_KEYS = TRAIN_LOG_KEYS + EVAL_LOG_KEYS
+
+
+def train_log_metrics(sums: dict[str, float]) -> dict[str, float]:
+    """The training log entries from the sums of :data:`SUM_KEYS` (a metric without data is left out)."""
+    out: dict[str, float] = {}
+    if sums["rows"] > 0:
+        out["cot_ratio"] = round(sums["cot_rows"] / sums["rows"], 4)
+    if sums["scored"] > 0:
+        out["selection_loss"] = round(sums["selection_loss_sum"] / sums["scored"], 4)
+    return out
+
+
+__all__ = ["EVAL_LOG_KEYS", "LOGGED_KEYS", "SUM_KEYS", "TRAIN_LOG_KEYS", "train_log_metrics"]

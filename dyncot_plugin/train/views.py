@@ -1,0 +1,287 @@
+"""The two views of every sample, from LLaMA-Factory's data pipeline to the collated batch; their keys are declared
+here once.
+
+A plugin dataset is an ordinary LLaMA-Factory sharegpt dataset whose ``dataset_info.json`` entry also names a CoT
+column (``"columns": {..., "cot": "cot"}``; vanilla LLaMA-Factory ignores that key). While the plugin loads data,
+three steps of ``llamafactory.data.loader`` are swapped (see :mod:`dyncot_plugin.train.workflow`):
+
+1. ``get_dataset_list``: remember each dataset's name and CoT column on its ``DatasetAttr``;
+2. ``align_dataset``: check every row (image files exist, CoT text present and well-formed) with errors that name
+   the dataset and row, then carry the CoT text through alignment as the :data:`COT_COLUMN` column;
+3. ``_get_dataset_processor``: tokenise each sample twice with the model's template, same prompt (image tokens
+   included): ``input_ids``/``labels`` (plain answer) and :data:`COT_INPUT_IDS`/:data:`COT_LABELS` (CoT answer).
+
+A CoT view that does not fit in ``cutoff_len`` is never truncated (that would cut through ``<answer>``): the sample
+keeps only its plain view and its :data:`COT_STATUS` says why, so the run can log how many samples fell back.
+
+:class:`DualViewDataCollator` then collates what the strategy's ``views`` asks for
+(:mod:`dyncot_plugin.strategies`): ``plain`` and ``cot`` collate one view with LLaMA-Factory's own collator, so
+their batches are exactly what vanilla LLaMA-Factory builds from that target; ``both`` collates the plain view
+through the parent collator (which runs the image processor once) and adds the CoT view under :data:`COT_PREFIX`
+keys, reusing the plain view's media for padding and M-RoPE positions. The per-token keys a model family adds
+(``token_type_ids``, ``mm_token_type_ids``) come from :mod:`dyncot_plugin.train.families`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from llamafactory.data.collator import SFTDataCollatorWith4DAttentionMask
+from llamafactory.data.processor import SupervisedDatasetProcessor
+from llamafactory.extras import logging
+from llamafactory.extras.constants import IGNORE_INDEX
+from transformers import DataCollatorForSeq2Seq
+
+from dyncot_plugin.config import DynCotArguments
+from dyncot_plugin.cot_format import has_answer_block
+from dyncot_plugin.io.datasets import read_dataset_info, row_label
+from dyncot_plugin.io.read import InputError
+from dyncot_plugin.strategies import Strategy
+from dyncot_plugin.train.families import ROPE_INPUT_KEYS, ModelFamily, derive_token_types
+
+logger = logging.get_logger(f"llamafactory.{__name__}")  # under LLaMA-Factory's handler and verbosity
+
+# ------------------------------------------------------------------------------------- the view contract (once)
+COT_COLUMN = "_cot"  # aligned dataset: the CoT text of each row (None where there is none)
+COT_INPUT_IDS, COT_LABELS, COT_STATUS = "cot_input_ids", "cot_labels", "cot_status"  # tokenised dataset columns
+COT_OK, COT_MISSING, COT_TOO_LONG = 0, 1, 2  # values of the COT_STATUS column
+COT_PREFIX = "cot_"  # collated batch: the CoT view's tensors, e.g. ``cot_input_ids``, ``cot_position_ids``
+HAS_COT = "dyncot_has_cot"  # collated batch: [B] bool, the row has a usable CoT view
+IS_COT_ROW = "dyncot_is_cot_row"  # stacked (multitask) batch: [2B] bool, the row is a CoT row
+
+
+class DynCotDataError(InputError):
+    """A dataset row cannot be used: the message names the dataset, the row and what was expected."""
+
+
+def split_views(batch: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None, torch.Tensor | None]:
+    """(plain batch, CoT view or None, has_cot or None): the plugin's keys taken out of a collated batch."""
+    plain = dict(batch)
+    has_cot = plain.pop(HAS_COT, None)
+    cot = {k[len(COT_PREFIX) :]: plain.pop(k) for k in list(plain) if k.startswith(COT_PREFIX)}
+    return plain, (cot or None), has_cot
+
+
+# ------------------------------------------------------------------------------------------- dataset loading
+def attach_cot_columns(
+    dataset_list: list[Any], dataset_names: list[str] | None, dataset_dir: str | dict, is_eval: bool = False
+) -> None:
+    """Record ``dyncot_name``, ``dyncot_cot_column`` and ``dyncot_is_eval`` on each ``DatasetAttr`` (LLaMA-Factory
+    drops the ``cot`` key)."""
+    if not dataset_names:
+        return
+    if isinstance(dataset_dir, dict):
+        info = dataset_dir
+    else:
+        try:
+            info = read_dataset_info(dataset_dir)
+        except InputError:
+            info = {}  # LLaMA-Factory itself reports a broken dataset_info.json
+    for name, attr in zip(dataset_names, dataset_list):
+        attr.dyncot_name = name
+        entry = info.get(name) if isinstance(info.get(name), dict) else {}
+        attr.dyncot_cot_column = (entry.get("columns") or {}).get("cot")
+        attr.dyncot_is_eval = is_eval
+
+
+def _name(dataset_attr: Any) -> str:
+    return getattr(dataset_attr, "dyncot_name", dataset_attr.dataset_name)
+
+
+def _row_label(dataset: Any, index: int) -> str:
+    return row_label(dataset[index] if "id" in dataset.column_names else None, index)
+
+
+def check_images(dataset: Any, dataset_attr: Any, media_dir: str) -> None:
+    """Every image path must resolve the way LLaMA-Factory resolves it (``media_dir`` first, then as given)."""
+    column = dataset_attr.images
+    if not column or column not in dataset.column_names or dataset_attr.load_from not in ("file", "script"):
+        return
+    for index, images in enumerate(dataset[column]):
+        if images is None:
+            continue
+        for image in images if isinstance(images, list) else [images]:
+            if not isinstance(image, str):
+                continue
+            joined = os.path.join(media_dir, image)
+            if not (os.path.isfile(joined) or os.path.isfile(image)):
+                raise DynCotDataError(
+                    f"Dataset `{_name(dataset_attr)}`, {_row_label(dataset, index)}: image file not found: {joined} "
+                    f"(media_dir={media_dir!r}, path in the row: {image!r})."
+                )
+
+
+def collect_cot(dataset: Any, dataset_attr: Any, dyncot_args: DynCotArguments) -> list[str | None]:
+    """The CoT text of every row (``None`` where missing and allowed), or a clear error.
+
+    An eval dataset may lack CoT text (rows or the whole column) under every strategy: its rows then have only the
+    plain view, on which ``eval_loss`` is computed.
+    """
+    name = _name(dataset_attr)
+    column = getattr(dataset_attr, "dyncot_cot_column", None)
+    is_eval = getattr(dataset_attr, "dyncot_is_eval", False)
+    strict = dyncot_args.dyncot_missing_cot == "error" and not is_eval
+    n = len(dataset)
+    if not dyncot_args.needs_cot:
+        return [None] * n
+    if column is None or column not in dataset.column_names:
+        where = "no `cot` key under `columns` in dataset_info.json" if column is None else f"no column `{column}`"
+        if strict:
+            raise DynCotDataError(
+                f"Dataset `{name}`: dyncot_strategy={dyncot_args.dyncot_strategy} needs a CoT text per sample, but "
+                f"the dataset has {where}. Add the CoT column (`dyncot-data gen-cot`) or set `dyncot_missing_cot: sft`."
+            )
+        return [None] * n
+
+    cots: list[str | None] = []
+    missing: list[int] = []
+    for index, text in enumerate(dataset[column]):
+        if text is None or (isinstance(text, str) and not text.strip()):
+            missing.append(index)
+            cots.append(None)
+            continue
+        if not isinstance(text, str) or not has_answer_block(text):
+            raise DynCotDataError(
+                f"Dataset `{name}`, {_row_label(dataset, index)}: the CoT text in column `{column}` has no "
+                f"<answer>…</answer> block; expected `<think>rationale</think><answer>kp1; kp2</answer>`. "
+                f"Got: {str(text)[:120]!r}"
+            )
+        cots.append(text)
+    if missing and strict:
+        rows = ", ".join(_row_label(dataset, i) for i in missing[:5]) + (" …" if len(missing) > 5 else "")
+        raise DynCotDataError(
+            f"Dataset `{name}`: {len(missing)} sample(s) have no CoT text in column `{column}`: {rows}. "
+            f"dyncot_strategy={dyncot_args.dyncot_strategy} needs one per sample; fill them or set "
+            f"`dyncot_missing_cot: sft` to train those samples on their plain target."
+        )
+    if missing and not is_eval:
+        logger.warning_rank0(
+            f"[dyncot] dataset `{name}`: {len(missing)} sample(s) without CoT text train on their plain target "
+            f"(dyncot_missing_cot=sft)."
+        )
+    return cots
+
+
+@dataclass
+class DualViewDatasetProcessor(SupervisedDatasetProcessor):
+    """LLaMA-Factory's supervised processor, run once per target: same prompt, plain and CoT answers."""
+
+    needs_cot: bool = True
+
+    def preprocess_dataset(self, examples: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        model_inputs = defaultdict(list)
+        cots = examples.get(COT_COLUMN) or [None] * len(examples["_prompt"])
+        for i in range(len(examples["_prompt"])):
+            if len(examples["_prompt"][i]) % 2 != 1 or len(examples["_response"][i]) != 1:
+                logger.warning_rank0(
+                    "Dropped invalid example: {}".format(examples["_prompt"][i] + examples["_response"][i])
+                )
+                continue
+            common = dict(
+                prompt=examples["_prompt"][i],
+                system=examples["_system"][i],
+                tools=examples["_tools"][i],
+                images=examples["_images"][i] or [],
+                videos=examples["_videos"][i] or [],
+                audios=examples["_audios"][i] or [],
+            )
+            input_ids, labels = self._encode_data_example(response=examples["_response"][i], **common)
+            cot_ids, cot_labels, status = [], [], COT_MISSING
+            if self.needs_cot and cots[i] is not None:
+                response = [{"role": "assistant", "content": cots[i]}]
+                cot_ids, cot_labels = self._encode_data_example(response=response, **common)
+                # LLaMA-Factory truncates to exactly cutoff_len when anything is cut: a CoT view that reaches it may
+                # have lost its </answer>, so only strictly shorter views are kept.
+                if len(cot_ids) < self.data_args.cutoff_len:
+                    status = COT_OK
+                else:
+                    cot_ids, cot_labels, status = [], [], COT_TOO_LONG
+            model_inputs["input_ids"].append(input_ids)
+            model_inputs["attention_mask"].append([1] * len(input_ids))
+            model_inputs["labels"].append(labels)
+            model_inputs[COT_INPUT_IDS].append(cot_ids)
+            model_inputs[COT_LABELS].append(cot_labels)
+            model_inputs[COT_STATUS].append(status)
+            model_inputs["images"].append(examples["_images"][i])
+            model_inputs["videos"].append(examples["_videos"][i])
+            model_inputs["audios"].append(examples["_audios"][i])
+        return model_inputs
+
+
+def cot_status_counts(dataset: Any) -> dict[str, int] | None:
+    """How many samples have a usable CoT view, none, or one too long for ``cutoff_len``."""
+    if dataset is None or not hasattr(dataset, "column_names") or COT_STATUS not in dataset.column_names:
+        return None
+    statuses = dataset[COT_STATUS]
+    return {
+        "cot": sum(1 for s in statuses if s == COT_OK),
+        "missing": sum(1 for s in statuses if s == COT_MISSING),
+        "too_long": sum(1 for s in statuses if s == COT_TOO_LONG),
+    }
+
+
+# ---------------------------------------------------------------------------------------------------- collation
+@dataclass
+class DualViewDataCollator(SFTDataCollatorWith4DAttentionMask):
+    """``SFTDataCollatorWith4DAttentionMask`` that also knows the CoT view of each feature.
+
+    Fields (beyond LLaMA-Factory's):
+        strategy (`Strategy`): the run's row of :data:`dyncot_plugin.strategies.STRATEGIES`.
+        family (`ModelFamily`): the model's row of :data:`dyncot_plugin.train.families.FAMILIES`.
+    """
+
+    strategy: Strategy | None = None
+    family: ModelFamily | None = None
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        views = [(f.pop(COT_INPUT_IDS, None), f.pop(COT_LABELS, None), f.pop(COT_STATUS, None)) for f in features]
+        has_cot = [status == COT_OK for _, _, status in views]
+        kind = self.strategy.views if self.strategy is not None else "plain"
+        if kind == "plain" or all(status is None for _, _, status in views):
+            return super().__call__(features)
+
+        if kind == "cot":
+            for feature, (ids, labels, _), ok in zip(features, views, has_cot):
+                if ok:
+                    feature.update(input_ids=ids, labels=labels, attention_mask=[1] * len(ids))
+            batch = super().__call__(features)
+            batch[HAS_COT] = torch.tensor(has_cot, dtype=torch.bool)
+            return batch
+
+        # both views. Rows without a usable CoT view carry their plain view twice.
+        cot_features = []
+        for feature, (ids, labels, _), ok in zip(features, views, has_cot):
+            ids, labels = (ids, labels) if ok else (feature["input_ids"], feature["labels"])
+            cot_features.append({"input_ids": list(ids), "attention_mask": [1] * len(ids), "labels": list(labels)})
+        first_len = len(features[0]["input_ids"])
+        batch = super().__call__(features)  # plain view; the image processor runs here, once
+        for key, value in self._cot_view(batch, features[0]["input_ids"][first_len:], cot_features).items():
+            batch[COT_PREFIX + key] = value
+        batch[HAS_COT] = torch.tensor(has_cot, dtype=torch.bool)
+        return batch
+
+    def _cot_view(self, batch: dict[str, Any], dummy: list[int], cot_features: list[dict]) -> dict[str, Any]:
+        """The CoT view of a batch whose plain view is ``batch``: padded, with the family's per-token keys and the
+        M-RoPE positions computed from the plain view's media (no image work)."""
+        if dummy:  # the parent appended dummy image tokens to row 0 of an image-less batch (for ZeRO-3): mirror them
+            if self.tokenizer.padding_side != "right":
+                raise NotImplementedError("dyncot-plugin trains with right padding only.")
+            cot_features[0]["input_ids"] += list(dummy)
+            cot_features[0]["attention_mask"] += [0] * len(dummy)
+            cot_features[0]["labels"] += [IGNORE_INDEX] * len(dummy)
+        cot = DataCollatorForSeq2Seq.__call__(self, cot_features)  # padding only
+        for key in self.family.token_type_keys if self.family is not None else ():
+            if key in batch:
+                cot[key] = derive_token_types(batch["input_ids"], batch[key], cot["input_ids"], key)
+        if self.get_rope_func is not None:
+            self._compute_rope_position_ids(cot, {k: batch[k] for k in ROPE_INPUT_KEYS if k in batch})
+            if cot["position_ids"].dim() == 3:  # same layout as the parent (text positions first)
+                cot["position_ids"] = torch.cat([cot["position_ids"][0].unsqueeze(0), cot["position_ids"]], dim=0)
+        for key, value in cot.items():
+            if torch.is_tensor(value) and torch.is_floating_point(value):
+                cot[key] = value.to(self.compute_dtype)
+        return cot
