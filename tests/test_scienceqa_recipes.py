@@ -1,5 +1,6 @@
-"""examples/scienceqa_*.yaml: every key is known to LLaMA-Factory or the plugin, and every dataset they name is one
-that `convert-scienceqa` + `build-stage2` write."""
+"""examples/scienceqa_*.yaml: every key is known to LLaMA-Factory or the plugin, MM-CoT training stays vanilla
+LLaMA-Factory, predictions carry only `dyncot_think`, and every dataset they name is one that `convert-scienceqa` +
+`build-stage2` write (tests/test_recipes.py checks every recipe in examples/ the same way)."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ def _load_raw():
 def test_the_recipes_exist():
     names = {p.name for p in RECIPES}
     assert {"scienceqa_stage1.yaml", "scienceqa_stage2.yaml", "scienceqa_dyncot.yaml"} <= names
+    assert {"scienceqa_stage1_predict.yaml", "scienceqa_stage2_predict.yaml"} <= names
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)
@@ -41,8 +43,12 @@ def test_recipe_parses(recipe):
     if recipe.name == "scienceqa_dyncot.yaml":
         args = parse_dyncot_args(dyncot)
         assert args.dyncot_strategy == "dynamic" and args.dyncot_gamma == 0.4
+    elif config.get("do_predict"):
+        # predictions go through the plugin for its generation (the model's own M-RoPE positions); nothing else
+        assert dyncot == {"dyncot_think": "auto"}
+        assert parse_dyncot_args(dyncot).dyncot_strategy == "sft"
     else:
-        assert dyncot == {}  # the MM-CoT recipes are vanilla LLaMA-Factory
+        assert dyncot == {}  # the MM-CoT training recipes are vanilla LLaMA-Factory
     rest = {**rest, "bf16": False}  # CPU machines: bf16 would be refused, the rest is what we check
     _parse_train_args(rest)  # HfArgumentParser: raises on an unknown key
 
