@@ -1,4 +1,6 @@
-"""Score keyphrase predictions with CMKP's protocol: F1@1/3/5/M and MAP@5 on all, present, absent and unseen keyphrases, plus the CoT trigger rate and generated length.
+"""Score keyphrase predictions with CMKP's protocol: F1@1/3/5/M and MAP@5 on all, present, absent and unseen
+keyphrases, each also over the posts whose output thinks and over the others, plus the CoT trigger rate and the
+generated length; compare thinking modes of the same posts (``auto``/``always``/``never``) and two runs.
 
 Inputs (one of):
 
@@ -10,7 +12,14 @@ Inputs (one of):
 
 ``--train`` (a dataset JSON or a CMKP source file) adds the unseen scores. Prints a table; writes the JSON
 (``--output``, by default ``<predictions>.mmkp_eval.json`` next to the predictions file); ``--json`` prints the
-JSON instead of the table. The protocol is documented in docs/eval.md.
+JSON instead of the table.
+
+Thinking modes: ``--predictions MODE=PATH`` two or three times (MODE: ``auto``, ``always``, ``never``; the same
+posts in the same order) adds every mode's scores, per post the mode with the higher F1@M (a tie goes to
+``auto``), how often ``auto`` chose as well as the forced modes, and the oracle that takes the better mode's output
+per post. ``--baseline [NAME=]PATH`` (a previous run's JSON) puts every score of both runs side by side. With
+either, a PNG of the scores and lengths is written next to the JSON (``--plot PATH``, ``--no-plot``). All of it is
+documented in docs/eval.md.
 """
 
 from __future__ import annotations
@@ -19,15 +28,31 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple, Sequence
 
-from dyncot_plugin.cot_format import KINDS, parse_output, summarize_outputs
+from dyncot_plugin.cot_format import KINDS, count_tokens, parse_output, summarize_outputs
 from dyncot_plugin.io.datasets import load_rows
 from dyncot_plugin.io.files import paused_gc
 from dyncot_plugin.io.predictions import check_pairing, read_generated_predictions
 from dyncot_plugin.io.read import InputError, read_lines, read_text, require_rows
+from dyncot_plugin.tasks.mmkp.compare import (
+    compare_with_baseline,
+    format_baseline_table,
+    parse_baseline_arg,
+    read_baseline,
+)
 from dyncot_plugin.tasks.mmkp.metrics import VARIANTS, evaluate_keyphrases
+from dyncot_plugin.tasks.mmkp.modes import (
+    AUTO,
+    MODES,
+    check_same_posts,
+    compare_modes,
+    format_modes_table,
+    parse_named_predictions,
+    split_by_think,
+)
 from dyncot_plugin.tasks.mmkp.normalize import label_keyphrases, split_keyphrases_cmkp
+from dyncot_plugin.tasks.mmkp.plots import write_plot
 from dyncot_plugin.tasks.mmkp.rows import row_keyphrases
 
 SEP = "<sep>"
@@ -97,17 +122,21 @@ def evaluate_files(*args, **kwargs) -> dict:
         return _evaluate_files(*args, **kwargs)
 
 
-def _evaluate_files(
-    predictions: str | Path,
-    dataset: str | Path | None = None,
-    src: str | Path | None = None,
-    train: str | Path | None = None,
-    ks=(1, 3, 5),
-    variant: str = "cmkp",
-    tokenizer: Any = None,
-    label_check: bool = True,
-) -> dict:
-    pred_path = Path(predictions)
+class _Run(NamedTuple):
+    """One prediction file, read and paired with its gold keyphrases (and post texts)."""
+
+    path: Path
+    fmt: str
+    outputs: list[str]
+    labels: list[Any] | None  # LLaMA-Factory labels (None for CMKP files)
+    golds: list[list[str]]
+    sources: list[str] | None
+    ids: list[str] | None
+    notes: list[str]
+    truncated: int
+
+
+def _check_inputs(pred_path: Path, dataset, src) -> None:
     if not pred_path.is_file():
         raise EvalInputError(f"predictions file not found: {pred_path}")
     if dataset is not None and src is not None:
@@ -116,28 +145,39 @@ def _evaluate_files(
         if p is not None and not Path(p).is_file():
             raise EvalInputError(f"{what} file not found: {p}")
 
+
+def _read_run(pred_path: Path, dataset, src, label_check: bool, cache: dict) -> _Run:
+    """Read one predictions file with its gold; ``cache`` keeps the dataset / source file read once for all files."""
     notes: list[str] = []
     sources: list[str] | None = None
+    ids: list[str] | None = None
+    labels: list[Any] | None = None
     golds: list[list[str]]
     truncated = 0
     if _is_jsonl_predictions(pred_path):
         fmt = "llamafactory"
         rows = read_generated_predictions(pred_path, require_label=False)
         outputs = [r["predict"] for r in rows]
+        labels = [r.get("label") for r in rows]
         if dataset is not None:
             data_path = Path(dataset)
-            data = load_rows(data_path)
+            if "data" not in cache:
+                data = load_rows(data_path)
+                golds = [_row_keyphrases(row, data_path, i) for i, row in enumerate(data)]
+                texts = [row["text"] for row in data] if all(isinstance(r.get("text"), str) for r in data) else None
+                row_ids = [str(r["id"]) for r in data] if all("id" in r for r in data) else None
+                cache["data"] = (data, golds, texts, row_ids)
+            data, golds, sources, ids = cache["data"]
             truncated = check_pairing(
                 rows, data, pred_path, data_path, check_labels=label_check, check_prompt=False,
                 hint="\n(pass --no-label-check to score anyway)",
             )
-            golds = [_row_keyphrases(row, data_path, i) for i, row in enumerate(data)]
-            if all(isinstance(row.get("text"), str) for row in data):
-                sources = [row["text"] for row in data]
-            else:
+            if sources is None:
                 notes.append(f"{data_path} rows lack a 'text' field: present/absent scores skipped")
         elif src is not None:
-            sources, golds = read_cmkp_src(Path(src))
+            if "src" not in cache:
+                cache["src"] = read_cmkp_src(Path(src))
+            sources, golds = cache["src"]
             if len(golds) != len(rows):
                 raise EvalInputError(
                     f"{pred_path} has {len(rows)} rows but the source file {src} has {len(golds)} lines; "
@@ -156,35 +196,111 @@ def _evaluate_files(
                 f"the CMKP source file (post<sep>keyphrases<sep>image-url) of the same posts"
             )
         outputs = require_rows(read_lines(pred_path, "predictions file"), pred_path, "predictions")
-        sources, golds = read_cmkp_src(Path(src))
+        if "src" not in cache:
+            cache["src"] = read_cmkp_src(Path(src))
+        sources, golds = cache["src"]
         if len(outputs) != len(golds):
             raise EvalInputError(
                 f"{pred_path} has {len(outputs)} lines but the source file {src} has {len(golds)}; "
                 f"they must hold the same posts in the same order."
             )
+    return _Run(pred_path, fmt, outputs, labels, golds, sources, ids, notes, truncated)
 
-    parsed = [parse_output(o) for o in outputs]
+
+def _load_tokenizer(tokenizer: Any) -> tuple[Any, str | None]:
+    """The tokenizer object (loaded once for every file) and the unit name of a tokenizer given by path."""
+    if not isinstance(tokenizer, str):
+        return tokenizer, None
+    from transformers import AutoTokenizer  # lazy: only when lengths are asked in model tokens
+
+    return AutoTokenizer.from_pretrained(tokenizer, trust_remote_code=False), f"tokenizer:{tokenizer}"
+
+
+def _score_run(run: _Run, train_set, ks, variant, tokenizer, unit, files: dict) -> tuple[dict, list, list]:
+    """The JSON result of one run, with its parsed outputs and prediction lists (for the mode comparison)."""
+    parsed = [parse_output(o) for o in run.outputs]
     preds = [split_keyphrases_cmkp(p.answer) for p in parsed]
-    train_set = read_train_keyphrases(Path(train)) if train is not None else None
-
-    result = evaluate_keyphrases(preds, golds, sources, train_set, ks=ks, variant=variant)
-    summary = summarize_outputs(outputs, tokenizer=tokenizer, parsed=parsed)
+    result = evaluate_keyphrases(preds, run.golds, run.sources, train_set, ks=ks, variant=variant)
+    result["by_think"] = split_by_think(parsed, preds, run.golds, run.sources, train_set, ks, variant)
+    summary = summarize_outputs(run.outputs, tokenizer=tokenizer, parsed=parsed)
     result["cot_rate"] = summary["cot_rate"]
     result["gen_len"] = summary["gen_len"]
+    if unit is not None:
+        result["gen_len"]["unit"] = unit
     result["outputs"] = {k: summary[k] for k in ("num_outputs", "num_think", "well_formed_rate", "kinds")}
     result["protocol"] = "cmkp" if variant == "cmkp" else f"cmkp ({variant} F1)"
-    result["files"] = {
-        "predictions": str(pred_path),
-        "format": fmt,
+    result["files"] = {"predictions": str(run.path), "format": run.fmt, **files}
+    if train_set is not None:
+        result["num_train_keyphrases"] = len(train_set)
+    notes = list(run.notes)
+    if run.truncated:
+        notes.append(f"{run.truncated} labels were truncated (cutoff_len); gold keyphrases come from the dataset")
+    result["notes"] = notes
+    return result, parsed, preds
+
+
+def _evaluate_files(
+    predictions: str | Path | Sequence[tuple[str | None, str | Path]],
+    dataset: str | Path | None = None,
+    src: str | Path | None = None,
+    train: str | Path | None = None,
+    ks=(1, 3, 5),
+    variant: str = "cmkp",
+    tokenizer: Any = None,
+    label_check: bool = True,
+) -> dict:
+    """``predictions``: one file, or ``[(mode, path), ...]`` (modes from :data:`~.modes.MODES`) of the same posts.
+
+    With several files the top level is the result of the ``auto`` file (else the first), ``modes`` holds every
+    file's result and ``comparison`` the per-post comparison (:func:`~.modes.compare_modes`).
+    """
+    named = [(None, predictions)] if isinstance(predictions, (str, Path)) else list(predictions)
+    if not named:
+        raise EvalInputError("no predictions file given")
+    names = [m for m, _ in named]
+    if len(named) > 1 and (None in names or len(set(names)) != len(names) or not set(names) <= set(MODES)):
+        raise EvalInputError(f"several prediction files need distinct mode names from {', '.join(MODES)}")
+    for _, path in named:
+        _check_inputs(Path(path), dataset, src)
+    cache: dict = {}
+    runs = [_read_run(Path(path), dataset, src, label_check, cache) for _, path in named]
+    if len(runs) > 1:
+        check_same_posts(
+            [r.path for r in runs], [r.golds for r in runs], [r.labels if label_check else None for r in runs]
+        )
+    train_set = read_train_keyphrases(Path(train)) if train is not None else None
+    tok, unit = _load_tokenizer(tokenizer)
+    files = {
         "dataset": str(dataset) if dataset is not None else None,
         "src": str(src) if src is not None else None,
         "train": str(train) if train is not None else None,
     }
-    if train_set is not None:
-        result["num_train_keyphrases"] = len(train_set)
-    if truncated:
-        notes.append(f"{truncated} labels were truncated (cutoff_len); gold keyphrases come from the dataset")
-    result["notes"] = notes
+    scored = [_score_run(r, train_set, ks, variant, tok, unit, files) for r in runs]
+    if len(runs) == 1:
+        result = scored[0][0]
+        result["mode"] = names[0]
+        return result
+
+    results = {m: s[0] for m, s in zip(names, scored)}
+    primary = AUTO if AUTO in results else names[0]
+    result = dict(results[primary])
+    result["mode"] = primary
+    result["files"] = {**result["files"], "modes": {m: str(p) for m, p in named}}
+    result["notes"] = list(result["notes"]) + [f"{m}: {n}" for m in names if m != primary for n in results[m]["notes"]]
+    result["modes"] = results
+    result["comparison"] = compare_modes(
+        names,
+        preds={m: s[2] for m, s in zip(names, scored)},
+        parsed={m: s[1] for m, s in zip(names, scored)},
+        lengths={m: count_tokens([o or "" for o in r.outputs], tok) for m, r in zip(names, runs)},
+        golds=runs[0].golds,
+        sources=runs[0].sources,
+        train_set=train_set,
+        ks=ks,
+        variant=variant,
+        unit=result["gen_len"]["unit"],
+        ids=runs[0].ids,
+    )
     return result
 
 
@@ -202,16 +318,29 @@ def format_table(result: dict) -> str:
     cols = [f"F1@{k}" for k in ks] + ["MAP@5" if "map@5" in result else f"MAP@{ks[-1]}"]
     map_key = "map@5" if "map@5" in result else f"map@{ks[-1]}"
     f1_note = "mean of per-post F1" if result.get("variant") == "per_post" else "harmonic mean of macro P and R"
+    mode = f" of {result['mode']}" if result.get("mode") else ""
     lines = [
-        f"MMKP evaluation, CMKP protocol ({f1_note}); scores in %; {result['num_posts']} posts",
-        f"{'':10}{'posts':>7}{'gold':>7}{'pred':>7} " + "".join(f"{c:>7}" for c in cols),
+        f"MMKP evaluation{mode}, CMKP protocol ({f1_note}); scores in %; {result['num_posts']} posts",
+        f"{'':16}{'posts':>7}{'gold':>7}{'pred':>7} " + "".join(f"{c:>7}" for c in cols),
     ]
-    for name, d in (("all", result), ("present", result.get("present")), ("absent", result.get("absent")),
-                    ("unseen", result.get("unseen"))):
+    by = result.get("by_think") or {}
+    for name in ("all", "present", "absent", "unseen"):
+        d = result if name == "all" else result.get(name)
         if d is None:
             continue
-        vals = "".join(f" {_pct(d[f'f1@{k}'])}" for k in ks) + f" {_pct(d[map_key])}"
-        lines.append(f"{name:10}{d['num_posts']:>7}{d['num_targets']:>7}{d['num_predictions']:>7} {vals}")
+        rows = [(name, d)]
+        # the same scores over the posts whose output thinks, and over the others
+        for sub, label in (("thinking", "  thinking"), ("not_thinking", "  not thinking")):
+            if by.get(sub) is not None:
+                rows.append((label, by[sub] if name == "all" else by[sub].get(name)))
+        for label, x in rows:
+            if x is None:
+                continue
+            if x["num_posts"]:
+                vals = "".join(f" {_pct(x[f'f1@{k}'])}" for k in ks) + f" {_pct(x[map_key])}"
+            else:
+                vals = "".join(f" {'-':>6}" for _ in cols)
+            lines.append(f"{label:16}{x['num_posts']:>7}{x['num_targets']:>7}{x['num_predictions']:>7} {vals}")
     if result.get("present") is None:
         lines.append("(present/absent: no post texts)")
     if result.get("unseen") is None:
@@ -235,14 +364,15 @@ def format_table(result: dict) -> str:
             f"mean generated length ({gl['unit']}): all {f(gl['all'])}, with thinking {f(gl['with_think'])}, "
             f"without thinking {f(gl['without_think'])}"
         )
-    base = result.get("gen_len_vs_baseline")
-    if base:
-        lines.append(
-            f"vs baseline {base['baseline_file']}: {base['baseline']:.2f} -> {base['ours']:.2f} "
-            f"({100 * base['reduction']:.2f}% shorter)"
-        )
     for note in result.get("notes", []):
         lines.append(f"note: {note}")
+    if result.get("comparison"):
+        lines += ["", format_modes_table(result)]
+    if result.get("vs_baseline"):
+        lines += ["", format_baseline_table(result)]
+    plot = (result.get("files") or {}).get("plot")
+    if plot:
+        lines.append(f"PNG: {plot}")
     return "\n".join(lines)
 
 
@@ -268,28 +398,53 @@ def _parse_ks(text: str) -> tuple:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.add_argument("--predictions", required=True, help="generated_predictions.jsonl, or a CMKP prediction file")
+    parser.add_argument(
+        "--predictions", required=True, action="append", metavar="[MODE=]PATH",
+        help="generated_predictions.jsonl, or a CMKP prediction file; repeat as MODE=PATH (MODE: auto, always, "
+             "never) to compare two or three thinking modes of the same posts",
+    )
     parser.add_argument("--dataset", help="the dataset JSON the predictions were generated on (text, keyphrases)")
     parser.add_argument("--src", help="CMKP source file of the same posts: post<sep>kp1;kp2<sep>image-url per line")
     parser.add_argument("--train", help="training file (dataset JSON or CMKP source file) for the unseen scores")
     parser.add_argument("--variant", choices=VARIANTS, default="cmkp",
                         help="cmkp: F1 = harmonic mean of macro P and R (default); per_post: mean per-post F1")
-    parser.add_argument("--ks", type=_parse_ks, default=(1, 3, 5), help="cut-offs, comma separated (default 1,3,5; M is always added)")
-    parser.add_argument("--tokenizer", help="tokenizer path/name: count generated length in its tokens (default: words)")
-    parser.add_argument("--output", help="where to write the JSON (default: <predictions>.mmkp_eval.json alongside)")
+    parser.add_argument("--ks", type=_parse_ks, default=(1, 3, 5),
+                        help="cut-offs, comma separated (default 1,3,5; M is always added)")
+    parser.add_argument("--tokenizer",
+                        help="tokenizer path/name: count generated length in its tokens (default: words)")
+    parser.add_argument("--output", help="where to write the JSON (default: <predictions>.mmkp_eval.json alongside; "
+                                         "with several files, next to the auto file or else the first)")
     parser.add_argument("--json", action="store_true", help="print the JSON instead of the table")
-    parser.add_argument("--baseline", help="a previous dyncot-eval JSON (e.g. Fine-tune-CoT): report the length cut")
+    parser.add_argument("--baseline", metavar="[NAME=]PATH",
+                        help="a previous dyncot-eval JSON (e.g. fine-tune-cot=ft.json): every score side by side")
+    parser.add_argument("--plot", metavar="PATH",
+                        help="write the PNG here (default: next to the JSON, <json stem>.png, when modes are "
+                             "compared or --baseline is given)")
+    parser.add_argument("--no-plot", action="store_true", help="no PNG")
     parser.add_argument("--no-label-check", action="store_true",
-                        help="do not check that each label equals the dataset row's answer")
+                        help="do not check that each label equals the dataset row's answer (nor that the files "
+                             "compared by mode have the same labels)")
 
 
 def _default_output(pred_path: Path) -> Path:
     return pred_path.with_name(pred_path.stem + ".mmkp_eval.json")
 
 
+def _add_baseline(result: dict, value: str) -> None:
+    name, path = parse_baseline_arg(value)
+    base = read_baseline(path)
+    result["vs_baseline"] = compare_with_baseline(result, base, path, name)
+    # the block earlier versions wrote, kept as it was (reduction = 1 - ours / baseline over all outputs)
+    b_len, ours = base["gen_len"]["all"], result["gen_len"]["all"]
+    if b_len and ours is not None:
+        result["gen_len_vs_baseline"] = {"baseline_file": str(path), "baseline": b_len, "ours": ours,
+                                         "reduction": 1.0 - ours / b_len}
+
+
 def run(args: argparse.Namespace) -> int:
+    named = parse_named_predictions(args.predictions)
     result = evaluate_files(
-        args.predictions,
+        named,
         dataset=args.dataset,
         src=args.src,
         train=args.train,
@@ -299,27 +454,29 @@ def run(args: argparse.Namespace) -> int:
         label_check=not args.no_label_check,
     )
     if args.baseline:
+        _add_baseline(result, args.baseline)
+
+    primary = dict(named).get(AUTO, named[0][1])
+    out_path = Path(args.output) if args.output else _default_output(Path(primary))
+    plot_path = None
+    if args.plot:
+        plot_path = Path(args.plot)
+    elif not args.no_plot and (result.get("comparison") or result.get("vs_baseline")):
+        plot_path = out_path.with_suffix(".png")
+    result["files"]["plot"] = None
+    if plot_path is not None:
         try:
-            base = json.loads(Path(args.baseline).read_text(encoding="utf-8"))
-            b_len = base["gen_len"]["all"]
-            b_unit = base["gen_len"]["unit"]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise EvalInputError(f"--baseline {args.baseline}: not a dyncot-eval JSON with gen_len ({exc})") from exc
-        ours = result["gen_len"]["all"]
-        if b_unit != result["gen_len"]["unit"]:
-            raise EvalInputError(
-                f"--baseline {args.baseline} counts length in {b_unit}, this run in {result['gen_len']['unit']}"
-            )
-        if b_len and ours is not None:
-            result["gen_len_vs_baseline"] = {
-                "baseline_file": str(args.baseline),
-                "baseline": b_len,
-                "ours": ours,
-                "reduction": 1.0 - ours / b_len,
-            }
+            written_plot, note = write_plot(result, plot_path)
+        except OSError as exc:
+            if args.plot:
+                print(f"dyncot-eval mmkp: error: cannot write {plot_path}: {exc}", file=sys.stderr)
+                return 2
+            written_plot, note = None, f"cannot write {plot_path} ({exc}); use --plot"
+        result["files"]["plot"] = str(written_plot) if written_plot else None
+        if note:
+            result["notes"].append(note)
 
     text = json.dumps(result, indent=2, ensure_ascii=False)
-    out_path = Path(args.output) if args.output else _default_output(Path(args.predictions))
     try:
         out_path.parent.mkdir(parents=True, exist_ok=True)
         out_path.write_text(text + "\n", encoding="utf-8")
