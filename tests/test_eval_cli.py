@@ -83,6 +83,14 @@ def test_llamafactory_predictions_json_values(files, capsys):
     assert r["outputs"]["kinds"]["cot"] == 1 and r["outputs"]["kinds"]["unclosed_think"] == 1
     assert r["outputs"]["kinds"]["bare"] == 1
     assert r["gen_len"] == {"all": approx(14 / 3), "with_think": 5.5, "without_think": 3.0, "unit": "whitespace_words"}
+    # split by thinking: posts 1 and 3 think (post 3 never closes its think block), post 2 does not.
+    # thinking: P@1 (1 + 0)/2, R@1 (1/2 + 0)/2 -> F1@1 1/3; not thinking: new york right at rank 1
+    th, nt = r["by_think"]["thinking"], r["by_think"]["not_thinking"]
+    assert th["num_posts"] == 2 and th["f1@1"] == approx(1 / 3) and th["num_duplicates"] == 1
+    assert nt["num_posts"] == 1 and nt["f1@1"] == approx(1.0) and nt["f1@M"] == approx(2 * 0.5 / 1.5)
+    assert th["unseen"]["num_posts"] == 2 and nt["unseen"]["num_posts"] == 0  # dog, weather; new york is seen
+    # keys added since the first version; nothing renamed, no PNG unless modes or a baseline are compared
+    assert r["mode"] is None and r["files"]["plot"] is None and "comparison" not in r and "vs_baseline" not in r
 
 
 def test_table_and_default_json_path(files, capsys):

@@ -11,6 +11,7 @@ import pytest
 
 from dyncot_plugin.cli.eval import main as eval_main
 from dyncot_plugin.tasks.mmkp.modes import parse_named_predictions, per_post_f1
+from dyncot_plugin.tasks.mmkp.plots import plot_series
 
 
 def approx(x):
@@ -355,6 +356,14 @@ def test_png_next_to_the_json_and_at_a_chosen_path(files, capsys):
 
     r = _eval(capsys, files, *_three(files), "--output", d / "np.json", "--no-plot")
     assert r["files"]["plot"] is None and not (d / "np.png").exists()
+
+    # modes and a baseline run: one bar per mode, the oracle and the baseline ("per strategy")
+    r = _eval(capsys, files, *_three(files), "--output", d / "mb.json", "--baseline", f"ft-cot={d / 'one.json'}")
+    keys, scores, lengths = plot_series(r)
+    assert keys == ["f1@1", "f1@3", "f1@5", "f1@M", "map@5"]
+    assert [label for label, _ in scores] == ["auto", "always", "never", "oracle", "ft-cot"]
+    assert scores[3][1]["f1@M"] == 1.0 and lengths[2][1]["all"] == approx(6 / 5)
+    assert (d / "mb.png").read_bytes()[:8] == PNG_MAGIC
 
 
 def test_no_png_without_matplotlib(files, capsys, monkeypatch):
