@@ -123,6 +123,10 @@ def test_split_with_no_thinking_post_and_table(files, capsys):
     r = _eval(capsys, files, "--predictions", files["never"], "--no-plot", "--output", files["dir"] / "n.json")
     assert r["by_think"]["thinking"]["num_posts"] == 0 and r["by_think"]["thinking"]["f1@M"] == 0.0
     assert r["by_think"]["not_thinking"]["f1@M"] == approx(r["f1@M"])
+    code, out, err = _run(capsys, "mmkp", "--predictions", files["never"], "--dataset", files["dataset"], "--no-plot",
+                          "--output", files["dir"] / "n2.json")
+    assert code == 0 and "(thinking / not thinking: every output answers without thinking)" in out
+    assert "  thinking" not in out
     code, out, err = _run(capsys, "mmkp", "--predictions", files["auto"], "--dataset", files["dataset"], "--no-plot",
                           "--output", files["dir"] / "t.json")
     assert code == 0, err
@@ -210,8 +214,8 @@ def test_modes_table(files, capsys):
     assert rows["auto"][1:] == ["40.00", "68.57", "64.62", "64.62", "64.62", "60.00", "2.20", "4.00", "1.00", "2"]
     assert rows["never"][1:] == ["0.00", "68.57", "74.67", "74.67", "74.67", "70.00", "1.20", "-", "1.20", "1"]
     assert rows["oracle"][1:] == ["60.00", "88.89", "100.00", "100.00", "100.00", "100.00", "2.80", "3.67", "1.50"]
-    assert "auto chose the better mode" in out and "on 2/5 posts (40.00%)" in out
-    assert "when it thought 1/2, when it did not 1/3" in out
+    assert "auto chose the better mode on 2/5 posts (40.00%;" in out
+    assert "when it thought 1/2, when it did not think 1/3" in out
 
 
 def test_per_post_f1_and_name_parsing(tmp_path):

@@ -121,7 +121,8 @@ def format_baseline_table(result: dict) -> str:
         d = cmp["scores"].get(sub)
         if d is None:
             continue
-        for label, field, fmt in (("baseline", "baseline", _pct), ("this run", "ours", _pct), ("change", "change", _chg)):
+        for label, field, fmt in (("baseline", "baseline", _pct), ("this run", "ours", _pct),
+                                  ("change", "change", _chg)):
             head = f"{sub if field == 'baseline' else '':9}{label:10}"
             lines.append(head + "".join(fmt(d[k][field]) for k in keys))
     cr = cmp["cot_rate"]

@@ -324,6 +324,12 @@ def format_table(result: dict) -> str:
         f"{'':16}{'posts':>7}{'gold':>7}{'pred':>7} " + "".join(f"{c:>7}" for c in cols),
     ]
     by = result.get("by_think") or {}
+    split_note = None
+    if by and not all(by[sub]["num_posts"] for sub in ("thinking", "not_thinking")):
+        # every output on one side: the split would repeat the rows above
+        split_note = "(thinking / not thinking: every output " + (
+            "thinks)" if by["thinking"]["num_posts"] else "answers without thinking)")
+        by = {}
     for name in ("all", "present", "absent", "unseen"):
         d = result if name == "all" else result.get(name)
         if d is None:
@@ -341,6 +347,8 @@ def format_table(result: dict) -> str:
             else:
                 vals = "".join(f" {'-':>6}" for _ in cols)
             lines.append(f"{label:16}{x['num_posts']:>7}{x['num_targets']:>7}{x['num_predictions']:>7} {vals}")
+    if split_note:
+        lines.append(split_note)
     if result.get("present") is None:
         lines.append("(present/absent: no post texts)")
     if result.get("unseen") is None:

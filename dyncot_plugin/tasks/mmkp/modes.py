@@ -248,8 +248,7 @@ def format_modes_table(result: dict) -> str:
     unit = comp["gen_len"][names[0]]["unit"]
     cols = [f"F1@{k}" for k in ks] + [map_key.upper()]
     lines = [
-        f"modes on the same {comp['num_posts']} posts; scores in %; length in {unit}; "
-        f"best = posts where the mode has the highest F1@M (a tie goes to auto, then to the first given)",
+        f"modes on the same {comp['num_posts']} posts; scores in %; length in {unit}",
         f"{'':8}{'CoT':>7}" + "".join(f"{c:>7}" for c in cols)
         + f"{'len all':>9}{'think':>9}{'no think':>9}{'best':>7}",
     ]
@@ -259,8 +258,9 @@ def format_modes_table(result: dict) -> str:
         vals = "".join(_pct(d[f"f1@{k}"]) for k in ks) + _pct(d[map_key])
         lines.append(
             f"{name:8}{_pct(d['cot_rate'])}{vals}{_len(gl['all'])}{_len(gl['with_think'])}{_len(gl['without_think'])}"
-            f"{'' if best is None else best:>7}"
+            f"{'' if best is None else best:>7}".rstrip()
         )
+    lines.append("best: posts on which the mode has the highest F1@M (a tie goes to auto, then to the first given)")
     lines.append(f"ties (two or more modes share the best F1@M): {comp['ties']}; all modes equal: {comp['all_tied']}")
     for key, d in comp["pairwise"].items():
         a, b = key.split("_vs_")
@@ -271,9 +271,12 @@ def format_modes_table(result: dict) -> str:
         n = comp["num_posts"]
         th, nt = auto["thought"], auto["did_not_think"]
         lines.append(
-            f"auto chose the better mode (F1@M at least that of {', '.join(auto['against'])}) on "
-            f"{auto['chose_better']}/{n} posts ({100 * auto['chose_better_rate']:.2f}%): "
-            f"when it thought {th['chose_better']}/{th['posts']}, when it did not {nt['chose_better']}/{nt['posts']}"
+            f"auto chose the better mode on {auto['chose_better']}/{n} posts ({100 * auto['chose_better_rate']:.2f}%;"
+            f" its F1@M at least that of {', '.join(auto['against'])})"
+        )
+        lines.append(
+            f"  when it thought {th['chose_better']}/{th['posts']}, when it did not think "
+            f"{nt['chose_better']}/{nt['posts']}"
         )
     else:
         lines.append("(no file named auto: the decision is not judged; see the pairwise counts and the oracle)")
