@@ -379,3 +379,40 @@ def test_no_png_without_matplotlib(files, capsys, monkeypatch):
     assert r["files"]["plot"] is None and not (d / "nm.png").exists()
     assert any("matplotlib is not installed" in n for n in r["notes"])
     assert "note: matplotlib is not installed" in out
+
+
+# ------------------------------------------------------------------------------------------- API, units, imports
+
+
+class _CharTokenizer:
+    """One token per character (no special tokens): lengths that differ from word counts."""
+
+    name_or_path = "chars"
+
+    def __call__(self, texts, add_special_tokens=False):
+        return {"input_ids": [list(t) for t in texts]}
+
+
+def test_lengths_in_tokenizer_units_for_every_mode(files):
+    from dyncot_plugin.tasks.mmkp.evaluate import evaluate_files
+
+    r = evaluate_files([("auto", files["auto"]), ("never", files["never"])], dataset=files["dataset"],
+                       tokenizer=_CharTokenizer())
+    c = r["comparison"]
+    assert r["gen_len"]["unit"] == "tokenizer:chars" and c["oracle"]["gen_len"]["unit"] == "tokenizer:chars"
+    assert c["gen_len"]["never"]["all"] == approx(sum(map(len, NEVER)) / 5)
+    # winners auto vs never: never, auto, never, auto, auto (ties to auto)
+    chosen = [NEVER[0], AUTO[1], NEVER[2], AUTO[3], AUTO[4]]
+    assert c["oracle"]["gen_len"]["all"] == approx(sum(map(len, chosen)) / 5)
+    assert c["oracle"]["gen_len"]["with_think"] == len(AUTO[3])
+    single = evaluate_files([("never", files["never"])], dataset=files["dataset"])
+    assert single["mode"] == "never" and "comparison" not in single
+
+
+def test_importing_the_command_does_not_import_matplotlib():
+    import subprocess
+
+    code = ("import sys, dyncot_plugin.tasks.mmkp.evaluate; "
+            "print(sorted(m for m in ('matplotlib', 'torch', 'transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
