@@ -32,7 +32,7 @@ from typing import Any, NamedTuple, Sequence
 
 from dyncot_plugin.cot_format import KINDS, count_tokens, parse_output, summarize_outputs
 from dyncot_plugin.io.datasets import load_rows
-from dyncot_plugin.io.files import paused_gc
+from dyncot_plugin.io.files import atomic_write_text, paused_gc
 from dyncot_plugin.io.predictions import check_pairing, read_generated_predictions
 from dyncot_plugin.io.read import InputError, read_lines, read_text, require_rows
 from dyncot_plugin.tasks.mmkp.compare import (
@@ -486,8 +486,7 @@ def run(args: argparse.Namespace) -> int:
 
     text = json.dumps(result, indent=2, ensure_ascii=False)
     try:
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        out_path.write_text(text + "\n", encoding="utf-8")
+        atomic_write_text(out_path, text + "\n")  # all or nothing: a later --baseline must not read half a file
         written = str(out_path)
     except OSError as exc:
         if args.output:
