@@ -88,6 +88,7 @@ class Stub:
     def __init__(self, script=None):
         self.script = script or good
         self.requests: list[dict] = []
+        self.gets: list[str] = []  # GET /models: the endpoint probe
         self.auth: list[str] = []
         self.lock = threading.Lock()
         stub = self
@@ -107,6 +108,8 @@ class Stub:
                 self.wfile.write(data)
 
             def do_GET(self):
+                with stub.lock:
+                    stub.gets.append(self.path)
                 self._send(200, {"object": "list", "data": [{"id": "stub", "object": "model"}]})
 
             def do_POST(self):
@@ -294,7 +297,8 @@ def test_backoff_on_429_and_5xx(tmp_path, stub_factory, key_env):
     assert gen_cot(data, stub.url) == 0
     assert time.monotonic() - t0 < 10
     s = report(data)["summary"]
-    assert (s["done"], s["transport_retries"], s["requests"]) == (1, 2, 1)
+    # Every request sent is counted, the two that were answered by 429/503 included (and the probe apart).
+    assert (s["done"], s["transport_retries"], s["requests"], s["replies"], s["probe_requests"]) == (1, 2, 3, 1, 1)
     assert len(stub.requests) == 3
 
 
@@ -489,3 +493,226 @@ def test_rows_that_already_have_a_cot_are_skipped_unless_overwrite(tmp_path, stu
     assert stub.per_sample() == {1: 1} and rows(data)[0]["cot"].startswith("<think>old")
     assert gen_cot(data, stub.url, "--overwrite") == 0
     assert stub.per_sample() == {0: 1, 1: 1} and rows(data)[0]["cot"].startswith("<think>The post")
+
+
+# ------------------------------------------------------------------- issue 11: images, paths, merges, counts
+
+
+def _set_images(data: Path, images: dict[int, list]) -> None:
+    got = rows(data)
+    for i, imgs in images.items():
+        got[i]["images"] = imgs
+    atomic_write_json(data / "toy.json", got)
+
+
+def test_image_outside_the_media_dir_is_never_sent(tmp_path, stub_factory, key_env, capsys):
+    """Case 1 (exfiltration): an escape, an absolute path and a link out of the dataset folder: nothing is sent (no
+    probe either), the error names the row, the id and the path, and the report is written."""
+    from PIL import Image
+
+    data = make_dataset(tmp_path / "d", n=4)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    Image.new("RGB", (4, 4)).save(outside / "secret.png")
+    (data / "link.png").symlink_to(outside / "secret.png")
+    _set_images(data, {1: ["../../../../etc/passwd"], 2: [str(outside / "secret.png")], 3: ["link.png"]})
+    stub = stub_factory()
+    assert gen_cot(data, stub.url) == 2
+    err = capsys.readouterr().err
+    assert stub.requests == [] and stub.gets == []
+    assert "3 image(s) of the 4 selected samples cannot be sent; nothing was sent" in err
+    assert "row 1 (id toy_train_000001): image '../../../../etc/passwd'" in err and "/etc/passwd" in err
+    assert f"row 2 (id toy_train_000002): image '{outside / 'secret.png'}'" in err
+    assert "row 3 (id toy_train_000003): image 'link.png'" in err and "resolves to" in err
+    assert "Traceback" not in err
+    rep = report(data)
+    assert rep["stopped"].startswith("3 image(s)")
+    assert sorted((f["row"], f["status"]) for f in rep["failures"]) == [(1, "bad_image"), (2, "bad_image"),
+                                                                         (3, "bad_image")]
+    assert all(r["cot"] is None for r in rows(data))  # the dataset was written, unchanged
+
+    # Widening the media folder lets the two outside images through; /etc/passwd still is not.
+    assert gen_cot(data, stub.url, "--allow-images-in", str(outside)) == 2
+    err = capsys.readouterr().err
+    assert "1 image(s)" in err and "etc/passwd" in err and stub.requests == []
+    _set_images(data, {1: ["img1.png"]})
+    assert gen_cot(data, stub.url, "--allow-images-in", str(outside)) == 0
+    assert len(stub.requests) == 4 and len(stub.gets) == 1
+
+
+def test_missing_broken_or_unsupported_image_fails_before_any_request(tmp_path, stub_factory, key_env, capsys):
+    """Case 2: every selected sample is checked first; nothing is paid for, the report and dataset are written."""
+    from PIL import Image
+
+    data = make_dataset(tmp_path / "d", n=5)
+    (data / "notes.png").write_text("not an image")
+    Image.new("RGB", (4, 4)).save(data / "scan.tiff")
+    _set_images(data, {1: ["gone.png"], 3: ["notes.png"], 4: ["scan.tiff"]})
+    stub = stub_factory()
+    assert gen_cot(data, stub.url) == 2
+    err = capsys.readouterr().err
+    assert stub.requests == [] and stub.gets == []
+    assert "row 1 (id toy_train_000001): image 'gone.png'" in err and "no such file" in err
+    assert "row 3 (id toy_train_000003): image 'notes.png'" in err and "not an image PIL can decode" in err
+    assert "row 4 (id toy_train_000004): image 'scan.tiff'" in err and "TIFF image" in err
+    assert [f["id"] for f in report(data)["failures"]] == [f"toy_train_{i:06d}" for i in (1, 3, 4)]
+
+
+def test_the_data_url_carries_the_decoded_image_type(tmp_path, stub_factory, key_env):
+    from PIL import Image
+
+    data = make_dataset(tmp_path / "d", n=3)
+    Image.new("RGB", (4, 4)).save(data / "photo.jpg", "JPEG")
+    Image.new("RGB", (4, 4)).save(data / "really_png.jpg", "PNG")
+    Image.new("RGB", (4, 4)).save(data / "anim.webp", "WEBP")
+    _set_images(data, {0: ["photo.jpg"], 1: ["really_png.jpg"], 2: ["anim.webp"]})
+    stub = stub_factory()
+    assert gen_cot(data, stub.url, "--concurrency", "1") == 0
+    urls = {sample_of(r): r["messages"][1]["content"][0]["image_url"]["url"].split(";")[0] for r in stub.requests}
+    assert urls == {0: "data:image/jpeg", 1: "data:image/png", 2: "data:image/webp"}  # by content, not suffix
+
+
+def test_summary_counts_equal_the_server_request_log_when_every_request_fails(tmp_path, stub_factory, key_env,
+                                                                              capsys):
+    """Case 7: 3 samples x (1 + 2 transport retries) = 9 chat requests, all HTTP 500; plus 1 probe."""
+    data = make_dataset(tmp_path / "d", n=3)
+    stub = stub_factory(lambda req, n: (500, {"error": {"message": "boom"}}))
+    assert gen_cot(data, stub.url, "--max-retries", "2", "--concurrency", "1", "--price-prompt", "1",
+                   "--price-completion", "1") == 1
+    out = capsys.readouterr().out
+    s = report(data)["summary"]
+    assert len(stub.requests) == 9 and len(stub.gets) == 1
+    assert (s["requests"], s["replies"], s["unanswered_requests"], s["transport_retries"], s["probe_requests"]) == (
+        len(stub.requests), 0, 9, 6, len(stub.gets))
+    assert s["failed"] == 3 and s["estimated_cost_usd"] == 0.0
+    assert "requests         9  chat requests sent this run (0 answered, 9 failed" in out
+    assert "plus 1 endpoint probe" in out and "for 9 requests; the 9 failed ones returned no token usage" in out
+
+
+def test_output_paths_stay_inside_the_dataset_dir(tmp_path, stub_factory, key_env, capsys):
+    data = make_dataset(tmp_path / "d", n=2)
+    stub = stub_factory()
+    for name in ("../x", str(tmp_path / "abs"), "sub/x"):
+        assert gen_cot(data, stub.url, "--output-dataset", name) == 2
+        assert f"--output-dataset {name!r}: a dataset name" in capsys.readouterr().err
+    # A dataset_info entry whose file lies outside: not rewritten in place unless allowed.
+    (tmp_path / "x.json").write_text((data / "toy.json").read_text())
+    update_dataset_info(data, "toy", "../x.json")
+    before = (tmp_path / "x.json").read_text()
+    assert gen_cot(data, stub.url) == 2
+    err = capsys.readouterr().err
+    assert "dataset 'toy': the file to write," in err and "../x.json lies outside" in err
+    assert "--allow-outside-dataset-dir" in err
+    assert (tmp_path / "x.json").read_text() == before and stub.requests == [] and not list(tmp_path.glob(".x*"))
+    assert gen_cot(data, stub.url, "--output-dataset", "toy_cot") == 0  # reading it is fine
+    assert gen_cot(data, stub.url, "--allow-outside-dataset-dir") == 0
+    assert all(r["cot"] for r in json.loads((tmp_path / "x.json").read_text()))
+
+
+def test_bad_and_empty_inputs_name_the_file(tmp_path, stub_factory, key_env, capsys):
+    """Cases 4 and 5 for gen-cot: a non-UTF-8 dataset or prompt file, an empty dataset, no usable row."""
+    stub = stub_factory()
+    data = make_dataset(tmp_path / "d", n=2)
+    (data / "toy.json").write_bytes(b"[\n{\"id\": \"caf\xe9\"}\n]\n")
+    assert gen_cot(data, stub.url) == 2
+    assert f"{data / 'toy.json'}:2: not UTF-8 text (byte 0xe9" in capsys.readouterr().err
+    (data / "toy.json").write_text("[]\n")
+    assert gen_cot(data, stub.url) == 2
+    assert f"{data / 'toy.json'}: the dataset file has no rows" in capsys.readouterr().err
+    (data / "toy.json").write_text('[{"id": "a", "messages": []}]\n')
+    assert gen_cot(data, stub.url) == 2
+    assert "none of its 1 rows can be asked about (no post text); nothing to do" in capsys.readouterr().err
+    data = make_dataset(tmp_path / "d2", n=2)
+    assert gen_cot(data, stub.url, "--limit", "0") == 2
+    assert "--limit 0: ask about at least 1 sample" in capsys.readouterr().err
+    prompt = tmp_path / "user.txt"
+    prompt.write_bytes(b"\xff{text}")
+    assert gen_cot(data, stub.url, "--user-prompt-file", str(prompt)) == 2
+    assert f"{prompt}:1: not UTF-8 text" in capsys.readouterr().err
+    assert stub.requests == []
+
+
+def test_converted_datasets_pass_the_image_check(tmp_path, stub_factory, key_env, capsys):
+    """convert-cmkp's output (images in <dataset>/images, or elsewhere with --allow-images-in as docs/teacher.md
+    shows) and convert-scienceqa's (copied images) pass with the documented flags."""
+    from PIL import Image
+
+    from dyncot_plugin.tasks.mmkp.convert import read_cmkp_file
+
+    src = Path(__file__).parent / "data" / "cmkp_test_src.txt"
+    posts = read_cmkp_file(src)[:3]
+    one = tmp_path / "test_src.txt"
+    one.write_text("".join(p.to_line() + "\n" for p in posts))
+    for ds, image_dir in ((tmp_path / "a", tmp_path / "a" / "images"), (tmp_path / "b", tmp_path / "pics")):
+        image_dir.mkdir(parents=True)
+        for p in posts:
+            Image.new("RGB", (4, 4)).save(image_dir / p.image, "JPEG")
+        assert data_main(["convert-cmkp", f"test={one}", "-o", str(ds), "--image-dir", str(image_dir), "-q"]) == 0
+    argv = ["--dataset", "mmkp_test", "--base-url", "http://127.0.0.1:9/v1", "--model", "m", "--dry-run"]
+    assert data_main(["gen-cot", "--dataset-dir", str(tmp_path / "a"), *argv]) == 0
+    assert data_main(["gen-cot", "--dataset-dir", str(tmp_path / "b"), *argv]) == 2
+    assert "'../pics/" in capsys.readouterr().err
+    assert data_main(["gen-cot", "--dataset-dir", str(tmp_path / "b"), *argv,
+                      "--allow-images-in", str(tmp_path / "pics")]) == 0
+    assert "data:image/jpeg;base64," in capsys.readouterr().out
+
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("sqa_raw", Path(__file__).parent / "fixtures" / "scienceqa" / "raw.py")
+    raw = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(raw)
+    paths = raw.build_raw(tmp_path / "raw")
+    sqa_out = tmp_path / "sqa"
+    assert data_main(["convert-scienceqa", "--problems", str(paths["problems"]), "--splits-file",
+                      str(paths["splits"]), "--image-dir", str(paths["image_dir"]), "-o", str(sqa_out)]) == 0
+    from dyncot_plugin.io.datasets import load_rows
+    from dyncot_plugin.teacher.gen_cot import build_samples, check_images
+
+    samples, _ = build_samples(load_rows(sqa_out / "sqa_train_answer.json"), sqa_out)
+    assert sum(len(s.images) for s in samples) > 0
+    assert check_images(samples, sqa_out / "sqa_train_answer.json", [sqa_out], False) == []
+
+
+def test_two_concurrent_runs_on_one_dataset_end_with_the_union(tmp_path, stub_factory, key_env):
+    """Case 3: two gen-cot processes, different --cache, same dataset. Teacher "a" only answers even samples well,
+    "b" only odd ones. The server holds each run's first request until both runs have sent one, so both have read
+    the dataset before either writes it: the one that writes last must not drop the other's CoTs."""
+    import os
+    import subprocess
+    import sys
+
+    data = make_dataset(tmp_path / "d", n=8)
+    barrier = threading.Barrier(2, timeout=120)  # a safety net against a hang, not a timing assumption
+    first: set[str] = set()
+    guard = threading.Lock()
+
+    def script(req, n):
+        model = req["model"]
+        with guard:
+            wait = model not in first
+            first.add(model)
+        if wait:
+            barrier.wait()
+        mine = sample_of(req) % 2 == (0 if model == "a" else 1)
+        return good(req) if mine else "no tags here"
+
+    stub = stub_factory(script)
+    env = dict(os.environ, **{KEY_ENV: KEY})
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "dyncot_plugin.cli.data", "gen-cot", "--dataset-dir", str(data), "--dataset", "toy",
+             "--base-url", stub.url, "--model", model, "--api-key-env", KEY_ENV, "--no-progress", "--retries", "0",
+             "--cache", str(tmp_path / f"{model}.cache.jsonl"), "--report", str(tmp_path / f"{model}.report.json")],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        for model in ("a", "b")
+    ]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    got = rows(data)
+    assert all(r["cot"] for r in got), [r["cot"] for r in got]
+    assert [r["cot_source"] for r in got] == ["teacher:a", "teacher:b"] * 4
+    for model in ("a", "b"):
+        s = json.loads((tmp_path / f"{model}.report.json").read_text())["summary"]
+        assert (s["done"], s["rejected"], s["requests"]) == (4, 4, 8)
+    assert not [p.name for p in data.iterdir() if p.name.endswith(".tmp")]

@@ -3,7 +3,9 @@
 * :func:`atomic_open`, :func:`atomic_write_text`, :func:`atomic_write_json`, :class:`StagedWrites`: writes go to a
   temporary file in the target's folder and are renamed over the target only on success, so that a crash or an
   error never leaves a half-written file behind;
-* :func:`locked_dir`: an inter-process lock on a folder;
+* :func:`locked_dir`: an inter-process lock on a folder (``update_dataset_info`` takes it on the dataset folder);
+* :func:`locked_files`: the lock every command that writes a dataset file holds while it re-reads, merges and
+  writes that file (``flock`` on ``.<file>.lock``); leftover temporary files of a killed writer are removed under it;
 * :func:`paused_gc`: pause the cyclic garbage collector while parsing 10^5 rows.
 """
 
@@ -14,7 +16,8 @@ import gc
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+import threading
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -185,4 +188,105 @@ def locked_dir(folder: str | os.PathLike) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
-__all__ = ["StagedWrites", "atomic_open", "atomic_write_json", "atomic_write_text", "locked_dir", "paused_gc"]
+LOCK_SUFFIX = ".lock"
+_held: dict[tuple[str, int], list[int]] = {}  # (lock path, thread id) -> [fd, depth]: re-entrant per thread
+_held_guard = threading.Lock()
+
+
+def lock_path(path: str | os.PathLike) -> Path:
+    """``.<file>.lock``, the lock file of dataset file ``path``: hidden, next to it, empty, and left in place (removing
+    a lock file another writer waits on would let a third one in)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}{LOCK_SUFFIX}")
+
+
+def temp_files(path: str | os.PathLike) -> list[Path]:
+    """The temporary files :func:`atomic_open` / :class:`StagedWrites` create for ``path`` (``.<name>.*.tmp``)."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    prefix = f".{path.name}."
+    with os.scandir(path.parent) as it:
+        return sorted(
+            path.parent / e.name for e in it if e.name.startswith(prefix) and e.name.endswith(".tmp") and e.is_file()
+        )
+
+
+def _acquire(lock_file: Path) -> None:
+    key = (str(lock_file), threading.get_ident())
+    with _held_guard:
+        if key in _held:
+            _held[key][1] += 1
+            return
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        import fcntl
+
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    except (ImportError, OSError):  # not POSIX, or a file system without flock: no lock, as locked_dir
+        pass
+    with _held_guard:
+        _held[key] = [fd, 1]
+
+
+def _release(lock_file: Path) -> None:
+    key = (str(lock_file), threading.get_ident())
+    with _held_guard:
+        entry = _held[key]
+        entry[1] -= 1
+        if entry[1]:
+            return
+        del _held[key]
+    os.close(entry[0])  # releases the flock
+
+
+@contextlib.contextmanager
+def locked_files(*paths: str | os.PathLike | Iterable[str | os.PathLike]) -> Iterator[list[Path]]:
+    """Hold the write lock of each dataset file in ``paths`` (``flock`` on ``.<file>.lock``).
+
+    Every command that writes a dataset file (``gen-cot``, ``convert-cmkp``, ``resplit``, ``demo-data``,
+    ``convert-scienceqa``, ``build-stage2``, ``attach-ids``) re-reads, merges and writes it inside this block, so
+    two writers never lose each other's rows. The locks are taken in one order (sorted real paths), so writers of
+    overlapping sets of files cannot deadlock; the lock is re-entrant within a thread. ``update_dataset_info``
+    locks the folder itself (:func:`locked_dir`), a different lock that never waits for these, so calling it
+    inside the block is safe. Once the locks are held, temporary files left by a writer that was killed
+    (``kill -9``) are removed: a live writer makes its temporary files only under the lock. Yields the removed
+    files.
+    """
+    flat: list[Path] = []
+    for p in paths:
+        if isinstance(p, (str, os.PathLike)):
+            flat.append(Path(p))
+        else:
+            flat.extend(Path(q) for q in p)
+    locks = sorted({str(lock_path(Path(os.path.realpath(p)))) for p in flat})
+    taken: list[Path] = []
+    try:
+        for lf in locks:
+            _acquire(Path(lf))
+            taken.append(Path(lf))
+        removed: list[Path] = []
+        for p in flat:
+            for tmp in temp_files(p):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+                    removed.append(tmp)
+        yield removed
+    finally:
+        for lf in reversed(taken):
+            _release(lf)
+
+
+__all__ = [
+    "LOCK_SUFFIX",
+    "StagedWrites",
+    "atomic_open",
+    "atomic_write_json",
+    "atomic_write_text",
+    "lock_path",
+    "locked_dir",
+    "locked_files",
+    "paused_gc",
+    "temp_files",
+]

@@ -25,8 +25,9 @@ def _line_of(data: bytes, offset: int) -> int:
     return data.count(b"\n", 0, offset) + 1
 
 
-def read_text(path: str | os.PathLike, what: str = "file") -> str:
-    """The whole file as text (UTF-8; a BOM is dropped). Universal newlines: ``\\r\\n`` and ``\\r`` read as ``\\n``."""
+def read_text(path: str | os.PathLike, what: str = "file", *, universal_newlines: bool = True) -> str:
+    """The whole file as text (UTF-8; a BOM is dropped). Universal newlines: ``\\r\\n`` and ``\\r`` read as ``\\n``
+    (``universal_newlines=False`` keeps them: CMKP source files are split on ``\\n`` only)."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such file." if not path.exists() else f"{path}: not a file.")
@@ -41,6 +42,8 @@ def read_text(path: str | os.PathLike, what: str = "file") -> str:
             f"{path}:{_line_of(data, exc.start)}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
             "save the file as UTF-8."
         ) from None
+    if not universal_newlines:
+        return text
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
@@ -123,4 +126,21 @@ def require_rows(rows: list[Any], source: str | os.PathLike, what: str = "rows")
     return rows
 
 
-__all__ = ["InputError", "read_json", "read_jsonl", "read_lines", "read_rows", "read_text", "require_rows"]
+def inside_dir(
+    path: str | os.PathLike, folder: str | os.PathLike, what: str, *, allow: bool = False, flag: str = ""
+) -> Path:
+    """``path`` itself when, after resolving links (``os.path.realpath``), it lies inside ``folder``; else an
+    :class:`InputError` naming ``what``, both paths and ``flag`` (the option that allows
+    it). ``allow=True`` skips the check."""
+    if allow:
+        return Path(path)
+    real, root = os.path.realpath(path), os.path.realpath(folder)
+    if real == root or real.startswith(root.rstrip(os.sep) + os.sep):
+        return Path(path)
+    shown = f"{path}" + (f" (resolves to {real})" if os.path.abspath(path) != real else "")
+    raise InputError(
+        f"{what} {shown} lies outside {folder}; refused" + (f" (pass {flag} to allow it)." if flag else ".")
+    )
+
+
+__all__ = ["InputError", "inside_dir", "read_json", "read_jsonl", "read_lines", "read_rows", "read_text", "require_rows"]

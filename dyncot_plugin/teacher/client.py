@@ -141,6 +141,11 @@ class TeacherClient:
         self.redact = redact or Redactor(api_key)
         self.key_hint = key_hint
         self._api_key = api_key or "EMPTY"
+        # Every request sent, answered or not: chat requests (first tries, re-sends after 429/5xx/time-outs) and
+        # the endpoint probe, counted apart. The summary and the cost report these, not only the answered ones.
+        self.chat_requests = 0
+        self.transport_retries = 0
+        self.probe_requests = 0
         self._client = openai.AsyncOpenAI(
             base_url=self.base_url,
             api_key=self._api_key,
@@ -162,6 +167,7 @@ class TeacherClient:
         """One cheap ``GET {base_url}/models`` (one try) to fail fast with a clear message when the endpoint is
         unreachable or the key is refused. Any other HTTP answer (even 404: some servers have no /models) counts
         as reachable."""
+        self.probe_requests += 1
         try:
             await self._client.models.list()
         except openai.APITimeoutError:
@@ -182,6 +188,7 @@ class TeacherClient:
         retries = 0
         last: Exception | None = None
         while True:
+            self.chat_requests += 1
             try:
                 resp = await self._client.chat.completions.create(
                     model=self.model, messages=messages, **self.request_params
@@ -223,4 +230,5 @@ class TeacherClient:
             delay = self._delay(retries, last)
             logger.info("teacher request failed (%s); retry %d/%d in %.1fs", what, retries + 1, self.max_retries, delay)
             retries += 1
+            self.transport_retries += 1
             await asyncio.sleep(delay)

@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -24,13 +25,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dyncot_plugin.io.datasets import DatasetError, load_rows, read_dataset_info, update_dataset_info
-from dyncot_plugin.io.files import atomic_write_json, atomic_write_text
+from dyncot_plugin.io.datasets import (
+    DatasetError,
+    load_rows,
+    read_dataset_info,
+    row_label,
+    update_dataset_info,
+)
+from dyncot_plugin.io.files import atomic_write_json, atomic_write_text, locked_files
+from dyncot_plugin.io.read import inside_dir
 from dyncot_plugin.tasks.mmkp.normalize import stem_phrase
 from dyncot_plugin.tasks.mmkp.rows import post_text, row_keyphrases
 from dyncot_plugin.teacher.cache import CacheLockedError, JsonlCache, SampleState
 from dyncot_plugin.teacher.client import (
-    EndpointError,
     RedactingFormatter,
     Redactor,
     SampleRequestError,
@@ -65,6 +72,77 @@ class Sample:
     text: str
     keyphrases: list[str]
     images: list[Path]
+    raw_images: list[Any] = field(default_factory=list)  # the row's ``images`` entries, as written
+    mimes: list[str] = field(default_factory=list)  # the media type of each image, from check_images
+
+
+IMAGE_FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "GIF": "image/gif", "WEBP": "image/webp", "BMP": "image/bmp"}
+"""The image types sent to the teacher (PIL format name -> media type of the data URL): what OpenAI-compatible
+servers accept as data URLs (LLaMA-Factory's API takes png/jpeg/gif/bmp, OpenAI also webp)."""
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+_MAX_LISTED = 10
+
+
+def image_problem(path: Path, roots: list[Path], allow_outside: bool) -> tuple[str | None, str | None]:
+    """``(mime, None)`` for an image that may be sent, else ``(None, reason)``. The location is checked first, so
+    a file outside the allowed folders is never opened."""
+    real = os.path.realpath(path)
+    if not allow_outside:
+        inside = False
+        for root in roots:
+            r = os.path.realpath(root)
+            if real == r or real.startswith(r.rstrip(os.sep) + os.sep):
+                inside = True
+                break
+        if not inside:
+            where = f" (resolves to {real})" if os.path.abspath(path) != real else ""
+            return None, (
+                f"{path}{where} lies outside the media folder {', '.join(str(r) for r in roots)}; not sent "
+                f"(widen it with --allow-images-in DIR, or pass --allow-images-outside-media-dir)"
+            )
+    if not os.path.isfile(real):
+        return None, f"{path}: " + ("not a file" if os.path.exists(real) else "no such file")
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(real) as img:
+            fmt = img.format
+            img.verify()
+    except UnidentifiedImageError:
+        return None, f"{path}: not an image PIL can decode"
+    except Exception as exc:  # noqa: BLE001 (PIL raises many kinds on a broken file)
+        return None, f"{path}: broken image ({type(exc).__name__}: {exc})"
+    if fmt not in IMAGE_FORMATS:
+        return None, f"{path}: {fmt} image; send one of {', '.join(IMAGE_FORMATS)}"
+    return IMAGE_FORMATS[fmt], None
+
+
+def check_images(
+    samples: list[Sample], src_path: Path, roots: list[Path], allow_outside: bool
+) -> list[dict[str, Any]]:
+    """Check every image of ``samples`` (location, decodes with PIL, allowed type) and set each sample's
+    ``mimes``; returns one failure record per bad image (empty when all are fine)."""
+    bad: list[dict[str, Any]] = []
+    for s in samples:
+        s.mimes = []
+        for raw, path in zip(s.raw_images, s.images):
+            if not isinstance(raw, str) or not raw:
+                mime, reason = None, f"{raw!r} is not a file path"
+            else:
+                mime, reason = image_problem(path, roots, allow_outside)
+            if reason is not None:
+                bad.append(
+                    {
+                        "id": s.id,
+                        "status": "bad_image",
+                        "row": s.index,
+                        "image": raw,
+                        "reason": f"{src_path}: {row_label({'id': s.id}, s.index)}: image {raw!r}: {reason}",
+                    }
+                )
+            else:
+                s.mimes.append(mime)
+    return bad
 
 
 def _fallback_id(row: dict) -> str:
@@ -96,11 +174,14 @@ def build_samples(rows: list[dict], media_dir: Path) -> tuple[list[Sample], list
         if not kps:
             unusable.append((i, "no gold keyphrases"))
             continue
+        raw = row.get("images") or []
+        if not isinstance(raw, list):
+            raw = [raw]
         images = []
-        for p in row.get("images") or []:
-            path = Path(p)
+        for p in raw:
+            path = Path(p) if isinstance(p, str) else Path("")
             images.append(path if path.is_absolute() else media_dir / path)
-        samples.append(Sample(i, sid, text, kps, images))
+        samples.append(Sample(i, sid, text, kps, images, list(raw)))
     return samples, unusable
 
 
@@ -124,7 +205,9 @@ class Stats:
     failed: int = 0
     retried: int = 0
     transport_retries: int = 0
-    requests: int = 0
+    requests: int = 0  # chat requests sent, answered or not (first tries, re-asks, transport re-sends)
+    replies: int = 0  # chat requests answered
+    probe_requests: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
     pending: int = 0
@@ -166,11 +249,15 @@ class GenCot:
         return params
 
     def first_messages(self, s: Sample) -> list[dict]:
-        image = image_data_url(s.images[0]) if s.images else None
+        mimes = s.mimes if len(s.mimes) == len(s.images) else [None] * len(s.images)
+        image = image_data_url(s.images[0], mimes[0]) if s.images else None
         messages = self.prompts.first_messages(s.id, s.text, s.keyphrases, image)
         if len(s.images) > 1:  # several images: all go before the text, in order
             user = messages[-1]
-            extra = [{"type": "image_url", "image_url": {"url": image_data_url(p)}} for p in s.images[1:]]
+            extra = [
+                {"type": "image_url", "image_url": {"url": image_data_url(p, m)}}
+                for p, m in zip(s.images[1:], mimes[1:])
+            ]
             if self.prompts.image_detail:
                 for part in extra:
                     part["image_url"]["detail"] = self.prompts.image_detail
@@ -207,7 +294,13 @@ class GenCot:
                 )
             )
             return "rejected"
-        messages = self.first_messages(s)
+        try:
+            messages = self.first_messages(s)
+        except OSError as err:  # the image went away (or became unreadable) after the check
+            reason = f"{self.args.dataset}: {row_label({'id': s.id}, s.index)}: cannot read its image: {err}"
+            self.cache.append(self._record(s, "error", attempt=len(history) + 1, reason=reason))
+            self.stats.failures[s.id] = {"id": s.id, "status": "error", "reason": reason}
+            return "error"
         for rec in history:  # resume the conversation where the last run stopped
             messages += self.prompts.retry_messages(
                 s.id, s.text, s.keyphrases, rec.get("reply") or "", rec.get("reason", ""), rec["attempt"] + 1
@@ -224,8 +317,7 @@ class GenCot:
             except TeacherError as err:
                 self.cache.append(self._record(s, "error", attempt=attempt, reason=self.redact(err)))
                 raise
-            self.stats.requests += 1
-            self.stats.transport_retries += comp.transport_retries
+            self.stats.replies += 1
             self.stats.prompt_tokens += comp.prompt_tokens
             self.stats.completion_tokens += comp.completion_tokens
             if attempt > 1:
@@ -341,7 +433,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="write to a new entry (file <name>.json in --dataset-dir) instead of in place",
     )
-    g.add_argument("--media-dir", default=None, help="folder relative image paths start from (default: dataset-dir)")
+    g.add_argument(
+        "--media-dir",
+        default=None,
+        help="folder relative image paths start from; every image must lie inside it, links resolved "
+        "(default: dataset-dir)",
+    )
+    g.add_argument(
+        "--allow-images-in",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="also allow images inside DIR (repeatable), e.g. the --image-dir convert-cmkp was given",
+    )
+    g.add_argument(
+        "--allow-images-outside-media-dir",
+        action="store_true",
+        help="send images from anywhere (only for a dataset you trust: any file a row names would be uploaded)",
+    )
+    g.add_argument(
+        "--allow-outside-dataset-dir",
+        action="store_true",
+        help="allow writing a dataset file that lies outside --dataset-dir (a dataset_info file_name such as "
+        "'../x.json')",
+    )
     g.add_argument("--overwrite", action="store_true", help="also ask about rows that already have a CoT")
     g.add_argument("--limit", type=int, default=None, help="ask about at most N not-yet-finished samples")
 
@@ -498,16 +613,42 @@ def _run(args: argparse.Namespace, api_key: str | None, redact: Redactor) -> int
     if args.extra_body is not None and not isinstance(args.extra_body, dict):
         raise ValueError("--extra-body must be a JSON object")
 
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit {args.limit}: ask about at least 1 sample (leave --limit out for all)")
     dataset_dir = Path(args.dataset_dir)
+    info_path = dataset_dir / "dataset_info.json"
     info = read_dataset_info(dataset_dir)
     if args.dataset not in info:
         known = ", ".join(sorted(info)) or "none"
-        raise DatasetError(f"{dataset_dir / 'dataset_info.json'}: no entry {args.dataset!r} (entries: {known})")
+        raise DatasetError(f"{info_path}: no entry {args.dataset!r} (entries: {known})")
     entry = info[args.dataset]
+    if not isinstance(entry, dict) or not isinstance(entry.get("file_name"), str) or not entry["file_name"]:
+        raise DatasetError(f"{info_path}: entry {args.dataset!r} has no 'file_name'")
     src_path = dataset_dir / entry["file_name"]
+    out_name = args.output_dataset or args.dataset
+    if args.output_dataset is not None and not _NAME_RE.match(args.output_dataset):
+        raise DatasetError(
+            f"--output-dataset {args.output_dataset!r}: a dataset name, written to <dataset-dir>/<name>.json; use "
+            f"letters, digits, '_', '-' and '.' only (no folders)"
+        )
+    in_place = out_name == args.dataset
+    out_path = src_path if in_place else dataset_dir / f"{out_name}.json"
+    inside_dir(
+        out_path,
+        dataset_dir,
+        f"{info_path}: dataset {args.dataset!r}: the file to write," if in_place else "--output-dataset file",
+        allow=args.allow_outside_dataset_dir,
+        flag="--allow-outside-dataset-dir (or write a new entry with --output-dataset NAME)",
+    )
     rows = load_rows(src_path)
     media_dir = Path(args.media_dir) if args.media_dir else dataset_dir
+    roots = [media_dir] + [Path(d) for d in args.allow_images_in]
     samples, unusable = build_samples(rows, media_dir)
+    if not samples:
+        reasons = sorted({r for _, r in unusable})
+        raise DatasetError(
+            f"{src_path}: none of its {len(rows)} rows can be asked about ({'; '.join(reasons)}); nothing to do"
+        )
 
     cache_path = Path(args.cache) if args.cache else dataset_dir / "gen_cot" / f"{args.dataset}.cache.jsonl"
     report_path = (
@@ -515,8 +656,6 @@ def _run(args: argparse.Namespace, api_key: str | None, redact: Redactor) -> int
         if args.report
         else cache_path.with_name(cache_path.name.removesuffix(".jsonl").removesuffix(".cache") + ".report.json")
     )
-    out_name = args.output_dataset or args.dataset
-    out_path = src_path if out_name == args.dataset else dataset_dir / f"{out_name}.json"
 
     if not api_key and not args.dry_run:
         logger.warning("$%s is not set: sending requests without an API key", args.api_key_env)
@@ -558,10 +697,15 @@ def _run(args: argparse.Namespace, api_key: str | None, redact: Redactor) -> int
             # An interrupted earlier conversation (attempt records after the last final one) resumes in ask().
             pending.append(s)
         if args.limit is not None:
-            pending = pending[: max(0, args.limit)]
+            pending = pending[: args.limit]
         st.pending = len(pending)
 
+        # Every image of every selected sample is checked before anything is sent (the probe included): a file
+        # outside the media folder is never read, and a missing or broken image costs no request.
+        bad_images = check_images(pending, src_path, roots, args.allow_images_outside_media_dir)
         if args.dry_run:
+            if bad_images:
+                raise DatasetError(_bad_images_message(bad_images, len(pending)))
             print(
                 f"{len(samples)} samples; {st.done_cached} done in cache, {st.rejected_cached} rejected in cache, "
                 f"{st.skipped_has_cot} already have a CoT; {len(pending)} would be asked."
@@ -581,70 +725,140 @@ def _run(args: argparse.Namespace, api_key: str | None, redact: Redactor) -> int
         gen.stats = st
         gen.cache = cache
         aborted: str | None = None
-        if pending:
-            from tqdm import tqdm
-
-            gen._bar = tqdm(
-                total=len(pending),
-                unit="sample",
-                desc="gen-cot",
-                disable=args.no_progress,
-                file=sys.stderr,
-                dynamic_ncols=True,
-                mininterval=0.5,
-            )
-            in_main = threading.current_thread() is threading.main_thread()
-            previous = signal.getsignal(signal.SIGTERM) if in_main else None
-
-            def _on_term(signum, frame):
-                raise KeyboardInterrupt
-
-            if in_main:  # SIGTERM: stop like Ctrl-C, so the finished samples are written out
-                signal.signal(signal.SIGTERM, _on_term)
+        written = 0
+        try:
+            if bad_images:
+                for b in bad_images:
+                    st.failures.setdefault(b["id"], b)
+                aborted = _bad_images_message(bad_images, len(pending))
+                raise DatasetError(aborted)
+            if pending:
+                aborted = _ask(gen, pending, redact)
+            if aborted:
+                logger.error("stopped: %s", aborted)
+        except BaseException as err:
+            if aborted is None:
+                aborted = redact(err) or type(err).__name__
+            raise
+        finally:
+            # Everything finished so far goes into the dataset and the report, however the run ends.
+            if gen.client is not None:
+                st.requests = gen.client.chat_requests
+                st.transport_retries = gen.client.transport_retries
+                st.probe_requests = gen.client.probe_requests
+            st.not_reached = len(pending) - (st.done_new + st.rejected_new + st.failed) if not bad_images else 0
             try:
-                asyncio.run(gen.ask_all(pending))
-            except EndpointError as err:
-                aborted = redact(err)
-            except TeacherError as err:
-                aborted = redact(err)
-            except KeyboardInterrupt:
-                aborted = "interrupted"
+                written = _write_dataset(src_path, out_path, in_place, entry, out_name, dataset_dir, media_dir,
+                                         cache, args)
             finally:
-                if in_main:
-                    signal.signal(signal.SIGTERM, previous)
-                gen._bar.close()
-        if aborted:
-            logger.error("stopped: %s", aborted)
+                summary = _summary(args, st, dict(cache.tokens), written)
+                report = {
+                    "dataset": args.dataset,
+                    "output_dataset": out_name,
+                    "output_file": str(out_path),
+                    "cache": str(cache_path),
+                    "model": args.model,
+                    "base_url": args.base_url,
+                    "match": args.match,
+                    "stopped": aborted,
+                    "summary": summary,
+                    "failures": sorted(st.failures.values(), key=lambda f: f["id"]),
+                }
+                atomic_write_text(report_path, redact(json.dumps(report, indent=2, ensure_ascii=False)) + "\n")
 
-        # Everything finished so far goes into the dataset, whether or not the run completed.
-        written = _apply(rows, samples, cache, args)
-        _write_rows(out_path, rows)
-        new_entry = json.loads(json.dumps(entry))
-        new_entry["file_name"] = os.path.relpath(out_path, dataset_dir)
-        new_entry.setdefault("columns", {})["cot"] = "cot"
-        update_dataset_info(dataset_dir, out_name, new_entry["file_name"], entry=new_entry)
-
-        st.not_reached = len(pending) - (st.done_new + st.rejected_new + st.failed)
-        totals = dict(cache.tokens)
-
-    summary = _summary(args, st, totals, written)
-    report = {
-        "dataset": args.dataset,
-        "output_dataset": out_name,
-        "output_file": str(out_path),
-        "cache": str(cache_path),
-        "model": args.model,
-        "base_url": args.base_url,
-        "match": args.match,
-        "stopped": aborted,
-        "summary": summary,
-        "failures": sorted(st.failures.values(), key=lambda f: f["id"]),
-    }
-    atomic_write_text(report_path, redact(json.dumps(report, indent=2, ensure_ascii=False)) + "\n")
     _print_summary(args, st, summary, out_path, report_path, aborted)
     if aborted or st.failed or st.not_reached:
         return 1
     return 0
+
+
+def _bad_images_message(bad: list[dict[str, Any]], n_pending: int) -> str:
+    shown = "\n  ".join(b["reason"] for b in bad[:_MAX_LISTED])
+    more = f"\n  ... and {len(bad) - _MAX_LISTED} more (all in the report)" if len(bad) > _MAX_LISTED else ""
+    return (
+        f"{len(bad)} image(s) of the {n_pending} selected samples cannot be sent; nothing was sent to the teacher:"
+        f"\n  {shown}{more}"
+    )
+
+
+def _ask(gen: GenCot, pending: list[Sample], redact: Redactor) -> str | None:
+    """Run the requests; returns why the run stopped early, or None."""
+    from tqdm import tqdm
+
+    gen._bar = tqdm(
+        total=len(pending),
+        unit="sample",
+        desc="gen-cot",
+        disable=gen.args.no_progress,
+        file=sys.stderr,
+        dynamic_ncols=True,
+        mininterval=0.5,
+    )
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGTERM) if in_main else None
+
+    def _on_term(signum, frame):
+        raise KeyboardInterrupt
+
+    if in_main:  # SIGTERM: stop like Ctrl-C, so the finished samples are written out
+        signal.signal(signal.SIGTERM, _on_term)
+    try:
+        asyncio.run(gen.ask_all(pending))
+    except TeacherError as err:  # EndpointError included
+        return redact(err)
+    except KeyboardInterrupt:
+        return "interrupted"
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)
+        gen._bar.close()
+    return None
+
+
+def _merge_cots(rows: list[dict], other: list[dict]) -> int:
+    """Give each row without a CoT the CoT of the row of ``other`` with the same id, text and keyphrases; returns
+    how many were taken."""
+    by_id = {str(r["id"]): r for r in other if r.get("id") is not None and r.get("cot") not in (None, "")}
+    n = 0
+    for row in rows:
+        o = by_id.get(str(row.get("id")))
+        if o is None or row.get("cot") not in (None, ""):
+            continue
+        if o.get("text") != row.get("text") or row_keyphrases(o) != row_keyphrases(row):
+            continue
+        row["cot"] = o["cot"]
+        if "cot_source" in o:
+            row["cot_source"] = o["cot_source"]
+        n += 1
+    return n
+
+
+def _write_dataset(
+    src_path: Path,
+    out_path: Path,
+    in_place: bool,
+    entry: dict,
+    out_name: str,
+    dataset_dir: Path,
+    media_dir: Path,
+    cache: JsonlCache,
+    args: argparse.Namespace,
+) -> int:
+    """Under the dataset file's write lock: re-read it (another run may have written CoTs meanwhile: they are
+    kept), put in every accepted CoT of the cache, write it, update dataset_info.json. Returns how many rows got a
+    teacher CoT."""
+    with locked_files(out_path):
+        rows = load_rows(src_path)
+        if not in_place and out_path.is_file():
+            _merge_cots(rows, load_rows(out_path, allow_empty=True))
+        samples, _ = build_samples(rows, media_dir)
+        written = _apply(rows, samples, cache, args)
+        _write_rows(out_path, rows)
+        new_entry = json.loads(json.dumps(entry))
+        new_entry["file_name"] = Path(os.path.relpath(out_path, dataset_dir)).as_posix()
+        new_entry.setdefault("columns", {})["cot"] = "cot"
+        update_dataset_info(dataset_dir, out_name, new_entry["file_name"], entry=new_entry)
+    return written
 
 
 def _apply(rows: list[dict], samples: list[Sample], cache: JsonlCache, args: argparse.Namespace) -> int:
@@ -686,6 +900,9 @@ def _summary(args, st: Stats, totals: dict[str, int], written: int) -> dict[str,
         "retried": st.retried,
         "transport_retries": st.transport_retries,
         "requests": st.requests,
+        "replies": st.replies,
+        "unanswered_requests": st.requests - st.replies,
+        "probe_requests": st.probe_requests,
         "prompt_tokens": st.prompt_tokens,
         "completion_tokens": st.completion_tokens,
         "estimated_cost_usd": _cost(st.prompt_tokens, st.completion_tokens, args.price_prompt, args.price_completion),
@@ -721,7 +938,10 @@ def _print_summary(args, st: Stats, s: dict[str, Any], out_path: Path, report_pa
             f"  retried    {s['retried']:>7}  (re-asks after a rejected reply; plus {s['transport_retries']} transport "
             "retries on 429/5xx/time-outs)"
         ),
-        f"  requests   {s['requests']:>7}  this run",
+        (
+            f"  requests   {s['requests']:>7}  chat requests sent this run ({s['replies']} answered, "
+            f"{s['unanswered_requests']} failed: 429/5xx/time-outs/4xx; plus {s['probe_requests']} endpoint probe)"
+        ),
         (
             f"  tokens     prompt {s['prompt_tokens']:,} / completion {s['completion_tokens']:,} this run "
             f"(all runs in the cache: {s['all_runs_prompt_tokens']:,} / {s['all_runs_completion_tokens']:,})"
@@ -732,6 +952,11 @@ def _print_summary(args, st: Stats, s: dict[str, Any], out_path: Path, report_pa
             f"  est. cost  ${s['estimated_cost_usd']:.4f} this run, ${s['all_runs_estimated_cost_usd']:.4f} all runs "
             f"(at ${args.price_prompt or 0:g} / ${args.price_completion or 0:g} per 1M prompt / completion tokens)"
         )
+        if s["unanswered_requests"]:
+            lines.append(
+                f"             for {s['requests']} requests; the {s['unanswered_requests']} failed ones returned no token "
+                "usage (an endpoint that bills failed requests costs more)"
+            )
     else:
         lines.append("  est. cost  n/a (pass --price-prompt and --price-completion, USD per 1M tokens)")
     lines += [

@@ -29,6 +29,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from dyncot_plugin.io.read import read_text
+
 DEFAULT_SYSTEM_PROMPT = (
     "You are an expert annotator of social-media posts. You write short, faithful explanations of why a post "
     "is labelled with its keyphrases (hashtag-like topics), using evidence from both the image and the text."
@@ -76,9 +78,11 @@ def fill(template: str, values: dict[str, Any]) -> str:
     return _PLACEHOLDER_RE.sub(lambda m: str(values.get(m.group(1), m.group(0))), template)
 
 
-def image_data_url(path: str | Path) -> str:
+def image_data_url(path: str | Path, mime: str | None = None) -> str:
+    """The image as a base64 data URL; ``mime``: its media type as decoded (``gen-cot`` checks every image with PIL
+    first), else guessed from the suffix."""
     path = Path(path)
-    mime = _MIME_BY_SUFFIX.get(path.suffix.lower()) or mimetypes.guess_type(path.name)[0] or "image/png"
+    mime = mime or _MIME_BY_SUFFIX.get(path.suffix.lower()) or mimetypes.guess_type(path.name)[0] or "image/png"
     return f"data:{mime};base64," + base64.b64encode(path.read_bytes()).decode("ascii")
 
 
@@ -106,7 +110,7 @@ class PromptSet:
         image_detail: str | None = None,
     ) -> PromptSet:
         def read(p: str | None, default: str) -> str:
-            return default if p is None else Path(p).read_text(encoding="utf-8").strip()
+            return default if p is None else read_text(p, "prompt file").strip()
 
         system = read(system_file, DEFAULT_SYSTEM_PROMPT)
         return cls(
