@@ -31,7 +31,14 @@ def _touch_images(image_dir: Path, posts, skip=()) -> None:
 
 
 def _files(path: Path) -> list[str]:
-    return sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.is_file())
+    """The files under ``path``, without the (empty, hidden) write-lock files ``.<file>.lock``."""
+    return sorted(
+        str(p.relative_to(path)) for p in path.rglob("*") if p.is_file() and not _is_lock(p)
+    )
+
+
+def _is_lock(p: Path) -> bool:
+    return p.name.startswith(".") and p.name.endswith(".lock") and p.stat().st_size == 0
 
 
 # ------------------------------------------------------------------------------------------------------- parsing
@@ -89,7 +96,7 @@ def test_line_breaks_other_than_newline_stay_inside_a_post(tmp_path):
 def test_invalid_utf8_names_line(tmp_path):
     src = tmp_path / "test_src.txt"
     src.write_bytes(b"a<sep>k<sep>u/1.jpg\nb\xff<sep>k<sep>u/2.jpg\n")
-    with pytest.raises(DatasetError, match=r"test_src\.txt:2: not valid UTF-8"):
+    with pytest.raises(DatasetError, match=r"test_src\.txt:2: not UTF-8 text"):
         read_cmkp_file(src)
 
 

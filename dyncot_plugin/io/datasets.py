@@ -17,6 +17,7 @@ which accept both sharegpt spellings (``messages``/``role``/``content`` and ``co
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +90,20 @@ def row_label(row: dict[str, Any] | None, index: int) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- dataset_info.json
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+
+
+def check_dataset_name(name: str, what: str = "dataset name") -> str:
+    """``name`` itself when it can name a file inside the dataset folder (``<name>.json``): letters, digits, ``_``,
+    ``-``, ``.``, no folder part (so ``../x`` and absolute paths are refused, naming ``what``)."""
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise InputError(
+            f"{what} {name!r}: names a file <name>.json inside the dataset folder; use letters, digits, '_', '-' "
+            f"and '.' only (no folders)."
+        )
+    return name
+
 
 
 def dataset_entry(
@@ -172,6 +187,7 @@ __all__ = [
     "SHAREGPT_TAGS",
     "DatasetError",
     "assistant_text",
+    "check_dataset_name",
     "dataset_entry",
     "load_rows",
     "message_text",

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from dyncot_plugin.io.datasets import IMAGE_TOKEN, load_rows, require_message, resolve_dataset_file
-from dyncot_plugin.io.files import atomic_open
+from dyncot_plugin.io.files import atomic_open, locked_files
 from dyncot_plugin.io.read import InputError, read_jsonl
 
 _MAX_LISTED = 20
@@ -214,8 +214,9 @@ def check_same_ids(found: Iterable[str], expected: Iterable[str], found_what: st
 
 
 def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> Path:
-    """Write JSON lines atomically (``dataset_io.atomic_open``: temporary file, then ``os.replace``)."""
-    with atomic_open(path, "w") as f:
+    """Write JSON lines atomically (``io.files.atomic_open``: temporary file, then ``os.replace``), under the file's
+    write lock (:func:`~dyncot_plugin.io.files.locked_files`)."""
+    with locked_files(path), atomic_open(path, "w") as f:
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
     return Path(path)

@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from dyncot_plugin.cot_format import ANSWER_SEP
-from dyncot_plugin.io.datasets import DatasetError, update_dataset_info
-from dyncot_plugin.io.files import StagedWrites, atomic_write_text, paused_gc
+from dyncot_plugin.io.datasets import DatasetError, load_rows, update_dataset_info
+from dyncot_plugin.io.files import StagedWrites, atomic_write_text, locked_files, paused_gc
+from dyncot_plugin.io.read import read_text
 from dyncot_plugin.io.splits import parse_split_spec, parse_split_specs, sample_id
 from dyncot_plugin.tasks.mmkp.normalize import split_keyphrases
 
@@ -53,6 +54,10 @@ TEMPLATE_SLOTS = ("text", "attributes", "ocr", "sep")
 ATTRIBUTE_SUFFIX = "_attribute_cleaned.txt"
 OCR_SUFFIX = "_ocr_final.txt"
 MISSING_IMAGE_POLICIES = ("error", "skip", "text-only")
+DEFAULT_MAX_POST_CHARS = 10_000
+"""Posts with a longer text are skipped and counted (``--max-post-chars``; 0: no limit). CMKP's longest post has
+411 characters, a tweet at most 280 (plus entities); a far longer "post" is a broken line (a whole file glued
+into one field), and a 50 MB prompt would only stall the tokenizer."""
 _dumps = json.JSONEncoder(ensure_ascii=False).encode
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
@@ -193,20 +198,9 @@ def _clip(s: str, n: int = 120) -> str:
 
 def read_lines(path: str | os.PathLike) -> list[str]:
     """The lines of a UTF-8 text file, split on ``\\n`` only (tweets may hold other line-break characters), with
-    ``\\r`` stripped and the final newline not counted as an extra empty line."""
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise DatasetError(f"{path}: no such file.") from None
-    except IsADirectoryError:
-        raise DatasetError(f"{path}: is a folder, expected a file.") from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        lineno = data.count(b"\n", 0, e.start) + 1
-        raise DatasetError(f"{path}:{lineno}: not valid UTF-8 ({e.reason}).") from None
-    text = text.removeprefix("\ufeff")
+    ``\\r`` stripped and the final newline not counted as an extra empty line. Read through the one input reader
+    (:func:`dyncot_plugin.io.read.read_text`), so a missing or non-UTF-8 file names the file and line."""
+    text = read_text(path, "source file", universal_newlines=False)
     lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()
@@ -215,17 +209,22 @@ def read_lines(path: str | os.PathLike) -> list[str]:
     return lines
 
 
-def read_cmkp_file(path: str | os.PathLike, *, kp_sep: str = DEFAULT_KP_SEP) -> list[CmkpPost]:
-    """All posts of a CMKP source file; the first malformed line raises :class:`CmkpFormatError` (``file:line``)."""
+def read_cmkp_file(
+    path: str | os.PathLike, *, kp_sep: str = DEFAULT_KP_SEP, empty_pieces: list[int] | None = None
+) -> list[CmkpPost]:
+    """All posts of a CMKP source file; the first malformed line raises :class:`CmkpFormatError` (``file:line``).
+
+    Empty keyphrase pieces (``kp1;;kp2``, a trailing ``;``) are dropped; ``empty_pieces``, if given, receives the
+    0-based index of every post that had one."""
     name = str(path)
     lines = read_lines(path)
     if not lines:
         raise CmkpFormatError(f"{name}: the file has no posts.")
     with paused_gc():
-        return _parse_lines(lines, name, kp_sep)
+        return _parse_lines(lines, name, kp_sep, empty_pieces)
 
 
-def _parse_lines(lines: list[str], name: str, kp_sep: str) -> list[CmkpPost]:
+def _parse_lines(lines: list[str], name: str, kp_sep: str, empty_pieces: list[int] | None = None) -> list[CmkpPost]:
     posts = []
     append = posts.append
     for i, line in enumerate(lines):
@@ -236,6 +235,8 @@ def _parse_lines(lines: list[str], name: str, kp_sep: str) -> list[CmkpPost]:
         keyphrases = split_keyphrases(kp_field, kp_sep)
         if not keyphrases:
             parse_cmkp_line(line, path=name, lineno=i + 1, kp_sep=kp_sep)
+        if empty_pieces is not None and len(keyphrases) != kp_field.count(kp_sep) + 1:
+            empty_pieces.append(i)
         url = url.strip()
         append(CmkpPost(text.strip(), keyphrases, url, image_basename(url) if url else "", name, i))
     return posts
@@ -260,8 +261,30 @@ class SplitResult(NamedTuple):
     path: Path
     posts: int
     written: int
-    skipped: int
+    skipped: int  # missing image, --missing-images skip
     text_only: int
+    too_long: int = 0  # text over max_post_chars: skipped
+    empty_text: int = 0  # written, with an empty post text
+    empty_kp_pieces: int = 0  # posts whose keyphrase field had empty pieces (dropped)
+    cot_kept: int = 0  # CoTs of the previous file kept (same id, same text and keyphrases)
+    cot_dropped: int = 0  # CoTs of the previous file dropped (overwrite_cot)
+    examples: tuple[str, ...] = ()  # file:line of the first posts counted above (too long, empty text, ;;)
+
+
+def _previous_cots(path: Path, overwrite_cot: bool) -> dict[str, dict[str, Any]]:
+    """``{id: row}`` of the rows of an earlier conversion that carry a CoT (``gen-cot`` filled them)."""
+    if not path.is_file():
+        return {}
+    try:
+        rows = load_rows(path, allow_empty=True)
+    except DatasetError as e:
+        if overwrite_cot:
+            return {}
+        raise DatasetError(
+            f"{e} It is the output of an earlier conversion, read to keep its CoTs; fix or remove it, or pass "
+            f"--overwrite-cot."
+        ) from None
+    return {str(r["id"]): r for r in rows if r.get("cot") not in (None, "") and r.get("id") is not None}
 
 
 def _side_specs(values: list[str] | None, splits: list[str], what: str) -> dict[str, Path]:
@@ -295,11 +318,21 @@ def convert(
     missing_report: str | os.PathLike | None = None,
     write_dataset_info: bool = True,
     progress: bool = False,
+    max_post_chars: int = DEFAULT_MAX_POST_CHARS,
+    overwrite_cot: bool = False,
 ) -> list[SplitResult]:
     """Convert CMKP source files (``{split: path}``) into ``<output_dir>/<name>_<split>.json``.
 
     All inputs are read and checked before anything is written; the split files are then written through
-    temporary files and renamed together. Raises :class:`DatasetError` on bad input (nothing written).
+    temporary files and renamed together, under the write lock of each output file
+    (:func:`~dyncot_plugin.io.files.locked_files`). Raises :class:`DatasetError` on bad input (nothing written).
+
+    Posts whose text is longer than ``max_post_chars`` (0: no limit) are skipped and counted; posts with an empty
+    text and keyphrase fields with empty pieces (dropped) are counted. When an output file already exists, the
+    CoT of each of its rows (written by ``gen-cot``) is carried over to the new row with the same id, as long as
+    that row has the same text and keyphrases. A CoT that would be lost (its post changed or is no longer
+    written) stops the conversion, with the count, unless ``overwrite_cot`` (then every old CoT is dropped and
+    counted).
     """
     output_dir = Path(output_dir)
     attributes = {k: Path(v) for k, v in (attributes or {}).items()}
@@ -310,6 +343,8 @@ def convert(
         raise DatasetError(f"--missing-images {missing_images!r}: use one of {', '.join(MISSING_IMAGE_POLICIES)}.")
     if not sources:
         raise DatasetError("no input files.")
+    if max_post_chars < 0:
+        raise DatasetError(f"--max-post-chars {max_post_chars}: use a number of characters >= 0 (0: no limit).")
     for split in list(sources) + list(attributes) + list(ocr):
         parse_split_spec(f"{split}=x")  # checks the split name
     for what, side in (("attributes", attributes), ("ocr", ocr)):
@@ -334,8 +369,18 @@ def convert(
 
     # ---- read and check everything first
     parsed: dict[str, tuple[list[CmkpPost], list[str] | None, list[str] | None]] = {}
+    empty_pieces: dict[str, set[int]] = {}
     for split, src in sources.items():
-        posts = read_cmkp_file(src, kp_sep=kp_sep)
+        pieces: list[int] = []
+        posts = read_cmkp_file(src, kp_sep=kp_sep, empty_pieces=pieces)
+        empty_pieces[split] = set(pieces)
+        too_long_posts = [p for p in posts if max_post_chars and len(p.text) > max_post_chars]
+        if len(too_long_posts) == len(posts):
+            raise DatasetError(
+                f"every post of {src} is longer than --max-post-chars {max_post_chars} (first: "
+                f"{too_long_posts[0].where}, {len(too_long_posts[0].text):,} characters); nothing would be written. "
+                f"Check the file (a line break lost?) or raise --max-post-chars."
+            )
         attrs = read_side_file(attributes[split], src, len(posts)) if split in attributes else None
         ocrs = read_side_file(ocr[split], src, len(posts)) if split in ocr else None
         parsed[split] = (posts, attrs, ocrs)
@@ -383,55 +428,98 @@ def convert(
     elif report_path.exists() and missing_report is None:
         report_path.unlink()  # a stale report from an earlier run would mislead
 
-    # ---- write
+    # ---- write, under the lock of every output file: re-read the previous files (their CoTs), merge, write
     results = []
     missing_ids = {(s, p.index) for s, p in missing}
-    with StagedWrites() as staged:
-        for split, (posts, attrs, ocrs) in parsed.items():
-            out_path = output_dir / f"{name}_{split}.json"
-            written = skipped = text_only = 0
-            with staged.open(out_path) as f:
-                f.write("[")
-                first_row = True
-                iterator = posts
-                if progress:
-                    from tqdm import tqdm
+    out_paths = {split: output_dir / f"{name}_{split}.json" for split in parsed}
+    with locked_files(out_paths.values()):
+        previous = {split: _previous_cots(path, overwrite_cot) for split, path in out_paths.items()}
+        lost: list[str] = []
+        with StagedWrites() as staged:
+            for split, (posts, attrs, ocrs) in parsed.items():
+                out_path = out_paths[split]
+                prev = previous[split]
+                written = skipped = text_only = too_long = empty_text = cot_kept = cot_dropped = 0
+                examples: list[str] = []
+                n_pieces = len(empty_pieces[split])
+                examples += [posts[i].where + " (empty keyphrase piece)" for i in sorted(empty_pieces[split])[:3]]
+                with staged.open(out_path) as f:
+                    f.write("[")
+                    first_row = True
+                    iterator = posts
+                    if progress:
+                        from tqdm import tqdm
 
-                    iterator = tqdm(posts, desc=f"{name}_{split}", unit="post", file=sys.stderr)
-                render = template.render
-                for post in iterator:
-                    has_image = use_images
-                    if use_images and (split, post.index) in missing_ids:
-                        if missing_images == "skip":
-                            skipped += 1
+                        iterator = tqdm(posts, desc=f"{name}_{split}", unit="post", file=sys.stderr)
+                    render = template.render
+                    for post in iterator:
+                        if max_post_chars and len(post.text) > max_post_chars:
+                            too_long += 1
+                            if len(examples) < 6:
+                                examples.append(f"{post.where} ({len(post.text):,} characters)")
                             continue
-                        has_image = False
-                        text_only += 1
-                    i = post.index
-                    prompt = render(
-                        post.text,
-                        attributes=attrs[i] if attrs is not None else None,
-                        ocr=ocrs[i] if ocrs is not None else None,
-                        sep=answer_sep,
-                        with_image=has_image,
+                        has_image = use_images
+                        if use_images and (split, post.index) in missing_ids:
+                            if missing_images == "skip":
+                                skipped += 1
+                                continue
+                            has_image = False
+                            text_only += 1
+                        if not post.text:
+                            empty_text += 1
+                            if len(examples) < 6:
+                                examples.append(f"{post.where} (empty post text)")
+                        i = post.index
+                        prompt = render(
+                            post.text,
+                            attributes=attrs[i] if attrs is not None else None,
+                            ocr=ocrs[i] if ocrs is not None else None,
+                            sep=answer_sep,
+                            with_image=has_image,
+                        )
+                        row = make_row(
+                            sample_id(name, split, i),
+                            post.text,
+                            post.keyphrases,
+                            prompt,
+                            [image_prefix + post.image] if has_image else None,
+                            answer_sep,
+                        )
+                        old = prev.pop(row["id"], None) if prev else None
+                        if old is not None:
+                            if overwrite_cot:
+                                cot_dropped += 1
+                            elif old.get("text") == row["text"] and old.get("keyphrases") == row["keyphrases"]:
+                                row["cot"] = old["cot"]
+                                if "cot_source" in old:
+                                    row["cot_source"] = old["cot_source"]
+                                cot_kept += 1
+                            else:
+                                lost.append(f"{out_path}: {row['id']} (its post changed)")
+                        f.write("\n" if first_row else ",\n")
+                        f.write(_dumps(row))
+                        first_row = False
+                        written += 1
+                    f.write("\n]\n" if written else "]\n")
+                if overwrite_cot:
+                    cot_dropped += len(prev)
+                else:
+                    lost += [f"{out_path}: {rid} (no longer written)" for rid in prev]
+                results.append(
+                    SplitResult(
+                        split, out_path, len(posts), written, skipped, text_only, too_long, empty_text, n_pieces,
+                        cot_kept, cot_dropped, tuple(examples),
                     )
-                    row = make_row(
-                        sample_id(name, split, i),
-                        post.text,
-                        post.keyphrases,
-                        prompt,
-                        [image_prefix + post.image] if has_image else None,
-                        answer_sep,
-                    )
-                    f.write("\n" if first_row else ",\n")
-                    f.write(_dumps(row))
-                    first_row = False
-                    written += 1
-                f.write("\n]\n" if written else "]\n")
-            results.append(SplitResult(split, out_path, len(posts), written, skipped, text_only))
-    if write_dataset_info:
-        for r in results:
-            update_dataset_info(output_dir, f"{name}_{r.split}", r.path.name, has_images=use_images)
+                )
+            if lost:
+                raise DatasetError(
+                    f"{len(lost)} row(s) of the existing output would lose their CoT (written by gen-cot): "
+                    + "; ".join(lost[:5]) + ("; ..." if len(lost) > 5 else "")
+                    + ". Nothing was written; pass --overwrite-cot to drop them, or write to another --output-dir."
+                )
+        if write_dataset_info:  # takes the folder's own lock; safe while the file locks are held
+            for r in results:
+                update_dataset_info(output_dir, f"{name}_{r.split}", r.path.name, has_images=use_images)
     return results
 
 
@@ -475,6 +563,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--answer-sep",
         default=DEFAULT_ANSWER_SEP,
         help=f"separator of the keyphrases in the answer (default: {DEFAULT_ANSWER_SEP!r})",
+    )
+    parser.add_argument(
+        "--max-post-chars",
+        type=int,
+        default=DEFAULT_MAX_POST_CHARS,
+        help="skip (and count) posts whose text is longer (default: %(default)s characters; 0: no limit)",
+    )
+    parser.add_argument(
+        "--overwrite-cot",
+        action="store_true",
+        help="drop the CoTs that gen-cot wrote into an existing output (default: keep them, by id, where the post "
+        "is unchanged, and refuse to lose any)",
     )
     parser.add_argument("--no-dataset-info", action="store_true", help="do not write <output-dir>/dataset_info.json")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -534,6 +634,8 @@ def _convert_cli(
         missing_report=args.missing_report,
         write_dataset_info=not args.no_dataset_info,
         progress=not args.quiet,
+        max_post_chars=args.max_post_chars,
+        overwrite_cot=args.overwrite_cot,
     )
 
 
@@ -544,8 +646,20 @@ def _print_results(args: argparse.Namespace, results: list[SplitResult]) -> None
             extra.append(f"{r.skipped} skipped (missing image)")
         if r.text_only:
             extra.append(f"{r.text_only} text-only (missing image)")
+        if r.too_long:
+            extra.append(f"{r.too_long} skipped (text over --max-post-chars {args.max_post_chars})")
+        if r.empty_text:
+            extra.append(f"{r.empty_text} with an empty post text")
+        if r.empty_kp_pieces:
+            extra.append(f"{r.empty_kp_pieces} with empty keyphrase pieces (';;', dropped)")
+        if r.cot_kept:
+            extra.append(f"{r.cot_kept} CoTs kept from the previous file")
+        if r.cot_dropped:
+            extra.append(f"{r.cot_dropped} CoTs dropped (--overwrite-cot)")
         note = f" ({', '.join(extra)})" if extra else ""
         print(f"{r.split}: {r.written} of {r.posts} posts -> {r.path}{note}")
+        if r.examples:
+            print(f"  e.g. {'; '.join(r.examples)}")
     if not args.no_dataset_info:
         print(
             f"dataset_info: {Path(args.output_dir) / 'dataset_info.json'} ({', '.join(f'{args.name}_{r.split}' for r in results)})"
@@ -555,6 +669,7 @@ def _print_results(args: argparse.Namespace, results: list[SplitResult]) -> None
 __all__ = [
     "DEFAULT_ANSWER_SEP",
     "DEFAULT_KP_SEP",
+    "DEFAULT_MAX_POST_CHARS",
     "DEFAULT_PROMPT_TEMPLATE",
     "EMPTY_SIDE_VALUE",
     "IMAGE_PLACEHOLDER",

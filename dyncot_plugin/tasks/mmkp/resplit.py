@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dyncot_plugin.io.datasets import DatasetError, load_rows, update_dataset_info
-from dyncot_plugin.io.files import StagedWrites, paused_gc
+from dyncot_plugin.io.datasets import DatasetError, check_dataset_name, load_rows, update_dataset_info
+from dyncot_plugin.io.files import StagedWrites, locked_files, paused_gc
 from dyncot_plugin.io.splits import parse_split_spec, sample_id
 
 JSON_SUFFIXES = (".json", ".jsonl")
@@ -308,10 +308,38 @@ def _rebase_image(image: str, src_dir: Path, out_dir: Path) -> str:
 def write_outputs(
     pool: _Pool, result: ResplitResult, out_dir: Path, name: str, kp_sep: str, report: dict[str, Any]
 ) -> list[Path]:
-    """Stage every output file, then rename them all (nothing is written when anything fails)."""
+    """Stage every output file, then rename them all (nothing is written when anything fails), under the write lock
+    of every output file (:func:`~dyncot_plugin.io.files.locked_files`)."""
     from dyncot_plugin.tasks.mmkp.convert import ATTRIBUTE_SUFFIX, OCR_SUFFIX
 
+    check_dataset_name(name, "--name")
     json_files: list[tuple[str, Path, bool]] = []
+    outputs = [out_dir / f"{name}_resplit.json"]
+    for split in ("train", "test"):
+        if pool.fmt == "cmkp":
+            sides = (ATTRIBUTE_SUFFIX, OCR_SUFFIX) if pool.sides and pool.sides[0] is not None else ()
+            outputs += [out_dir / f"{split}{suffix}" for suffix in ("_src.txt", *sides)]
+        else:
+            outputs.append(out_dir / f"{name}_{split}.json")
+    inputs = {p.resolve() for p in pool.files}
+    clash = [str(p) for p in outputs if p.resolve() in inputs]
+    if clash:
+        raise DatasetError(
+            f"the output would overwrite the input file(s) {', '.join(clash)}; choose another --output-dir."
+        )
+    with locked_files(outputs):
+        written = _stage_outputs(pool, result, out_dir, name, kp_sep, report, json_files)
+        for split, file, has_images in json_files:  # the folder's own lock; safe inside the file locks
+            update_dataset_info(out_dir, f"{name}_{split}", file.name, has_images=has_images)
+    return written
+
+
+def _stage_outputs(
+    pool: _Pool, result: ResplitResult, out_dir: Path, name: str, kp_sep: str, report: dict[str, Any],
+    json_files: list[tuple[str, Path, bool]],
+) -> list[Path]:
+    from dyncot_plugin.tasks.mmkp.convert import ATTRIBUTE_SUFFIX, OCR_SUFFIX
+
     with StagedWrites() as staged:
         for split, idx in (("train", result.train), ("test", result.test)):
             if pool.fmt == "cmkp":
@@ -340,14 +368,6 @@ def write_outputs(
                 json_files.append((split, file, has_images))
         staged.write_json(out_dir / f"{name}_resplit.json", report, indent=2)
         written = staged.targets
-        inputs = {p.resolve() for p in pool.files}
-        clash = [str(p) for p in written if p.resolve() in inputs]
-        if clash:
-            raise DatasetError(
-                f"the output would overwrite the input file(s) {', '.join(clash)}; choose another --output-dir."
-            )
-    for split, file, has_images in json_files:
-        update_dataset_info(out_dir, f"{name}_{split}", file.name, has_images=has_images)
     return written
 
 
@@ -406,6 +426,7 @@ def _test_size(value: str | None, pool: _Pool) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_dataset_name(args.name, "--name")
     with paused_gc():
         pool = _load_pool(args.inputs, args.kp_sep, args.side_files)
     size = _test_size(args.test_size, pool)

@@ -21,7 +21,6 @@ prefixed with ``<image>`` when the problem has an image (copied to ``<out>/image
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import shutil
@@ -29,8 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from dyncot_plugin.cot_format import build_cot
-from dyncot_plugin.io.datasets import DatasetError, update_dataset_info
-from dyncot_plugin.io.files import atomic_write_json
+from dyncot_plugin.io.datasets import DatasetError, check_dataset_name, update_dataset_info
+from dyncot_plugin.io.files import atomic_write_json, locked_files
+from dyncot_plugin.io.read import InputError, read_json
 
 # MM-CoT's option letters (``--options`` default in its main.py). ScienceQA has 2..5 choices per problem.
 OPTIONS = ("A", "B", "C", "D", "E")
@@ -121,13 +121,13 @@ def stage2_user_text(qcm_user_text: str, rationale: str) -> str:
 
 
 def _load_json(path: Path, what: str) -> Any:
+    """Through the one input reader: a missing, non-UTF-8, empty or non-JSON file names the file (and line)."""
     if not path.is_file():
         raise ScienceQAError(f"{what} not found: {path}")
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except json.JSONDecodeError as exc:
-        raise ScienceQAError(f"{path}: not valid JSON ({exc}); expected the {what}.") from exc
+        return read_json(path, what)
+    except InputError as exc:
+        raise ScienceQAError(f"{exc} Expected the {what}.") from None
 
 
 def validate_problem(pid: str, problem: Any, source: str = "problems.json") -> None:
@@ -310,16 +310,17 @@ def convert(
                 per_kind[kind].append(rows[kind])
         summary["no_cot"][split] = no_cot
         for kind in KINDS:
-            name = dataset_name(prefix, split, kind)
+            name = check_dataset_name(dataset_name(prefix, split, kind), "dataset name (--prefix, split)")
             file_name = f"{name}.json"
-            atomic_write_json(out / file_name, per_kind[kind])
-            update_dataset_info(
-                out,
-                name,
-                file_name,
-                has_images=any(r["images"] for r in per_kind[kind]),
-                cot_column="cot" if kind == "answer" else None,
-            )
+            with locked_files(out / file_name):
+                atomic_write_json(out / file_name, per_kind[kind])
+                update_dataset_info(
+                    out,
+                    name,
+                    file_name,
+                    has_images=any(r["images"] for r in per_kind[kind]),
+                    cot_column="cot" if kind == "answer" else None,
+                )
             summary["datasets"][name] = len(per_kind[kind])
     return summary
 

@@ -30,8 +30,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from dyncot_plugin.io.datasets import load_rows, require_message, resolve_dataset_file, update_dataset_info
-from dyncot_plugin.io.files import atomic_write_json
+from dyncot_plugin.io.datasets import (
+    check_dataset_name,
+    load_rows,
+    require_message,
+    resolve_dataset_file,
+    update_dataset_info,
+)
+from dyncot_plugin.io.files import atomic_write_json, locked_files
 from dyncot_plugin.io.predictions import PredictionsError, check_same_ids, index_by_id, load_predictions, write_jsonl
 from dyncot_plugin.tasks.scienceqa.convert import DEFAULT_PREFIX, stage2_user_text
 
@@ -112,10 +118,13 @@ def build_stage2(
                 "images": list(row.get("images") or []),
             }
         )
-    name = name or f"{prefix}_{split}_stage2"
+    name = check_dataset_name(name or f"{prefix}_{split}_stage2", "--name" if name else "dataset name (--prefix, --split)")
     file_name = f"{name}.json"
-    atomic_write_json(dataset_dir / file_name, out_rows)
-    update_dataset_info(dataset_dir, name, file_name, has_images=any(r["images"] for r in out_rows), cot_column=None)
+    with locked_files(dataset_dir / file_name):
+        atomic_write_json(dataset_dir / file_name, out_rows)
+        update_dataset_info(
+            dataset_dir, name, file_name, has_images=any(r["images"] for r in out_rows), cot_column=None
+        )
     return {"name": name, "file": str(dataset_dir / file_name), "rows": len(out_rows), "rationale": rationale}
 
 
