@@ -19,6 +19,9 @@ PREFIX = "dyncot_"
 STRATEGIES = tuple(_STRATEGY_TABLE)
 MISSING_COT_POLICIES = ("error", "sft")
 EVAL_TASKS = ("auto", "mmkp", "scienceqa")
+COT_WHEN = ("below", "above")
+THINK_MODES = ("auto", "always", "never")
+MISMATCH_POLICIES = ("warn", "error")
 
 
 class DynCotConfigError(ValueError):
@@ -39,6 +42,23 @@ class DynCotArguments:
         dyncot_gamma (`float`, default ``0.4``):
             The selection threshold γ of ``dynamic`` (the paper's value). ``0`` never selects CoT (same as
             ``sft``); a value above any possible loss always selects CoT (same as ``cot``). Must be finite, >= 0.
+            With ``dyncot_target_cot_ratio`` it is only the value of the first step.
+        dyncot_target_cot_ratio (`float` or null, default ``null``):
+            ``dynamic``: instead of a fixed γ, the share of samples (among those with a usable CoT view) to train
+            on CoT, in (0, 1). γ is then re-estimated after every optimizer step as the quantile of the last
+            ``dyncot_target_window`` selection losses (over all ranks) that selects that share; the value used at
+            each step is logged as ``gamma`` and saved in checkpoints (``dyncot_plugin/train/gamma.py``).
+        dyncot_target_window (`int`, default ``256``):
+            How many recent selection losses (samples) the target share's quantile is taken over: small follows the
+            falling losses closely, large is steadier. Must be >= 1.
+        dyncot_cot_when (`str`, default ``"below"``):
+            ``dynamic``: which side of γ trains on CoT. ``below`` (the paper's rule): plain-answer loss < γ.
+            ``above`` (the reverse ablation): loss >= γ, so ``dyncot_gamma: 0`` is ``cot`` and a γ above every
+            loss is ``sft``.
+        dyncot_cot_mismatch (`str`, default ``"warn"``):
+            A CoT text whose ``<answer>`` names other keyphrases than the row's plain answer (compared as stemmed
+            sets, as ``gen-cot --match exact`` does; ScienceQA by answer letter): ``warn`` counts and logs them (the
+            first rows named) and trains on them; ``error`` stops before the model loads, naming dataset and rows.
         dyncot_missing_cot (`str`, default ``"error"``):
             What ``cot``/``multitask``/``dynamic`` do with a sample that has no CoT text: ``error`` stops with the
             dataset name and row; ``sft`` trains it on its plain target and logs how many samples did so.
@@ -51,6 +71,12 @@ class DynCotArguments:
         dyncot_eval_task (`str`, default ``"auto"``):
             What that evaluation scores: ``mmkp`` (keyphrase F1@1 and F1@M, CMKP protocol), ``scienceqa`` (answer
             accuracy), or ``auto``: ``scienceqa`` when every gold label reads ``The answer is (X).``, else ``mmkp``.
+        dyncot_think (`str`, default ``"auto"``):
+            Thinking at inference, for prediction runs (``do_predict`` with ``predict_with_generate``) and the
+            training-time evaluation: ``auto`` lets the model choose; ``always`` starts every reply with
+            ``<think>`` (the forced prefix is part of the written prediction); ``never`` keeps ``<think>`` out of the
+            whole generation. Setting it routes predictions through the plugin (which also passes the model's own
+            position inputs to ``generate``).
         dyncot_log_selection (`bool`, default ``False``):
             Also write every selection decision (global step, per-sample plain-answer loss, CoT or not) to
             ``<output_dir>/dyncot_selection/rank<N>.jsonl``, one file per rank: for analysing which samples think.
@@ -64,10 +90,15 @@ class DynCotArguments:
 
     dyncot_strategy: str = "sft"
     dyncot_gamma: float = 0.4
+    dyncot_target_cot_ratio: float | None = None
+    dyncot_target_window: int = 256
+    dyncot_cot_when: str = "below"
+    dyncot_cot_mismatch: str = "warn"
     dyncot_missing_cot: str = "error"
     dyncot_eval_samples: int = 0
     dyncot_eval_max_new_tokens: int = 256
     dyncot_eval_task: str = "auto"
+    dyncot_think: str = "auto"
     dyncot_log_selection: bool = False
     dyncot_reuse_image_features: bool = True
 
@@ -80,22 +111,33 @@ class DynCotArguments:
             raise DynCotConfigError(f"dyncot_gamma: got {self.dyncot_gamma!r}; expected a number >= 0.")
         if not math.isfinite(self.dyncot_gamma) or self.dyncot_gamma < 0:
             raise DynCotConfigError(f"dyncot_gamma: got {self.dyncot_gamma!r}; expected a finite number >= 0.")
-        if self.dyncot_missing_cot not in MISSING_COT_POLICIES:
-            raise DynCotConfigError(
-                f"dyncot_missing_cot: got {self.dyncot_missing_cot!r}; allowed values are "
-                f"{', '.join(MISSING_COT_POLICIES)}."
-            )
-        if self.dyncot_eval_task not in EVAL_TASKS:
-            raise DynCotConfigError(
-                f"dyncot_eval_task: got {self.dyncot_eval_task!r}; allowed values are {', '.join(EVAL_TASKS)}."
-            )
+        for key, allowed in (
+            ("dyncot_missing_cot", MISSING_COT_POLICIES),
+            ("dyncot_eval_task", EVAL_TASKS),
+            ("dyncot_cot_when", COT_WHEN),
+            ("dyncot_think", THINK_MODES),
+            ("dyncot_cot_mismatch", MISMATCH_POLICIES),
+        ):
+            if getattr(self, key) not in allowed:
+                raise DynCotConfigError(f"{key}: got {getattr(self, key)!r}; allowed values are {', '.join(allowed)}.")
+        ratio = self.dyncot_target_cot_ratio
+        if ratio is not None:
+            if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio < 1:
+                raise DynCotConfigError(
+                    f"dyncot_target_cot_ratio: got {ratio!r}; expected a share strictly between 0 and 1 (or null)."
+                )
+            if self.dyncot_strategy != "dynamic":
+                raise DynCotConfigError(
+                    f"dyncot_target_cot_ratio steers the selection of dyncot_strategy=dynamic; this recipe has "
+                    f"dyncot_strategy={self.dyncot_strategy}."
+                )
         for key in ("dyncot_log_selection", "dyncot_reuse_image_features"):
             if not isinstance(getattr(self, key), bool):
                 raise DynCotConfigError(f"{key}: got {getattr(self, key)!r}; expected true or false.")
-        for key in ("dyncot_eval_samples", "dyncot_eval_max_new_tokens"):
+        for key, low in (("dyncot_eval_samples", 0), ("dyncot_eval_max_new_tokens", 0), ("dyncot_target_window", 1)):
             value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise DynCotConfigError(f"{key}: got {value!r}; expected an integer >= 0.")
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise DynCotConfigError(f"{key}: got {value!r}; expected an integer >= {low}.")
 
     @property
     def strategy(self) -> Strategy:
@@ -114,6 +156,8 @@ class DynCotArguments:
 KNOWN_KEYS = tuple(f.name for f in fields(DynCotArguments))
 _TYPES = {
     "dyncot_gamma": float,
+    "dyncot_target_cot_ratio": float,
+    "dyncot_target_window": int,
     "dyncot_eval_samples": int,
     "dyncot_eval_max_new_tokens": int,
     "dyncot_log_selection": bool,
@@ -126,6 +170,8 @@ def _coerce(key: str, value: Any) -> Any:
     kind = _TYPES.get(key)
     if kind is None or not isinstance(value, str):
         return value
+    if key == "dyncot_target_cot_ratio" and value.strip().lower() in ("null", "none", ""):
+        return None
     if kind is bool:
         if value.strip().lower() in ("true", "1", "yes"):
             return True

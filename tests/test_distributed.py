@@ -40,3 +40,26 @@ def test_zero3_two_ranks_selecting_differently_finish(tiny_model_dir, tmp_path):
     assert [r["cot"] for r in records[1]] == [[False, False], [False, False]]
     # cot_ratio is reduced over ranks: half the samples of each step trained on CoT
     assert [e["cot_ratio"] for e in read_log(tmp_path / "out")] == [0.5, 0.5]
+
+
+def test_zero3_two_ranks_use_the_same_gamma_under_a_target_share(tiny_model_dir, tmp_path):
+    """γ is estimated from both ranks' losses and broadcast: every step's selection records agree on it."""
+    pytest.importorskip("deepspeed")
+    write_plugin_dataset(tmp_path / "data", "toy", n=16)
+    config = tiny_sft_config(
+        tiny_model_dir, tmp_path / "data", "toy", tmp_path / "out", max_steps=3, deepspeed=str(DS_Z3),
+        dyncot_strategy="dynamic", dyncot_target_cot_ratio=0.5, dyncot_log_selection=True,
+    )
+    env = {"FORCE_TORCHRUN": "1", "NPROC_PER_NODE": "2", "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    run_llamafactory("train", config, tmp_path, env=env, timeout=900)
+    records = {
+        rank: [json.loads(line) for line in (tmp_path / "out" / "dyncot_selection" / f"rank{rank}.jsonl").read_text().splitlines()]
+        for rank in (0, 1)
+    }
+    assert [r["step"] for r in records[0]] == [r["step"] for r in records[1]] == [0, 1, 2]
+    assert [r["gamma"] for r in records[0]] == [r["gamma"] for r in records[1]]  # bit for bit
+    log = read_log(tmp_path / "out")
+    assert [e["gamma"] for e in log] == pytest.approx([r["gamma"] for r in records[0]], abs=1e-6)
+    # the first step's γ splits the 4 losses of both ranks in half (its window is that step alone)
+    first = sorted(x for rank in (0, 1) for x in records[rank][0]["loss"])
+    assert sum(x < records[0][0]["gamma"] for x in first) == 2

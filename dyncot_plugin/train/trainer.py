@@ -12,6 +12,7 @@ pass), which keeps DeepSpeed ZeRO-3's parameter gathering in lock-step across ra
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import math
 import os
@@ -26,8 +27,18 @@ from llamafactory.train.sft.trainer import CustomSeq2SeqTrainer
 
 from dyncot_plugin.config import DynCotArguments
 from dyncot_plugin.train.families import IGNORE_INDEX, check_batch_keys, family_of, model_type_of
+from dyncot_plugin.train.gamma import GammaController
+from dyncot_plugin.train.generation import force_prefix, generation_inputs, think_controls
 from dyncot_plugin.train.image_features import ImageFeatureCache, find_multimodal_module, why_not_reusable
 from dyncot_plugin.train.metrics import SUM_KEYS, train_log_metrics
+from dyncot_plugin.train.resume import (
+    SELECTION_DIR,
+    checkpoint_folder,
+    checkpoint_step,
+    keep_logs_until,
+    read_log_lines,
+    resuming,
+)
 from dyncot_plugin.train.selection import answer_nll, answer_positions, choose_views, merge_views, stack_views
 from dyncot_plugin.train.views import IS_COT_ROW, split_views
 
@@ -43,19 +54,35 @@ class DynCotTrainer(CustomSeq2SeqTrainer):
     """
 
     def __init__(self, *args, dyncot_args: DynCotArguments, **kwargs) -> None:
+        training_args = kwargs.get("args", args[1] if len(args) > 1 else None)
+        # LLaMA-Factory's LogCallback deletes trainer_log.jsonl while the Trainer is built (overwrite_output_dir):
+        # a resumed run keeps its earlier steps (see ``resume.py``).
+        self._log_before_init = read_log_lines(training_args) if resuming(training_args) else None
         super().__init__(*args, **kwargs)
         self.dyncot_args = dyncot_args
         self.strategy = dyncot_args.strategy
         self.family = family_of(self.model)
+        self.gamma = GammaController(
+            dyncot_args.dyncot_gamma, dyncot_args.dyncot_target_cot_ratio, dyncot_args.dyncot_target_window,
+            dyncot_args.dyncot_cot_when,
+        )
+        self._gamma_used: float | None = None  # the γ of the latest step, logged as ``gamma``
+        self._view_items: tuple[torch.Tensor, torch.Tensor] | None = None  # multitask: window token counts
         # Named running sums since the last log (TRL-style buffers), summed over ranks and cleared in ``log``.
         self._metrics: dict[str, float] = dict.fromkeys(SUM_KEYS, 0.0)
         self._pending_eval_metrics: dict[str, float] = {}
         self._image_cache: ImageFeatureCache | None = None
         self._image_cache_checked = False
 
-    def train(self, *args, **kwargs):
+    def train(self, resume_from_checkpoint=None, *args, **kwargs):
+        checkpoint = checkpoint_folder(self.args, resume_from_checkpoint)
+        if checkpoint is not None:
+            resume_from_checkpoint = checkpoint
+            if self.gamma.adaptive and self.gamma.load(checkpoint):
+                logger.info_rank0(f"[dyncot] gamma state restored from {checkpoint}: gamma={self.gamma.gamma:.6g}")
+            keep_logs_until(self.args, checkpoint_step(checkpoint), self._log_before_init)
         try:
-            return super().train(*args, **kwargs)
+            return super().train(resume_from_checkpoint, *args, **kwargs)
         finally:
             if self._image_cache is not None:
                 logger.info_rank0(
@@ -67,29 +94,41 @@ class DynCotTrainer(CustomSeq2SeqTrainer):
 
     # ----------------------------------------------------------------------------------------- batch building
     def get_batch_samples(self, epoch_iterator: Iterator, num_batches: int, device: torch.device):
+        """One optimizer step's micro-batches, with the targets the strategy chooses (before the Trainer counts)."""
         if self._image_cache is not None:
             self._image_cache.clear()
-        return super().get_batch_samples(self._training_batches(epoch_iterator), num_batches, device)
+        built = self.build_training_batches(list(itertools.islice(epoch_iterator, num_batches)))
+        batches, num_items = super().get_batch_samples(iter(built), num_batches, device)
+        if self.strategy.batch == "stack":
+            self._view_items = self._count_view_items(batches, device) if num_items is not None else None
+        return batches, num_items
 
-    def _training_batches(self, epoch_iterator: Iterator) -> Iterator[dict[str, Any]]:
-        for batch in epoch_iterator:
-            yield self.build_training_batch(batch)
+    def build_training_batches(self, batches: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The batches that are actually trained in one optimizer step, built as the strategy's ``batch`` kind says
+        (:mod:`dyncot_plugin.strategies`). ``select`` runs the selection pass of every micro-batch first, so that γ
+        can be set from this step's losses (``dyncot_target_cot_ratio``) before any row is chosen."""
+        views = [split_views(batch) for batch in batches]
+        for plain, cot, has_cot in views:
+            if has_cot is not None and self.strategy.batch != "as_collated":
+                if cot is None:
+                    raise RuntimeError(
+                        f"dyncot_strategy={self.strategy.name} needs both views; the data collator gave only one."
+                    )
+                check_batch_keys(self.family, plain, model_type_of(self.model))
+        if self.strategy.batch == "select":
+            return self._select_step(views)
+        out = []
+        for plain, cot, has_cot in views:
+            if has_cot is None:  # sft, or a dataset without any CoT information
+                self._count(rows=plain["input_ids"].size(0))
+                out.append(plain)
+            else:
+                out.append(getattr(self, f"_batch_{self.strategy.batch}")(plain, cot, has_cot))
+        return out
 
     def build_training_batch(self, batch: dict[str, Any]) -> dict[str, Any]:
-        """The batch that is actually trained, built as the strategy's ``batch`` kind says
-        (:mod:`dyncot_plugin.strategies`)."""
-        plain, cot, has_cot = split_views(batch)
-        rows = plain["input_ids"].size(0)
-        if has_cot is None:  # sft, or a batch without any CoT information
-            self._count(rows=rows)
-            return plain
-        if self.strategy.batch != "as_collated":
-            if cot is None:
-                raise RuntimeError(
-                    f"dyncot_strategy={self.strategy.name} needs both views; the data collator gave only one."
-                )
-            check_batch_keys(self.family, plain, model_type_of(self.model))
-        return getattr(self, f"_batch_{self.strategy.batch}")(plain, cot, has_cot)
+        """One micro-batch as the optimizer step of that batch alone would train it."""
+        return self.build_training_batches([batch])[0]
 
     def _batch_as_collated(self, plain: dict, cot: dict | None, has_cot: torch.Tensor) -> dict:
         """``cot``: the collator already put the CoT view where a row has one."""
@@ -103,28 +142,68 @@ class DynCotTrainer(CustomSeq2SeqTrainer):
         self._count(cot_rows=int(has_cot.sum()), rows=has_cot.numel())
         return stacked
 
-    def _batch_select(self, plain: dict, cot: dict, has_cot: torch.Tensor) -> dict:
-        """``dynamic``: a no-grad pass scores each row's plain answer; rows under γ train on their CoT view."""
-        if self.image_feature_cache() is not None:
-            # One device copy of the media for both forwards (merge_views keeps the plain view's pixel_values), so
-            # the training forward usually finds the selection pass's features by identity, without comparing pixels.
-            plain, cot = self._prepare_inputs(plain), self._prepare_inputs(cot)
-        losses = self.selection_losses(plain)
-        select = choose_views(losses, has_cot, self.dyncot_args.dyncot_gamma)
-        finite = torch.isfinite(losses)
-        self._count(
-            cot_rows=int(select.sum()), rows=has_cot.numel(), selection_loss_sum=float(losses[finite].sum()),
-            scored=int(finite.sum()),
-        )
-        if self.dyncot_args.dyncot_log_selection:
-            self._record_selection(losses, select)
-        return merge_views(plain, cot, select, self.processing_class.pad_token_id, self.family)
+    def _select_step(self, views: list[tuple[dict, dict | None, torch.Tensor | None]]) -> list[dict]:
+        """``dynamic``: no-grad passes score each row's plain answer; γ for the step; rows on the chosen side of γ
+        train on their CoT view."""
+        scored = []
+        for plain, cot, has_cot in views:
+            if has_cot is None:
+                scored.append((plain, None, None, None))
+                continue
+            if self.image_feature_cache() is not None:
+                # One device copy of the media for both forwards (merge_views keeps the plain view's pixel_values),
+                # so the training forward usually finds the selection pass's features by identity.
+                plain, cot = self._prepare_inputs(plain), self._prepare_inputs(cot)
+            scored.append((plain, cot, has_cot, self.selection_losses(plain)))
+        if self.gamma.adaptive:  # every rank, every step: the update gathers
+            eligible = [losses[torch.isfinite(losses) & has_cot.to(losses.device)] for _, _, has_cot, losses in scored
+                        if losses is not None]
+            self.gamma.update(self._padded(eligible, len(views)), device=self.args.device)
+        self._gamma_used = gamma = self.gamma.gamma
+        out = []
+        for plain, cot, has_cot, losses in scored:
+            if losses is None:
+                self._count(rows=plain["input_ids"].size(0))
+                out.append(plain)
+                continue
+            select = choose_views(losses, has_cot, gamma, self.dyncot_args.dyncot_cot_when)
+            finite = torch.isfinite(losses)
+            self._count(
+                cot_rows=int(select.sum()), rows=has_cot.numel(), selection_loss_sum=float(losses[finite].sum()),
+                scored=int(finite.sum()), eligible=int((finite & has_cot.to(losses.device)).sum()),
+            )
+            if self.dyncot_args.dyncot_log_selection:
+                self._record_selection(losses, select, gamma)
+            out.append(merge_views(plain, cot, select, self.processing_class.pad_token_id, self.family))
+        return out
 
-    def _record_selection(self, losses: torch.Tensor, select: torch.Tensor) -> None:
-        folder = os.path.join(self.args.output_dir, "dyncot_selection")
+    def _padded(self, losses: list[torch.Tensor], num_batches: int) -> torch.Tensor:
+        """This rank's eligible losses, NaN-padded to the same length on every rank (for the all-gather)."""
+        size = self.args.per_device_train_batch_size * num_batches
+        out = torch.full((size,), float("nan"), dtype=torch.float64)
+        mine = torch.cat(losses).detach().cpu().to(torch.float64)[:size] if losses else out[:0]
+        out[: mine.numel()] = mine
+        return out
+
+    def _count_view_items(self, batches: list[dict], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """multitask, where the Trainer normalises by token counts: the plain and CoT target tokens of the whole
+        accumulation window (and of every rank, as the Trainer counts ``num_items_in_batch``)."""
+        counts = torch.zeros(2, dtype=torch.long)
+        for batch in batches:
+            valid = batch["labels"][:, 1:] != IGNORE_INDEX
+            cot_rows = batch[IS_COT_ROW].to(valid.device)
+            counts += torch.stack([valid[~cot_rows].sum(), valid[cot_rows].sum()]).cpu()
+        counts = counts.to(device)
+        if self.args.average_tokens_across_devices and self.args.world_size > 1:
+            counts = self.accelerator.gather(counts).view(-1, 2).sum(dim=0)
+        return counts[0], counts[1]
+
+    def _record_selection(self, losses: torch.Tensor, select: torch.Tensor, gamma: float) -> None:
+        folder = os.path.join(self.args.output_dir, SELECTION_DIR)
         os.makedirs(folder, exist_ok=True)
         record = {
             "step": self.state.global_step,
+            "gamma": gamma,
             "loss": [round(float(x), 6) if math.isfinite(float(x)) else None for x in losses],
             "cot": [bool(x) for x in select],
         }
@@ -183,17 +262,46 @@ class DynCotTrainer(CustomSeq2SeqTrainer):
         )
         valid = targets != IGNORE_INDEX
         parts = []
-        for rows in (~is_cot_row, is_cot_row):
-            count = valid[rows].sum()
-            if count > 0:
-                parts.append(nll[rows].sum() / count)
-        loss = torch.stack(parts).mean()
+        if num_items_in_batch is None or self._view_items is None:
+            # Where LLaMA-Factory averages micro-batch means (VLMs): the two token means of this micro-batch (the
+            # Trainer then divides by the accumulation steps, as for any other batch).
+            for rows in (~is_cot_row, is_cot_row):
+                count = valid[rows].sum()
+                if count > 0:
+                    parts.append(nll[rows].sum() / count)
+            loss = torch.stack(parts).mean()
+        else:
+            # Where it normalises by token counts: each view's NLL over its tokens in the whole accumulation window
+            # (and ranks), so the window's loss is (Σ plain NLL / plain tokens + Σ CoT NLL / CoT tokens) / 2.
+            for rows, count in zip((~is_cot_row, is_cot_row), self._view_items):
+                if count > 0:
+                    parts.append(nll[rows].sum() / count)
+            loss = torch.stack(parts).sum() / len(parts)
+            if self.args.average_tokens_across_devices:  # as Trainer.compute_loss: DDP averages over the ranks
+                loss = loss * self.accelerator.num_processes
         return (loss, outputs) if return_outputs else loss
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None, **gen_kwargs):
-        # Evaluation scores the view the collator put first: the plain one for dynamic/multitask.
+        """Evaluation scores the view the collator put first (the plain one for dynamic/multitask; cot: the CoT
+        view where there is one). Generation (``predict_with_generate``) gets the model's own position inputs and
+        the ``dyncot_think`` control; a forced ``<think>`` stays in the prediction."""
         plain, _, _ = split_views(inputs)
-        return super().prediction_step(model, plain, prediction_loss_only, ignore_keys=ignore_keys, **gen_kwargs)
+        if not self.args.predict_with_generate or prediction_loss_only:
+            return super().prediction_step(model, plain, prediction_loss_only, ignore_keys=ignore_keys, **gen_kwargs)
+        generation = generation_inputs(self.model, plain, self.family)
+        if "labels" in plain:
+            generation["labels"] = plain["labels"]
+        prefix, extra = think_controls(self.dyncot_args.dyncot_think, self.processing_class)
+        if prefix:
+            generation = force_prefix(generation, prefix, self.family)
+        gen_kwargs = {**getattr(self, "_gen_kwargs", {}), **gen_kwargs, **extra}
+        loss, tokens, labels = super().prediction_step(
+            model, generation, prediction_loss_only, ignore_keys=ignore_keys, **gen_kwargs
+        )
+        if prefix and tokens is not None:  # LLaMA-Factory blanked the whole prompt, the forced prefix with it
+            start = generation["input_ids"].size(-1) - len(prefix)
+            tokens[:, start : start + len(prefix)] = torch.tensor(prefix, dtype=tokens.dtype, device=tokens.device)
+        return loss, tokens, labels
 
     # ------------------------------------------------------------------------------------------------- resume
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
@@ -225,7 +333,8 @@ class DynCotTrainer(CustomSeq2SeqTrainer):
             dataset = next(iter(dataset.values()))
         args = self.dyncot_args
         scores = generate_and_score(
-            self, dataset, args.dyncot_eval_samples, args.dyncot_eval_max_new_tokens, args.dyncot_eval_task
+            self, dataset, args.dyncot_eval_samples, args.dyncot_eval_max_new_tokens, args.dyncot_eval_task,
+            think=args.dyncot_think,
         )
         self._pending_eval_metrics = {f"{metric_key_prefix}_{k}": v for k, v in scores.items()}
         try:
@@ -251,4 +360,16 @@ class DynCotTrainer(CustomSeq2SeqTrainer):
                 sums = sums.cpu()
             self._metrics = dict.fromkeys(SUM_KEYS, 0.0)
             logs.update(train_log_metrics(dict(zip(SUM_KEYS, sums.tolist()))))
+            if self.strategy.batch == "select" and self._gamma_used is not None:
+                logs["gamma"] = round(self._gamma_used, 6)
         super().log(logs, *args, **kwargs)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        # γ's state goes in first: the Trainer writes trainer_state.json last, so a checkpoint that has it has γ too.
+        if self.gamma.adaptive and self.args.should_save:
+            from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+            folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+            os.makedirs(folder, exist_ok=True)
+            self.gamma.save(folder)
+        super()._save_checkpoint(model, trial)
