@@ -42,11 +42,12 @@ def test_eval_metrics_match_llamafactory_predict_on_the_same_weights(tiny_model_
     ours = [json.loads(line) for line in (out / "dyncot_eval" / "step4.jsonl").read_text().splitlines()]
     assert [r["index"] for r in ours] == [0, 1, 2]
 
-    # LLaMA-Factory's own predict on the final weights (= the weights of the step-4 evaluation), greedy, unpadded.
+    # The project's predict on the final weights (= the weights of the step-4 evaluation), greedy, unpadded:
+    # LLaMA-Factory's predict, routed through the plugin so that generate gets the model's M-RoPE positions.
     predict = tiny_sft_config(
         out, tmp_path / "data", None, tmp_path / "predict" / "out", do_train=False, do_predict=True,
         predict_with_generate=True, eval_dataset="toy", max_samples=3, per_device_eval_batch_size=1,
-        max_new_tokens=12, do_sample=False,
+        max_new_tokens=12, do_sample=False, dyncot_think="auto",  # the plugin's predict path: the model's positions
     )
     run_llamafactory("train", predict, tmp_path / "predict")
     lf = [json.loads(line) for line in (tmp_path / "predict" / "out" / "generated_predictions.jsonl").read_text().splitlines()]
@@ -91,3 +92,38 @@ def test_eval_under_zero3_with_two_ranks(tiny_model_dir, tmp_path):
     rows = [json.loads(line) for line in (out / "dyncot_eval" / "step2.jsonl").read_text().splitlines()]
     assert [r["index"] for r in rows] == [0, 1, 2]  # rank 0 generated rows 0 and 2, rank 1 row 1: all gathered
     assert entries[0]["eval_gen_len"] == pytest.approx(sum(r["gen_tokens"] for r in rows) / 3)
+
+
+def test_a_scienceqa_dataset_logs_accuracy_not_keyphrase_f1(tiny_model_dir, tmp_path):
+    """dyncot_eval_task: auto reads the task from the gold labels: ScienceQA answers are scored by letter."""
+    from dyncot_plugin.testing.lf_runner import make_image, write_sharegpt_dataset
+
+    rows = []
+    for i in range(4):
+        letter = "AB"[i % 2]
+        rows.append({
+            "id": f"sqa_{i}",
+            "messages": [{"role": "user", "content": f"<image>Question: which one, case {i}?\nOptions: (A) left (B) right"},
+                         {"role": "assistant", "content": f"The answer is ({letter})."}],
+            "images": [make_image(tmp_path / "data" / f"img_{i}.png", seed=i)],
+            "cot": f"<think>Case {i} points {'left' if letter == 'A' else 'right'}.</think>"
+                   f"<answer>The answer is ({letter}).</answer>",
+        })
+    write_sharegpt_dataset(tmp_path / "data", "sqa", rows)
+    info = json.loads((tmp_path / "data" / "dataset_info.json").read_text())
+    info["sqa"]["columns"]["cot"] = "cot"
+    (tmp_path / "data" / "dataset_info.json").write_text(json.dumps(info))
+    out = tmp_path / "out"
+    config = tiny_sft_config(
+        tiny_model_dir, tmp_path / "data", "sqa", out, max_steps=2, dyncot_strategy="dynamic", dyncot_gamma=1.0e6,
+        **{**EVAL, "eval_dataset": "sqa", "dyncot_eval_samples": 4},
+    )
+    run_llamafactory("train", config, tmp_path)
+    (entry,) = _eval_entries(out)
+    assert {"eval_accuracy", "eval_cot_rate", "eval_gen_len"} <= set(entry)
+    assert "eval_f1@1" not in entry and "eval_f1@M" not in entry
+    generations = [json.loads(x) for x in (out / "dyncot_eval" / "step2.jsonl").read_text().splitlines()]
+    from dyncot_plugin.tasks.scienceqa.evaluate import extract_answer
+
+    correct = sum(extract_answer(g["predict"])[0] == extract_answer(g["label"])[0] for g in generations)
+    assert entry["eval_accuracy"] == pytest.approx(100 * correct / 4)

@@ -23,6 +23,7 @@ import torch.distributed as dist
 from dyncot_plugin.cot_format import summarize_outputs
 from dyncot_plugin.tasks import TASKS, Task, detect_task
 from dyncot_plugin.train.families import IGNORE_INDEX
+from dyncot_plugin.train.generation import force_prefix, generation_inputs, think_controls
 
 
 def _prompt_feature(row: dict[str, Any]) -> tuple[dict[str, Any], list[int]]:
@@ -54,7 +55,7 @@ def _save_generations(trainer: Any, rows: list[tuple[int, str, int, str]]) -> No
 
 @torch.no_grad()
 def generate_and_score(
-    trainer: Any, eval_dataset: Any, max_samples: int, max_new_tokens: int, task: str = "auto"
+    trainer: Any, eval_dataset: Any, max_samples: int, max_new_tokens: int, task: str = "auto", think: str = "auto"
 ) -> dict[str, float]:
     """Generate for the first ``max_samples`` eval rows and return the task's metrics plus ``cot_rate`` (percent) and
     ``gen_len`` (mean generated tokens), identical on every rank."""
@@ -69,6 +70,7 @@ def generate_and_score(
     model = trainer.model
     was_training = model.training
     model.eval()
+    prefix, extra = think_controls(think, tokenizer)
     padding_side = tokenizer.padding_side
     tokenizer.padding_side = "left"  # generation continues every row from its last prompt token
     results: list[tuple[int, str, int]] = []
@@ -78,19 +80,21 @@ def generate_and_score(
             real = len(indices)
             indices = indices or [0]  # a rank with nothing left still joins the synced generate call
             features, targets = zip(*(_prompt_feature(eval_dataset[i]) for i in indices))
-            batch = trainer.data_collator(list(features))
-            for key in ("labels", "position_ids", "rope_deltas"):
-                batch.pop(key, None)  # generate computes Qwen2-VL's M-RoPE positions itself
+            # generate computes the model's own positions from the family's inputs (``generation.py``)
+            batch = generation_inputs(model, trainer.data_collator(list(features)), trainer.family)
+            if prefix:
+                batch = force_prefix(batch, prefix, trainer.family)
             batch = trainer._prepare_inputs(batch)
             output = model.generate(
                 **batch,
+                **extra,
                 max_new_tokens=max_new_tokens,
                 do_sample=False,
                 synced_gpus=is_deepspeed_zero3_enabled(),
                 pad_token_id=tokenizer.pad_token_id,
                 eos_token_id=trainer._gen_kwargs.get("eos_token_id") if hasattr(trainer, "_gen_kwargs") else None,
             )
-            new_tokens = output[:, batch["input_ids"].size(1) :]
+            new_tokens = output[:, batch["input_ids"].size(1) - len(prefix) :]  # the forced prefix is output
             for i, row_tokens in zip(indices[:real], new_tokens[:real]):
                 ids = [t for t in row_tokens.tolist() if t != tokenizer.pad_token_id]
                 results.append((i, tokenizer.decode(ids, skip_special_tokens=True), len(ids)))

@@ -1,0 +1,137 @@
+"""Generation sees the positions the model was trained with, and the thinking control works on any plain template."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from dyncot_plugin.testing.lf_runner import run_llamafactory, tiny_sft_config
+from dyncot_plugin.testing.plugin_data import write_plugin_dataset
+from dyncot_plugin.train.families import family_of
+from dyncot_plugin.train.generation import force_prefix, generation_inputs, think_bad_words, think_prefix_ids
+
+
+@pytest.fixture(scope="module")
+def lf_parts(tiny_model_dir, tmp_path_factory):
+    """The tiny Qwen2-VL, its tokenizer/template and one tokenised training row, through LLaMA-Factory's own code."""
+    from llamafactory.data import get_dataset, get_template_and_fix_tokenizer
+    from llamafactory.hparams import get_train_args
+    from llamafactory.model import load_model, load_tokenizer
+
+    data = tmp_path_factory.mktemp("gen_data")
+    write_plugin_dataset(data, "toy", n=2)
+    args = tiny_sft_config(tiny_model_dir, data, "toy", tmp_path_factory.mktemp("gen_out"), do_train=True)
+    model_args, data_args, training_args, finetuning_args, _ = get_train_args(args)
+    tokenizer_module = load_tokenizer(model_args)
+    template = get_template_and_fix_tokenizer(tokenizer_module["tokenizer"], data_args)
+    dataset = get_dataset(template, model_args, data_args, training_args, "sft", **tokenizer_module)["train_dataset"]
+    model = load_model(tokenizer_module["tokenizer"], model_args, finetuning_args, is_trainable=False).eval()
+    return model, template, tokenizer_module, dataset
+
+
+def _collator(template, tokenizer_module, model):
+    from llamafactory.data import SFTDataCollatorWith4DAttentionMask
+
+    return SFTDataCollatorWith4DAttentionMask(
+        template=template, model=model, label_pad_token_id=-100, compute_dtype=torch.float32, **tokenizer_module
+    )
+
+
+@torch.no_grad()
+def test_first_generated_token_sees_the_training_forwards_logits(lf_parts):
+    model, template, tokenizer_module, dataset = lf_parts
+    tokenizer = tokenizer_module["tokenizer"]
+    row = dict(dataset[0])
+    start = next(i for i, t in enumerate(row["labels"]) if t != -100)  # first answer token
+
+    # The training forward (LLaMA-Factory's collator with the model: M-RoPE position_ids) at the last prompt token.
+    train_batch = _collator(template, tokenizer_module, model)([dict(row)])
+    assert train_batch["position_ids"].dim() == 3  # [text + 3 M-RoPE axes, batch, seq]
+    logits = model(**{k: v for k, v in train_batch.items() if k != "labels"}).logits[0, start - 1]
+
+    prompt = {"input_ids": row["input_ids"][:start], "attention_mask": [1] * start, "labels": [-100] * start,
+              "images": row["images"], "videos": row["videos"], "audios": row["audios"]}
+    tokenizer.padding_side = "left"
+    try:
+        def first_logits(collator_model, add_family_inputs):
+            batch = _collator(template, tokenizer_module, collator_model)([dict(prompt)])
+            if add_family_inputs:
+                inputs = generation_inputs(model, batch, family_of(model))
+            else:  # what LLaMA-Factory's predict hands generate: its collator was built without the model
+                inputs = {k: v for k, v in batch.items() if k != "labels"}
+            out = model.generate(**inputs, max_new_tokens=1, do_sample=False, output_logits=True,
+                                 return_dict_in_generate=True, pad_token_id=tokenizer.pad_token_id)
+            return out.logits[0][0]
+
+        ours = first_logits(model, True)
+        vanilla_predict = first_logits(None, False)
+    finally:
+        tokenizer.padding_side = "right"
+    assert (ours - logits).abs().max().item() < 1e-4
+    # the gap this closes: without the family's inputs generate falls back to 1-D text positions
+    assert (vanilla_predict - logits).abs().max().item() > 10 * (ours - logits).abs().max().item()
+
+
+def test_think_prefix_and_bad_words_on_the_tiny_tokenizer(lf_parts):
+    tokenizer = lf_parts[2]["tokenizer"]
+    think = tokenizer.convert_tokens_to_ids("<think>")
+    assert think_prefix_ids(tokenizer) == [think]
+    assert [think] in think_bad_words(tokenizer)
+    batch = {"input_ids": torch.tensor([[0, 5, 6], [7, 8, 9]]), "attention_mask": torch.tensor([[0, 1, 1], [1, 1, 1]]),
+             "mm_token_type_ids": torch.tensor([[0, 1, 0], [0, 0, 0]])}
+    out = force_prefix(batch, [think], family_of(lf_parts[0]))
+    assert out["input_ids"].tolist() == [[0, 5, 6, think], [7, 8, 9, think]]
+    assert out["attention_mask"].tolist() == [[0, 1, 1, 1], [1, 1, 1, 1]]
+    assert out["mm_token_type_ids"].tolist() == [[0, 1, 0, 0], [0, 0, 0, 0]]
+
+
+# ------------------------------------------------------------------------------------ prediction runs (dyncot_think)
+@pytest.fixture(scope="module")
+def predict(tiny_model_dir, tmp_path_factory):
+    """Predict on 6 rows of the toy set with the tiny model after 8 Fine-tune-CoT steps (so that it does write
+    <think> when left alone); returns its generated_predictions rows and the process."""
+    data = tmp_path_factory.mktemp("predict_data")
+    write_plugin_dataset(data, "toy", n=6)
+    trained = tmp_path_factory.mktemp("cot_model")
+    run_llamafactory("train", tiny_sft_config(tiny_model_dir, data, "toy", trained / "out", dyncot_strategy="cot",
+                                              learning_rate=3e-3), trained)
+    cache = {}
+
+    def _predict(**overrides):
+        key = json.dumps(overrides, sort_keys=True)
+        if key not in cache:
+            work = tmp_path_factory.mktemp("predict")
+            config = tiny_sft_config(
+                trained / "out", data, None, work / "out", do_train=False, do_predict=True, predict_with_generate=True,
+                eval_dataset="toy", per_device_eval_batch_size=3, max_new_tokens=10, do_sample=False, **overrides,
+            )
+            proc = run_llamafactory("train", config, work)
+            rows = [json.loads(x) for x in (work / "out" / "generated_predictions.jsonl").read_text().splitlines()]
+            cache[key] = (rows, proc)
+        return cache[key]
+
+    return _predict
+
+
+@pytest.mark.slow
+def test_think_always_starts_every_prediction_with_think(predict):
+    rows, _ = predict(dyncot_think="always")
+    assert len(rows) == 6 and all(r["predict"].startswith("<think>") for r in rows)
+
+
+@pytest.mark.slow
+def test_think_never_keeps_think_out_of_every_prediction(predict):
+    rows, _ = predict(dyncot_think="never")
+    assert len(rows) == 6 and not any("<think>" in r["predict"] for r in rows)
+    auto, _ = predict(dyncot_think="auto")
+    assert any("<think>" in r["predict"] for r in auto)  # the random model does write it when allowed
+
+
+@pytest.mark.slow
+def test_think_auto_is_the_plugin_routed_prediction_without_the_key(predict):
+    auto, proc = predict(dyncot_think="auto")
+    without, proc_without = predict(dyncot_strategy="sft")
+    assert "[dyncot-plugin] active" in proc_without.stderr
+    assert [r["predict"] for r in auto] == [r["predict"] for r in without]
