@@ -6,7 +6,7 @@
 
 * ``config.json`` / ``model.safetensors``: a ``Qwen2VLConfig`` with tiny sizes and seeded random weights;
 * ``tokenizer.json`` / ``tokenizer_config.json``: a byte-level BPE (Qwen2 pre-tokenizer) trained on the spot
-  on a small built-in English corpus, with Qwen's special tokens and ``<think>``, ``</think>``,
+  on a small built-in English corpus (or on the given ``corpus`` lines), with Qwen's special tokens and ``<think>``, ``</think>``,
   ``<answer>``, ``</answer>`` as (non-special) added tokens, so they survive ``skip_special_tokens=True``;
 * ``preprocessor_config.json`` / ``video_preprocessor_config.json`` / ``processor_config.json`` /
   ``chat_template.jinja``: ``Qwen2VLProcessor`` with small pixel limits (a 64x64 image -> 4 image tokens);
@@ -91,8 +91,9 @@ Hello world! How are you today? I am fine, thank you. Numbers: 0 1 2 3 4 5 6 7 8
 """
 
 
-def _train_tokenizer(vocab_size: int, seed: int):
-    """Train a Qwen2-style byte-level BPE and wrap it as a transformers ``Qwen2Tokenizer``."""
+def _train_tokenizer(vocab_size: int, seed: int, corpus: list[str] | None = None):
+    """Train a Qwen2-style byte-level BPE on ``corpus`` lines (default: the built-in corpus) and wrap it as a
+    transformers ``Qwen2Tokenizer``."""
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
     from transformers import AddedToken
     from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX, Qwen2Tokenizer
@@ -113,7 +114,9 @@ def _train_tokenizer(vocab_size: int, seed: int):
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    lines = _CORPUS.splitlines()
+    lines = _CORPUS.splitlines() if corpus is None else [line for line in corpus if line]
+    if not lines:
+        raise ValueError("tokenizer corpus is empty")
     # BPE training is deterministic given the input; the seed only rotates the corpus order.
     k = seed % len(lines)
     tok.train_from_iterator(lines[k:] + lines[:k], trainer=trainer)
@@ -152,6 +155,7 @@ def build_tiny_qwen2vl(
     vision_embed_dim: int = 32,
     min_pixels: int = 56 * 56,
     max_pixels: int = 112 * 112,
+    corpus: list[str] | None = None,
 ) -> Path:
     """Write a tiny random Qwen2-VL checkpoint (model + tokenizer + processor) to ``out_dir``; return its path.
 
@@ -163,6 +167,8 @@ def build_tiny_qwen2vl(
             a multiple of 4 for M-RoPE).
         vision_depth / vision_embed_dim: vision tower sizes (embed_dim / 2 heads).
         min_pixels / max_pixels: image-processor pixel limits; each 28x28 area is one image token.
+        corpus: lines to train the tokenizer on instead of the built-in corpus (e.g. a demo dataset's text, so a
+            small vocab holds its words as single tokens).
     """
     import torch
     from transformers import (
@@ -177,7 +183,7 @@ def build_tiny_qwen2vl(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
-    tokenizer = _train_tokenizer(vocab_size, seed)
+    tokenizer = _train_tokenizer(vocab_size, seed, corpus)
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS + COT_TOKENS}
     model_vocab = ((len(tokenizer) + 63) // 64) * 64
 

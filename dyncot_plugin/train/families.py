@@ -11,6 +11,9 @@ keys as the plain view and the two can be merged or stacked row by row:
 * ``media_keys``: the batch's image/video tensors, which both views share (duplicated when they are stacked);
 * ``vision_modules``: the sub-modules of the multimodal module that turn pixels into features (the vision tower and
   its projector), all of which must be frozen before the selection pass's image features may be reused;
+* ``generation_type_key`` / ``generation_type_ids``: the per-token type ids ``generate`` needs to compute the
+  model's own positions (``mm_token_type_ids``: 1 at ``config.image_token_id``, 2 at ``config.video_token_id`` for
+  the Qwen-VL families; see :mod:`dyncot_plugin.train.generation`);
 * ``reuse_image_features``: whether the family's ``get_image_features`` has the signature the cache of
   :mod:`dyncot_plugin.train.image_features` wraps;
 * ``unsupported``: why the plugin refuses the family (a key it cannot carry into the CoT view), or None.
@@ -47,6 +50,8 @@ class ModelFamily:
     media_keys: tuple[str, ...] = _QWEN_MEDIA
     vision_modules: tuple[str, ...] = ("visual",)
     reuse_image_features: bool = True  # get_image_features(pixel_values, image_grid_thw) can be cached (Qwen)
+    generation_type_key: str = "mm_token_type_ids"
+    generation_type_ids: tuple[tuple[str, int], ...] = ()
     unsupported: str | None = None
     seq_pad: dict[str, int | None] = field(init=False, compare=False)
 
@@ -58,10 +63,39 @@ class ModelFamily:
         return frozenset(self.seq_pad) | frozenset(self.row_keys) | frozenset(self.media_keys)
 
 
+_QWEN_TYPES = (("image_token_id", 1), ("video_token_id", 2))
+_TOWER = ("vision_tower", "multi_modal_projector")  # LLaVA-style: tower + projector under the multimodal module
 FAMILIES: tuple[ModelFamily, ...] = (
-    ModelFamily("qwen2_vl", ("qwen2_vl",), templates=("qwen2_vl",), token_type_keys=("mm_token_type_ids",)),
+    # M-RoPE: LLaMA-Factory computes position_ids [4, B, S] and rope_deltas; generate needs mm_token_type_ids.
     ModelFamily(
-        "qwen2_5_vl", ("qwen2_5_vl",), templates=("qwen2_vl",), token_type_keys=("mm_token_type_ids",)
+        "qwen2_vl", ("qwen2_vl",), templates=("qwen2_vl",), token_type_keys=("mm_token_type_ids",),
+        generation_type_ids=_QWEN_TYPES,
+    ),
+    ModelFamily(
+        "qwen2_5_vl", ("qwen2_5_vl",), templates=("qwen2_vl",), token_type_keys=("mm_token_type_ids",),
+        generation_type_ids=_QWEN_TYPES,
+    ),
+    ModelFamily(
+        "qwen3_vl", ("qwen3_vl", "qwen3_vl_moe"), templates=("qwen3_vl_nothink",),
+        token_type_keys=("mm_token_type_ids",), generation_type_ids=_QWEN_TYPES,
+    ),
+    # One pixel_values entry per image; get_image_features(pixel_values, vision_feature_layer, ...): not cached.
+    ModelFamily(
+        "llava", ("llava",), templates=("llava",), row_keys=(), media_keys=("pixel_values",), vision_modules=_TOWER,
+        reuse_image_features=False,
+    ),
+    ModelFamily(
+        "gemma3", ("gemma3",), templates=("gemma3",), token_type_keys=("token_type_ids",), row_keys=(),
+        media_keys=("pixel_values",), vision_modules=_TOWER, reuse_image_features=False,
+    ),
+    ModelFamily(
+        "internvl", ("internvl",), templates=("intern_vl",), row_keys=(), media_keys=("pixel_values",),
+        vision_modules=_TOWER, reuse_image_features=False,
+    ),
+    ModelFamily(
+        "mllama", ("mllama",), templates=("mllama",), media_keys=("pixel_values", "aspect_ratio_ids",
+                                                                   "aspect_ratio_mask"),
+        unsupported="its cross_attention_mask [batch, seq, images, tiles] would have to be rebuilt for the CoT view",
     ),
 )
 MODEL_TYPE_TO_FAMILY: dict[str, ModelFamily] = {t: family for family in FAMILIES for t in family.model_types}

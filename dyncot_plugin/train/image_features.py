@@ -45,6 +45,8 @@ def find_multimodal_module(model: nn.Module, family: ModelFamily = DEFAULT_FAMIL
 
 def why_not_reusable(module: nn.Module | None, family: ModelFamily = DEFAULT_FAMILY) -> str | None:
     """None when reusing image features is exact for this module, else the reason it is not."""
+    if not family.reuse_image_features:
+        return f"the {family.name} family's get_image_features is not one the cache wraps"
     if module is None:
         return f"the model has no module with {' and '.join(map(repr, family.vision_modules))} and `get_image_features`"
     towers = [module._modules[name] for name in family.vision_modules]
