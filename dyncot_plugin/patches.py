@@ -57,8 +57,9 @@ def patch_argument_reader() -> None:
     original = parser.read_args
 
     def read_args(args=None):
-        rest, found = dyncot_config.split_args(original(args))
-        dyncot_config.set_current(dyncot_config.parse_dyncot_args(found) if found else None)
+        with workflow.reported_errors():
+            rest, found = dyncot_config.split_args(original(args))
+            dyncot_config.set_current(dyncot_config.parse_dyncot_args(found) if found else None)
         return rest
 
     parser.read_args = _wrap(original, read_args)
@@ -76,9 +77,11 @@ def patch_sft_entry() -> None:
         dyncot_args = dyncot_config.get_current()
         if dyncot_args is None:  # vanilla recipe
             return original(model_args, data_args, training_args, finetuning_args, generating_args, callbacks)
-        return workflow.run_dyncot_sft(
-            original, dyncot_args, model_args, data_args, training_args, finetuning_args, generating_args, callbacks
-        )
+        with workflow.reported_errors():
+            return workflow.run_dyncot_sft(
+                original, dyncot_args, model_args, data_args, training_args, finetuning_args, generating_args,
+                callbacks,
+            )
 
     tuner.run_sft = _wrap(original, run_sft)
 

@@ -43,3 +43,25 @@ def test_missing_image_names_the_path(tiny_model_dir, tmp_path):
 def test_packing_is_refused_for_per_sample_strategies(tiny_model_dir, tmp_path):
     out = _fails(tiny_model_dir, tmp_path, dyncot_strategy="dynamic", packing=True)
     assert "dyncot_strategy=dynamic chooses a target per sample" in out and "packing: false" in out
+
+
+def test_cot_answer_mismatch_is_refused_when_strict_and_counted_otherwise(tiny_model_dir, tmp_path):
+    def wrong_answer(rows):
+        rows[1]["cot"] = "<think>It is about food.</think><answer>pizza; dinner</answer>"
+
+    out = _fails(tiny_model_dir, tmp_path, mutate=wrong_answer, dyncot_strategy="dynamic", dyncot_cot_mismatch="error")
+    assert "Dataset `bad`: 1 CoT text(s) whose <answer> differs from the row's plain answer: row 1 (id bad_000001)" in out
+    assert "Traceback" not in out
+
+    write_plugin_dataset(tmp_path / "warn", "bad", n=6, mutate=wrong_answer)
+    config = tiny_sft_config(tiny_model_dir, tmp_path / "warn", "bad", tmp_path / "warn_out", max_steps=1,
+                             dyncot_strategy="dynamic")
+    proc = run_llamafactory("train", config, tmp_path / "warn_run")
+    log = proc.stdout + proc.stderr
+    assert "1 CoT text(s) whose <answer> differs from the row's plain answer: row 1 (id bad_000001)" in log
+    assert "dyncot_cot_mismatch=warn" in log
+
+
+def test_an_empty_dataset_is_named(tiny_model_dir, tmp_path):
+    out = _fails(tiny_model_dir, tmp_path, mutate=lambda rows: rows.clear(), dyncot_strategy="sft")
+    assert "Dataset `bad`" in out and "has no rows" in out

@@ -175,3 +175,25 @@ def test_dynamic_trains_lora_and_full(train, tiny_model_dir, overrides):
         after = safetensors.torch.load_file(str(out / "model.safetensors"))
         visual = [k for k in before if "visual" in k]
         assert visual and any(not before[k].equal(after[k]) for k in visual if k in after)
+
+
+@pytest.mark.parametrize("strategy", ["cot", "multitask", "dynamic"])
+def test_an_eval_set_without_cot_text_is_scored_on_its_plain_view(train, tmp_path_factory, strategy):
+    """eval_dataset without a cot column: fine for every strategy; at step 0 (same weights) its eval_loss is the
+    plain view's, i.e. what sft reports."""
+    data = tmp_path_factory.mktemp(f"nocot_eval_{strategy}")
+    write_plugin_dataset(data, "toy", n=8)
+    info = json.loads((data / "dataset_info.json").read_text())
+    info["plain_eval"] = {**info["toy"], "columns": {k: v for k, v in info["toy"]["columns"].items() if k != "cot"}}
+    (data / "dataset_info.json").write_text(json.dumps(info))
+    common = dict(dataset_dir=data, eval_dataset="plain_eval", eval_strategy="steps", eval_steps=4, eval_on_start=True,
+                  per_device_eval_batch_size=2)
+    ours, _ = train(dyncot_strategy=strategy, dyncot_gamma=1.0e6, **common)
+    sft, _ = train(dyncot_strategy="sft", **common)
+
+    def eval_losses(out):
+        return [e["eval_loss"] for e in json.loads((out / "trainer_state.json").read_text())["log_history"]
+                if "eval_loss" in e]
+
+    assert len(eval_losses(ours)) == 2
+    assert eval_losses(ours)[0] == pytest.approx(eval_losses(sft)[0], rel=1e-6)

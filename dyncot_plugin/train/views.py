@@ -71,7 +71,7 @@ def attach_cot_columns(
     dataset_list: list[Any], dataset_names: list[str] | None, dataset_dir: str | dict, is_eval: bool = False
 ) -> None:
     """Record ``dyncot_name``, ``dyncot_cot_column`` and ``dyncot_is_eval`` on each ``DatasetAttr`` (LLaMA-Factory
-    drops the ``cot`` key)."""
+    drops the ``cot`` key), and refuse an empty dataset file by name."""
     if not dataset_names:
         return
     if isinstance(dataset_dir, dict):
@@ -83,6 +83,7 @@ def attach_cot_columns(
             info = {}  # LLaMA-Factory itself reports a broken dataset_info.json
     for name, attr in zip(dataset_names, dataset_list):
         attr.dyncot_name = name
+        check_dataset_file(attr, dataset_dir)
         entry = info.get(name) if isinstance(info.get(name), dict) else {}
         attr.dyncot_cot_column = (entry.get("columns") or {}).get("cot")
         attr.dyncot_is_eval = is_eval
@@ -94,6 +95,26 @@ def _name(dataset_attr: Any) -> str:
 
 def _row_label(dataset: Any, index: int) -> str:
     return row_label(dataset[index] if "id" in dataset.column_names else None, index)
+
+
+def check_dataset_file(dataset_attr: Any, dataset_dir: str) -> None:
+    """A dataset file with no rows is an error naming the dataset, before LLaMA-Factory's loader fails on it
+    without the name. Only small files are read (a file of rows cannot be empty past a few bytes)."""
+    if getattr(dataset_attr, "load_from", None) != "file" or not isinstance(dataset_dir, str):
+        return
+    path = os.path.join(dataset_dir, dataset_attr.dataset_name)
+    if not os.path.isfile(path) or os.path.getsize(path) > 4096:
+        return
+    with open(path, "rb") as f:
+        head = f.read().strip()
+    if head in (b"", b"[]", b"{}"):
+        raise DynCotDataError(f"Dataset `{_name(dataset_attr)}` ({path}) has no rows; nothing to train or evaluate on.")
+
+
+def check_not_empty(dataset: Any, dataset_attr: Any) -> None:
+    if len(dataset) == 0:
+        path = getattr(dataset_attr, "dataset_name", "")
+        raise DynCotDataError(f"Dataset `{_name(dataset_attr)}` ({path}) has no rows; nothing to train or evaluate on.")
 
 
 def check_images(dataset: Any, dataset_attr: Any, media_dir: str) -> None:
@@ -163,7 +184,48 @@ def collect_cot(dataset: Any, dataset_attr: Any, dyncot_args: DynCotArguments) -
             f"[dyncot] dataset `{name}`: {len(missing)} sample(s) without CoT text train on their plain target "
             f"(dyncot_missing_cot=sft)."
         )
+    check_cot_answers(dataset, dataset_attr, cots, dyncot_args.dyncot_cot_mismatch)
     return cots
+
+
+def plain_answers(dataset: Any, dataset_attr: Any) -> list[str | None]:
+    """The last assistant turn of every raw row (the plain target), read with the dataset's own column and tags."""
+    if dataset_attr.formatting == "alpaca":
+        column = dataset_attr.response
+        return list(dataset[column]) if column in dataset.column_names else [None] * len(dataset)
+    column = dataset_attr.messages
+    if column not in dataset.column_names:
+        return [None] * len(dataset)
+    role, content = dataset_attr.role_tag or "role", dataset_attr.content_tag or "content"
+    answers: list[str | None] = []
+    for turns in dataset[column]:
+        found = [t.get(content) for t in turns or [] if isinstance(t, dict) and t.get(role) == dataset_attr.assistant_tag]
+        answers.append(found[-1] if found and isinstance(found[-1], str) else None)
+    return answers
+
+
+def check_cot_answers(dataset: Any, dataset_attr: Any, cots: list[str | None], policy: str) -> int:
+    """Count the CoT texts whose ``<answer>`` says something else than the row's plain answer (the task's
+    ``answers_agree``: stemmed keyphrase sets for MMKP, the option letter for ScienceQA); ``policy`` ``error``
+    stops with the dataset and rows, ``warn`` logs them. Returns how many disagree."""
+    from dyncot_plugin.tasks import detect_task
+
+    answers = plain_answers(dataset, dataset_attr)
+    known = [a for a in answers if a is not None]
+    if not known:
+        return 0
+    agree = detect_task(known).load_scorer().answers_agree
+    bad = [i for i, (cot, plain) in enumerate(zip(cots, answers)) if cot and plain is not None and not agree(cot, plain)]
+    if bad:
+        rows = ", ".join(_row_label(dataset, i) for i in bad[:5]) + (" …" if len(bad) > 5 else "")
+        message = (
+            f"Dataset `{_name(dataset_attr)}`: {len(bad)} CoT text(s) whose <answer> differs from the row's plain "
+            f"answer: {rows}."
+        )
+        if policy == "error":
+            raise DynCotDataError(f"{message} Fix them (dyncot-data gen-cot --overwrite) or set dyncot_cot_mismatch: warn.")
+        logger.warning_rank0(f"[dyncot] {message} They train as they are (dyncot_cot_mismatch=warn).")
+    return len(bad)
 
 
 @dataclass
@@ -214,7 +276,7 @@ class DualViewDatasetProcessor(SupervisedDatasetProcessor):
 
 def cot_status_counts(dataset: Any) -> dict[str, int] | None:
     """How many samples have a usable CoT view, none, or one too long for ``cutoff_len``."""
-    if dataset is None or not hasattr(dataset, "column_names") or COT_STATUS not in dataset.column_names:
+    if COT_STATUS not in (getattr(dataset, "column_names", None) or ()):  # None, or streamed (names unknown)
         return None
     statuses = dataset[COT_STATUS]
     return {

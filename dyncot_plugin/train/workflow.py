@@ -7,7 +7,7 @@ saving, evaluation and prediction exactly as users know them. What a plugin run 
 ``llamafactory.train.sft.workflow.get_dataset``             both targets per sample (the loader swaps below)
 ``...sft.workflow.SFTDataCollatorWith4DAttentionMask``      :class:`~dyncot_plugin.train.views.DualViewDataCollator`
 ``...sft.workflow.CustomSeq2SeqTrainer``                    :class:`~dyncot_plugin.train.trainer.DynCotTrainer`
-``...sft.workflow.plot_loss``                               also plot ``cot_ratio``
+``...sft.workflow.plot_loss``                               also plot ``cot_ratio`` and ``gamma``
 ``llamafactory.data.loader.get_dataset_list``               remember each dataset's name and CoT column
 ``llamafactory.data.loader.align_dataset``                  check images and CoT text, carry the CoT column
 ``llamafactory.data.loader._get_dataset_processor``         tokenise both targets behind the same prompt
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from typing import Any
 from llamafactory.extras import logging
 
 from dyncot_plugin.config import DynCotArguments, DynCotConfigError
+from dyncot_plugin.io.read import InputError
 from dyncot_plugin.train.metrics import LOGGED_KEYS
 
 logger = logging.get_logger(f"llamafactory.{__name__}")  # under LLaMA-Factory's handler and verbosity
@@ -82,8 +84,11 @@ def _trainer(original: Callable, run: Run) -> Callable:
 
 
 def _plot_loss(original: Callable, run: Run) -> Callable:
+    from dyncot_plugin.train.plots import plot_cot_ratio
+
     def plot_loss(save_dictionary: str, keys: list[str] = ["loss"]) -> None:  # noqa: B006 (LLaMA-Factory's signature)
-        original(save_dictionary, keys=list(keys) + ["cot_ratio"])
+        original(save_dictionary, keys=keys)
+        plot_cot_ratio(save_dictionary)
 
     return plot_loss
 
@@ -101,13 +106,17 @@ def _get_dataset_list(original: Callable, run: Run) -> Callable:
 
 
 def _align_dataset(original: Callable, run: Run) -> Callable:
-    from dyncot_plugin.train.views import COT_COLUMN, check_images, collect_cot
+    from dyncot_plugin.train.views import COT_COLUMN, check_images, check_not_empty, collect_cot
 
     def align_dataset(dataset, dataset_attr, data_args, training_args):
+        if data_args.streaming:  # only sft streams (check_compatibility): LLaMA-Factory's own path
+            return original(dataset, dataset_attr, data_args, training_args)
+        check_not_empty(dataset, dataset_attr)
         check_images(dataset, dataset_attr, data_args.media_dir)
+        if not run.dyncot_args.needs_cot:
+            return original(dataset, dataset_attr, data_args, training_args)
         cots = collect_cot(dataset, dataset_attr, run.dyncot_args)
-        aligned = original(dataset, dataset_attr, data_args, training_args)
-        return aligned.add_column(COT_COLUMN, cots) if run.dyncot_args.needs_cot else aligned
+        return original(dataset, dataset_attr, data_args, training_args).add_column(COT_COLUMN, cots)
 
     return align_dataset
 
@@ -116,7 +125,7 @@ def _dataset_processor(original: Callable, run: Run) -> Callable:
     from dyncot_plugin.train.views import DualViewDatasetProcessor
 
     def _get_dataset_processor(data_args, stage, template, tokenizer, processor, do_generate=False):
-        if stage != "sft" or do_generate:
+        if stage != "sft" or do_generate or not run.dyncot_args.needs_cot:  # sft: LLaMA-Factory's own (packing too)
             return original(data_args, stage, template, tokenizer, processor, do_generate)
         return DualViewDatasetProcessor(
             template=template, tokenizer=tokenizer, processor=processor, data_args=data_args,
@@ -154,19 +163,81 @@ def swapped(table: tuple[tuple[str, str, Callable], ...], run: Run) -> Iterator[
 
 
 # ------------------------------------------------------------------------------------------------ the run
-def check_compatibility(dyncot_args: DynCotArguments, data_args: Any, training_args: Any) -> None:
-    """Settings the strategies cannot honour, refused before the model loads."""
-    if not dyncot_args.needs_cot:
-        return
-    strategy = dyncot_args.dyncot_strategy
-    if data_args.packing or data_args.neat_packing:
-        raise DynCotConfigError(
-            f"dyncot_strategy={strategy} chooses a target per sample, which packing (`packing`/`neat_packing`) "
-            "hides by merging samples into one row. Set `packing: false`."
+USER_ERRORS = (DynCotConfigError, InputError)  # bad recipe keys, refused options, bad dataset rows
+
+
+@contextmanager
+def reported_errors() -> Iterator[None]:
+    """A user error ends the run with one ``[dyncot-plugin] error:`` line and exit code 2, without a traceback (on
+    every rank: each names the same problem)."""
+    try:
+        yield
+    except USER_ERRORS as err:
+        print(f"[dyncot-plugin] error: {err}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+
+
+def _refuse(option: str, why: str, fix: str) -> None:
+    raise DynCotConfigError(f"dyncot-plugin cannot honour `{option}`: {why}. {fix}")
+
+
+def check_compatibility(
+    dyncot_args: DynCotArguments, model_args: Any, data_args: Any, training_args: Any, finetuning_args: Any
+) -> None:
+    """LLaMA-Factory options the plugin cannot honour, refused by name before the model loads (the README's table
+    lists what is supported and tested). ``sft`` runs LLaMA-Factory's own data path, so packing and streaming work
+    there as in vanilla."""
+    strategy = dyncot_args.strategy
+    name = dyncot_args.dyncot_strategy
+    from llamafactory.data.template import TEMPLATES, ReasoningTemplate
+    from llamafactory.model.loader import load_config
+
+    from dyncot_plugin.train.families import MODEL_TYPE_TO_FAMILY
+
+    model_type = getattr(load_config(model_args), "model_type", None)  # config.json only, no weights
+    family = MODEL_TYPE_TO_FAMILY.get(model_type or "")
+    if family is not None and family.unsupported and strategy.views == "both":
+        _refuse(f"model_type: {model_type}", family.unsupported, "Use dyncot_strategy sft or cot with this model.")
+
+    if isinstance(TEMPLATES.get(data_args.template), ReasoningTemplate):
+        sibling = f"{data_args.template}_nothink"
+        fix = f"use `template: {sibling}`" if sibling in TEMPLATES else "use a template without built-in thinking"
+        _refuse(
+            f"template: {data_args.template}",
+            "it is a reasoning template, which writes its own (empty) <think> block into every plain answer, so the "
+            "plain and CoT views no longer differ only by the reasoning and every plain output reads as thinking",
+            f"The plugin supplies the <think>…</think> targets itself: {fix}.",
         )
-    if data_args.streaming:
-        raise DynCotConfigError(f"dyncot_strategy={strategy} does not support `streaming: true` yet.")
-    if data_args.tokenized_path is not None:
+    if strategy.needs_cot:
+        if data_args.packing or data_args.neat_packing:
+            _refuse(
+                "packing" if data_args.packing else "neat_packing",
+                f"dyncot_strategy={name} chooses a target per sample, which packing hides by merging samples into one "
+                "row",
+                "Set `packing: false` (dyncot_strategy: sft packs as LLaMA-Factory does).",
+            )
+        if data_args.streaming:
+            _refuse(
+                "streaming", f"dyncot_strategy={name} reads both views of every sample from a map-style dataset",
+                "Set `streaming: false` (dyncot_strategy: sft streams as LLaMA-Factory does).",
+            )
+    if strategy.batch == "stack":
+        for option in ("use_dft_loss", "use_eaft_loss", "use_asft_loss"):
+            if getattr(finetuning_args, option, False):
+                _refuse(
+                    option, "multitask computes its own loss (the mean of the plain and CoT token means)",
+                    "Use it with dyncot_strategy sft, cot or dynamic, whose batches go through LLaMA-Factory's loss.",
+                )
+    if strategy.batch in ("select", "stack"):
+        for option in ("enable_liger_kernel", "use_unsloth"):
+            if getattr(model_args, option, False):
+                _refuse(
+                    option,
+                    f"dyncot_strategy={name} needs the model's logits (the selection pass scores answer tokens; "
+                    "multitask averages two losses), which these patched forwards fuse away",
+                    "Use it with dyncot_strategy sft or cot.",
+                )
+    if data_args.tokenized_path is not None and strategy.needs_cot:
         logger.warning_rank0(
             "[dyncot] `tokenized_path`: a dataset tokenised without the plugin has no CoT views; "
             "let the plugin tokenise it (remove the folder) if training fails."
@@ -183,8 +254,13 @@ def run_dyncot_sft(
     generating_args,
     callbacks=None,
 ):
-    check_compatibility(dyncot_args, data_args, training_args)
-    logger.info_rank0(f"[dyncot] strategy={dyncot_args.dyncot_strategy} gamma={dyncot_args.dyncot_gamma}")
+    check_compatibility(dyncot_args, model_args, data_args, training_args, finetuning_args)
+    target = dyncot_args.dyncot_target_cot_ratio
+    logger.info_rank0(
+        f"[dyncot] strategy={dyncot_args.dyncot_strategy} gamma={dyncot_args.dyncot_gamma}"
+        + (f" target_cot_ratio={target} window={dyncot_args.dyncot_target_window}" if target is not None else "")
+        + (f" cot_when={dyncot_args.dyncot_cot_when}" if dyncot_args.dyncot_cot_when != "below" else "")
+    )
     if dyncot_args.dyncot_eval_samples > 0 and training_args.predict_with_generate:
         raise DynCotConfigError(
             "dyncot_eval_samples generates during training; with `predict_with_generate: true` LLaMA-Factory builds "
@@ -194,4 +270,14 @@ def run_dyncot_sft(
         return original_run_sft(model_args, data_args, training_args, finetuning_args, generating_args, callbacks)
 
 
-__all__ = ["LOADER_SWAPS", "LOGGED_KEYS", "SFT_WORKFLOW_SWAPS", "Run", "check_compatibility", "run_dyncot_sft", "swapped"]
+__all__ = [
+    "LOADER_SWAPS",
+    "LOGGED_KEYS",
+    "SFT_WORKFLOW_SWAPS",
+    "USER_ERRORS",
+    "Run",
+    "check_compatibility",
+    "reported_errors",
+    "run_dyncot_sft",
+    "swapped",
+]
