@@ -1,26 +1,40 @@
 #!/usr/bin/env bash
-# CPU demo (about 1-2 minutes): build a tiny random Qwen2-VL, fine-tune it with Dynamic CoT through
-# `llamafactory-cli train` on the bundled MMKP sample (data_info/mmkp_demo*), generate on the held-out posts,
-# and print the training curve (loss, cot_ratio) and the keyphrase metrics.
-# Run from anywhere; outputs go to outputs/demo/ in the repository.
+# CPU demo (about 3 minutes on 2 cores): Dynamic CoT with a target CoT share, through `llamafactory-cli train`.
+#  1. write the SYNTHETIC demo set (`dyncot-data synth-demo-data`: hashtags follow from the post's words or from
+#     the image colour; 256 training and 48 held-out posts) and a tiny random Qwen2-VL whose tokenizer is trained on it;
+#  2. fine-tune it with dyncot_strategy: dynamic, dyncot_target_cot_ratio: 0.5 (examples/tiny_synth_dyncot_cpu.yaml);
+#  3. generate on the held-out posts three times: the model decides (dyncot_think=auto), always thinks, never thinks;
+#  4. print the cot_ratio / γ curve and the keyphrase scores per thinking mode (dyncot-eval mmkp).
+# Run from anywhere; everything is written under outputs/ in the repository. Same numbers on every run (seeds,
+# one thread).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false WANDB_DISABLED=true
-export CUDA_VISIBLE_DEVICES="${CUDA_VISIBLE_DEVICES-}"
+export CUDA_VISIBLE_DEVICES="${CUDA_VISIBLE_DEVICES-}" OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
+mkdir -p outputs/demo
 
-echo "== 1/4 build the tiny model (random weights, tokenizer trained on the spot)"
-dyncot-tiny-model outputs/tiny-qwen2vl
+echo "== 1/4 synthetic demo data (outputs/demo/data) and a tiny random Qwen2-VL (outputs/tiny-qwen2vl-synth)"
+dyncot-data synth-demo-data -o outputs/demo/data
+dyncot-tiny-model outputs/tiny-qwen2vl-synth --corpus-from outputs/demo/data --hidden-size 128 --num-layers 4 2>/dev/null
 
-echo "== 2/4 llamafactory-cli train examples/tiny_dyncot_cpu.yaml   (dyncot_strategy: dynamic)"
-llamafactory-cli train examples/tiny_dyncot_cpu.yaml > outputs/demo_train.log 2>&1 || { tail -40 outputs/demo_train.log; exit 1; }
-grep "\[dyncot\]" outputs/demo_train.log | sed 's/.*>> //'
+echo "== 2/4 llamafactory-cli train examples/tiny_synth_dyncot_cpu.yaml   (dynamic, target CoT share 0.5)"
+llamafactory-cli train examples/tiny_synth_dyncot_cpu.yaml > outputs/demo/train.log 2>&1 \
+    || { tail -40 outputs/demo/train.log; exit 1; }
+grep "\[dyncot\]" outputs/demo/train.log | sed 's/.*>> //'
 
-echo "== 3/4 llamafactory-cli train examples/tiny_predict_cpu.yaml  (generate on 8 held-out posts)"
-llamafactory-cli train examples/tiny_predict_cpu.yaml > outputs/demo_predict.log 2>&1 || { tail -40 outputs/demo_predict.log; exit 1; }
+echo "== 3/4 llamafactory-cli train examples/tiny_synth_predict_cpu.yaml  (48 held-out posts; think auto, always, never)"
+for mode in auto always never; do
+    llamafactory-cli train examples/tiny_synth_predict_cpu.yaml dyncot_think=$mode output_dir=outputs/demo/synth_$mode \
+        > outputs/demo/predict_$mode.log 2>&1 || { tail -40 outputs/demo/predict_$mode.log; exit 1; }
+done
 
 echo "== 4/4 results"
-python -m dyncot_plugin.train.report outputs/demo/dynamic
-dyncot-eval mmkp --predictions outputs/demo/predict/generated_predictions.jsonl \
-    --dataset data_info/mmkp_demo_eval.json --train data_info/mmkp_demo.json
-echo "Plots: outputs/demo/dynamic/training_loss.png, outputs/demo/dynamic/training_cot_ratio.png"
-echo "(A random tiny model cannot predict keyphrases: the point is the pipeline. Real recipes: examples/qwen2vl_*.yaml)"
+python -m dyncot_plugin.train.report outputs/demo/synth_dynamic
+dyncot-eval mmkp \
+    --predictions auto=outputs/demo/synth_auto/generated_predictions.jsonl \
+    --predictions always=outputs/demo/synth_always/generated_predictions.jsonl \
+    --predictions never=outputs/demo/synth_never/generated_predictions.jsonl \
+    --dataset outputs/demo/data/mmkp_synth_eval.json --train outputs/demo/data/mmkp_synth.json
+echo "Plots: outputs/demo/synth_dynamic/training_loss.png, outputs/demo/synth_dynamic/training_cot_ratio.png"
+echo "(Synthetic posts: 'image' posts need the colour and a rationale; 'text' posts name their hashtags. Real recipes:"
+echo " examples/qwen2vl_*.yaml, examples/qwen2_5vl_7b_*.yaml.)"

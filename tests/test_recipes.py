@@ -21,7 +21,8 @@ RECIPES = [p for p in FILES if p.suffix == ".yaml"]
 DEEPSPEED = [p for p in FILES if p.parent.name == "deepspeed" and p.suffix == ".json"]
 SCRIPTS = [p for p in FILES if p.suffix == ".sh"]
 # Owned by the CPU demo (tiny random models, outputs/); every other training recipe is a GPU recipe.
-CPU_DEMO = {"tiny_dyncot_cpu.yaml", "tiny_predict_cpu.yaml"}
+CPU_DEMO = {"tiny_dyncot_cpu.yaml", "tiny_predict_cpu.yaml", "tiny_synth_dyncot_cpu.yaml",
+            "tiny_synth_predict_cpu.yaml"}
 
 
 def load(name: str) -> dict:
@@ -74,6 +75,10 @@ def test_recipe_parses_and_names_what_exists(recipe, scienceqa_info):
         parse_dyncot_args({**dyncot, key: yaml.safe_load(value)})
     if config["dataset_dir"] == "data_info":
         info = json.loads((ROOT / "data_info" / "dataset_info.json").read_text())
+    elif config["dataset_dir"] == "outputs/demo/data":  # written by demo_cpu.sh: dyncot-data synth-demo-data
+        from dyncot_plugin.tasks.mmkp.synthetic_demo import EVAL_NAME, TRAIN_NAME
+
+        info = {TRAIN_NAME: {}, EVAL_NAME: {}}
     else:
         assert config["dataset_dir"] == "data/scienceqa", recipe.name
         info = scienceqa_info

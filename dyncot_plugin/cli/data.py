@@ -11,6 +11,7 @@ COMMANDS = {
     "stats": "dyncot_plugin.tasks.mmkp.stats",
     "resplit": "dyncot_plugin.tasks.mmkp.resplit",
     "demo-data": "dyncot_plugin.tasks.mmkp.demo",
+    "synth-demo-data": "dyncot_plugin.tasks.mmkp.synthetic_demo",
     "gen-cot": "dyncot_plugin.teacher.gen_cot",
     "convert-scienceqa": "dyncot_plugin.tasks.scienceqa.convert",
     "build-stage2": "dyncot_plugin.tasks.scienceqa.stage2",

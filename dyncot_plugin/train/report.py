@@ -1,4 +1,4 @@
-"""Print a run's training curve (loss, cot_ratio, selection loss) from LLaMA-Factory's ``trainer_log.jsonl``.
+"""Print a run's training curve (loss, cot_ratio, γ, selection loss) from LLaMA-Factory's ``trainer_log.jsonl``.
 
     python -m dyncot_plugin.train.report OUTPUT_DIR
 """
@@ -18,11 +18,12 @@ def training_rows(output_dir: str | Path) -> list[dict]:
 
 
 def format_training_report(rows: list[dict]) -> str:
-    lines = [f"{'step':>6} {'loss':>8} {'cot_ratio':>10} {'sel_loss':>9}"]
+    lines = [f"{'step':>6} {'loss':>8} {'cot_ratio':>10} {'gamma':>8} {'sel_loss':>9}"]
     for e in rows:
         cot = f"{e['cot_ratio']:.3f}" if "cot_ratio" in e else "-"
+        gamma = f"{e['gamma']:.3f}" if "gamma" in e else "-"
         sel = f"{e['selection_loss']:.3f}" if "selection_loss" in e else "-"
-        lines.append(f"{e['current_steps']:>6} {e['loss']:>8.4f} {cot:>10} {sel:>9}")
+        lines.append(f"{e['current_steps']:>6} {e['loss']:>8.4f} {cot:>10} {gamma:>8} {sel:>9}")
     with_ratio = [e["cot_ratio"] for e in rows if "cot_ratio" in e]
     if with_ratio:
         lines.append(f"mean cot_ratio {sum(with_ratio) / len(with_ratio):.3f} over {len(with_ratio)} logged steps")
