@@ -7,20 +7,27 @@ here, as in LLaMA-Factory) the training forward then reuses that pass's image fe
 step in both arms (``--variants recompute_vision`` times the run without the reuse). The script checks that they really
 train the same thing (same loss, step for step, from the same weights).
 
-What runs is the plugin's real code path, assembled the way ``llamafactory-cli train`` assembles it: LLaMA-Factory's
-``get_train_args`` / ``load_tokenizer`` / ``get_template_and_fix_tokenizer`` / ``load_model`` (full fine-tuning,
-frozen vision tower, gradient checkpointing: LLaMA-Factory's defaults), the plugin's ``get_dataset`` (both views
-per sample), ``DualViewDataCollator`` and ``DynCotTrainer``. One timed step of an arm is
+What runs is exactly what ``llamafactory-cli train`` builds for each arm's recipe: ``dyncot_plugin.testing.assemble``
+runs LLaMA-Factory's own ``run_sft`` under the plugin's swap tables (model loading with LLaMA-Factory's defaults:
+full fine-tuning, frozen vision tower, gradient checkpointing; the plugin's dataset, ``DualViewDataCollator`` and
+``DynCotTrainer``) and stops it at ``trainer.train()``. Each arm has its own model, loaded from the same folder. One
+timed step of an arm is one optimizer step as the Trainer's loop runs it:
 
-    trainer.build_training_batch(batch)        # dynamic: selection forward + merge_views; sft: nothing
-    trainer.training_step(model, batch, n)     # forward + backward (LLaMA-Factory's loss)
+    trainer.get_batch_samples(iter([batch]), 1, device)   # dynamic: selection forward + gamma + merge_views;
+                                                          # then the token count (num_items_in_batch)
+    trainer.training_step(model, batch, num_items)        # forward + backward (LLaMA-Factory's loss)
     clip_grad_norm_ + optimizer.step() + zero_grad()
 
-on batches collated beforehand (collation is timed separately: with ``dataloader_num_workers > 0`` it runs in the
-loader workers). The model is a random-init Qwen2-VL (tokenizer and processor from
-``dyncot_plugin.testing.tiny_model``; model sizes from ``--shape``), built in a temp dir. Samples are synthetic
-MMKP-shaped rows: one image, a post, a plain answer ("kp1; kp2") and a CoT answer
-("<think>…</think><answer>…</answer>"), lengths drawn from ``--prompt-len`` / ``--answer-len`` / ``--cot-len``.
+on batches collated beforehand by the run's collator (collation is timed separately: with
+``dataloader_num_workers > 0`` it runs in the loader workers). The model is a random-init Qwen2-VL (tokenizer and
+processor from ``dyncot_plugin.testing.tiny_model``; model sizes from ``--shape``, see ``_models.py``), built in a
+temp dir. Samples are synthetic MMKP-shaped rows as the CMKP converter writes them: one image, a post, a plain answer
+("kp1; kp2") and a CoT answer ("<think>…</think><answer>…</answer>"), lengths drawn from ``--prompt-len`` /
+``--answer-len`` / ``--cot-len``.
+
+``--variants target`` adds an arm with ``dyncot_target_cot_ratio: 0.5``: γ is re-estimated from every step's losses
+(``dyncot_plugin/train/gamma.py``), so about half the rows train on their (longer) CoT view. Its cost of interest is
+the controller's own: its update is timed inside the step (``gamma ms``) and compared with the step.
 
 Time: all arms run in ONE process, interleaved over the same batches: round r runs every arm (in an order that
 rotates and reverses from round to round) over that round's batches, each arm starting from the same weights and
@@ -37,6 +44,7 @@ minus the resident memory just before the measured steps (weights, optimizer sta
     python benchmarks/bench_dynamic.py --vocab-size 151936      # same, Qwen2's real vocabulary
     python benchmarks/bench_dynamic.py --shape qwen2vl-2b       # GPU: Qwen2-VL-2B's shape, bf16
     python benchmarks/bench_dynamic.py --variants recompute_vision  # also time dynamic without image-feature reuse
+    python benchmarks/bench_dynamic.py --variants target        # also time the target-share controller
     python benchmarks/bench_dynamic.py --estimate-only --shape qwen2vl-2b   # FLOP estimate only, no model
 
 The last line of the output is ``BENCH_JSON {...}`` (also written with ``--json PATH``). Exit status 0 whatever the
@@ -51,7 +59,6 @@ import json
 import math
 import os
 import platform
-import random
 import re
 import shutil
 import statistics
@@ -62,31 +69,19 @@ import time
 from pathlib import Path
 
 from _common import cpu_model, emit_json
+from _models import SHAPES, build_model_dir, write_rows
 
 TIME_TARGET, MEMORY_TARGET = 1.40, 1.10
 
-# Model shapes. `qwen2vl-2b` is Qwen2-VL-2B-Instruct's config (2.21 B parameters: Qwen2-1.5B with tied embeddings +
-# a 675 M ViT). `mid` keeps 2B's proportions at a size 2 CPU cores train in a few seconds a step: per text token the
-# decoder has ~40 M non-embedding weights, the vision tower ~0.48x that per patch (2B: 629 M vs 1,310 M) and the
-# LM head ~0.18x (2B: 233 M vs 1,310 M; hence 14,336 ids), so the selection pass costs about the share of a step it
-# costs at 2B. `tiny` is for smoke runs.
-SHAPES = {
-    "tiny": dict(hidden=64, layers=2, heads=4, kv_heads=2, intermediate=128, vocab=1024,
-                 vision_depth=1, vision_embed=32, vision_heads=2, mlp_ratio=2, tie=True),
-    "mid": dict(hidden=512, layers=8, heads=8, kv_heads=2, intermediate=2816, vocab=14336,
-                vision_depth=8, vision_embed=448, vision_heads=7, mlp_ratio=4, tie=True),
-    "qwen2vl-2b": dict(hidden=1536, layers=28, heads=12, kv_heads=2, intermediate=8960, vocab=151936,
-                       vision_depth=32, vision_embed=1280, vision_heads=16, mlp_ratio=4, tie=True),
-}
-
-# Extra `dynamic` arms: a candidate change to DynCotTrainer tried by subclassing, or a plugin option turned off.
+# Extra `dynamic` arms: a candidate change to DynCotTrainer tried by subclassing, or a plugin option.
 VARIANTS = {
     "inference_mode": "selection forward under torch.inference_mode() instead of torch.no_grad()",
     "recompute_vision": "dyncot_reuse_image_features: false (the vision tower runs in both forwards)",
+    "target": "dyncot_target_cot_ratio: 0.5 (gamma re-estimated every step; about half the rows train on CoT)",
 }
-
-INSTRUCTION = 'Generate hashtag-style keyphrases for this social-media post and its image. Separate keyphrases with "; ".'
+TARGET_RATIO = 0.5
 RESULT_PREFIX = "BENCH_RESULT "
+QWEN2_VL_SHAPES = sorted(name for name, shape in SHAPES.items() if shape["family"] == "qwen2_vl")  # FLOP model's
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -115,96 +110,6 @@ def summary(values: list[float]) -> dict[str, float]:
             "max": max(values), "n": len(values)}
 
 
-# --------------------------------------------------------------------------------------- model and data
-def build_model_dir(out: Path, shape: dict, vocab: int, max_pixels: int, seed: int, weights: bool, device: str) -> Path:
-    """Tokenizer + processor of the tiny builder, with a random model of ``shape`` (when ``weights``)."""
-    from dyncot_plugin.testing.tiny_model import build_tiny_qwen2vl
-
-    build_tiny_qwen2vl(out, seed=seed, num_layers=1, min_pixels=56 * 56, max_pixels=max_pixels)
-    if not weights:
-        return out
-    import torch
-    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
-
-    cfg = json.loads((out / "config.json").read_text())
-    from transformers import AutoTokenizer
-
-    n_tokens = len(AutoTokenizer.from_pretrained(out))
-    if vocab < n_tokens:
-        raise SystemExit(f"--vocab-size {vocab} is below the tokenizer's {n_tokens} tokens")
-    head_dim = shape["hidden"] // shape["heads"]
-    half = head_dim // 2
-    hw = (half - max(1, half // 4)) // 2  # 64 -> [8, 12, 12], 128 -> [16, 24, 24] (Qwen2-VL's)
-    text = cfg["text_config"]
-    text.update(hidden_size=shape["hidden"], intermediate_size=shape["intermediate"],
-                num_hidden_layers=shape["layers"], num_attention_heads=shape["heads"],
-                num_key_value_heads=shape["kv_heads"], vocab_size=vocab, max_window_layers=shape["layers"],
-                layer_types=["full_attention"] * shape["layers"], tie_word_embeddings=shape["tie"],
-                max_position_embeddings=32768)
-    text["rope_parameters"]["mrope_section"] = [half - 2 * hw, hw, hw]
-    cfg["vision_config"].update(depth=shape["vision_depth"], embed_dim=shape["vision_embed"],
-                                num_heads=shape["vision_heads"], mlp_ratio=shape["mlp_ratio"],
-                                hidden_size=shape["hidden"])
-    cfg["tie_word_embeddings"] = shape["tie"]
-    big = device == "cuda"
-    cfg["dtype"] = "bfloat16" if big else "float32"
-    (out / "config.json").write_text(json.dumps(cfg, indent=2))
-    config = Qwen2VLConfig.from_pretrained(out)
-    state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    try:
-        with torch.device(device):
-            model = Qwen2VLForConditionalGeneration(config)
-    finally:
-        torch.random.set_rng_state(state)
-    model = model.to(torch.bfloat16 if big else torch.float32)
-    (out / "model.safetensors").unlink(missing_ok=True)
-    model.save_pretrained(out, safe_serialization=True)
-    del model
-    return out
-
-
-def write_rows(data_dir: Path, model_dir: Path, n: int, args, seed: int) -> str:
-    """``n`` MMKP-shaped rows (image, post, plain answer, CoT) with token lengths drawn from the CLI ranges."""
-    from transformers import AutoTokenizer
-
-    from dyncot_plugin.testing.lf_runner import make_image, write_sharegpt_dataset
-
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    words = sorted({t[1:] for t in tok.get_vocab() if t.startswith("Ġ") and t[1:].isalpha() and len(t) > 3})
-    rng = random.Random(seed)
-
-    def text(n_tokens: int, sep: str = " ") -> str:
-        out = []
-        while len(tok(sep.join(out))["input_ids"]) < n_tokens:
-            out.append(rng.choice(words))
-        return sep.join(out)
-
-    def draw(bounds):
-        return rng.randint(*bounds)
-
-    base = len(tok(INSTRUCTION + "\nPost: ")["input_ids"])
-    rows = []
-    for i in range(n):
-        keyphrases = text(draw(args.answer_len), sep="; ")
-        answer_tokens = len(tok(keyphrases)["input_ids"])
-        think = text(max(1, draw(args.cot_len) - answer_tokens - 4))
-        rows.append({
-            "id": f"bench_{i:05d}",
-            "messages": [
-                {"role": "user", "content": f"<image>{INSTRUCTION}\nPost: {text(max(1, draw(args.prompt_len) - base))}"},
-                {"role": "assistant", "content": keyphrases},
-            ],
-            "images": [make_image(data_dir / f"img_{i}.png", seed=i, size=args.image_size)],
-            "cot": f"<think>{think}</think><answer>{keyphrases}</answer>",
-        })
-    write_sharegpt_dataset(data_dir, "bench", rows)
-    info_path = data_dir / "dataset_info.json"
-    info = json.loads(info_path.read_text())
-    info["bench"]["columns"]["cot"] = "cot"
-    info_path.write_text(json.dumps(info, indent=2))
-    return "bench"
-
 
 # --------------------------------------------------------------------------------- trainer variants
 def make_trainer_class(variant: str | None):
@@ -212,8 +117,6 @@ def make_trainer_class(variant: str | None):
 
     from dyncot_plugin.train.trainer import DynCotTrainer
 
-    if variant is None:
-        return DynCotTrainer
     if variant == "inference_mode":
         class InferenceModeSelection(DynCotTrainer):
             def selection_losses(self, plain):
@@ -221,99 +124,80 @@ def make_trainer_class(variant: str | None):
                     return DynCotTrainer.selection_losses.__wrapped__(self, plain)
 
         return InferenceModeSelection
-    if variant == "recompute_vision":
-        return DynCotTrainer  # same class; the arm's DynCotArguments turn the reuse off
+    if variant in (None, "recompute_vision", "target"):
+        return None  # the run's own DynCotTrainer; the arm's dyncot_* keys make the difference
     raise SystemExit(f"unknown variant {variant!r}; known: {', '.join(VARIANTS)}")
+
+
+def arm_keys(arm: str) -> dict:
+    """The recipe's dyncot_* keys of one arm (gamma 0: dynamic trains exactly what sft trains)."""
+    strategy, _, variant = arm.partition("+")
+    keys = {"dyncot_strategy": strategy}
+    if strategy == "dynamic":
+        keys["dyncot_gamma"] = 0.0
+        keys["dyncot_reuse_image_features"] = variant != "recompute_vision"
+        if variant == "target":
+            keys["dyncot_target_cot_ratio"] = TARGET_RATIO
+    return keys
 
 
 # ------------------------------------------------------------------------------------------- worker
 class Bench:
-    """LLaMA-Factory + plugin set-up shared by the timing, memory and stats workers."""
+    """Each arm is the run `llamafactory-cli train` builds for its recipe (``assemble_sft``: LLaMA-Factory's run_sft
+    under the plugin's swap tables, stopped at ``trainer.train()``), with its own model loaded from the same folder."""
 
-    def __init__(self, ctx: dict, arms: list[str], with_model: bool = True):
+    def __init__(self, ctx: dict, arms: list[str]):
         import torch
-        from llamafactory.data import get_dataset, get_template_and_fix_tokenizer
-        from llamafactory.extras.constants import IGNORE_INDEX
-        from llamafactory.hparams import get_train_args
-        from llamafactory.model import load_model, load_tokenizer
 
-        from dyncot_plugin.config import DynCotArguments
-        from dyncot_plugin.strategies import STRATEGIES
-        from dyncot_plugin.train.families import family_of
-        from dyncot_plugin.train.views import DualViewDataCollator
-        from dyncot_plugin.train.workflow import SFT_WORKFLOW_SWAPS, Run
+        from dyncot_plugin.testing.assemble import assemble_sft
+        from dyncot_plugin.testing.lf_runner import tiny_sft_config
 
         self.torch = torch
         self.cuda = ctx["device"] == "cuda"
-        lf_args = {
-            "model_name_or_path": ctx["model_dir"], "trust_remote_code": False, "stage": "sft", "do_train": True,
-            "finetuning_type": "full", "freeze_vision_tower": True, "dataset": "bench",
-            "dataset_dir": ctx["data_dir"], "template": "qwen2_vl", "cutoff_len": 2048, "overwrite_cache": True,
-            "preprocessing_num_workers": 1, "dataloader_num_workers": 0, "output_dir": ctx["out_dir"],
-            "overwrite_output_dir": True, "per_device_train_batch_size": ctx["batch_size"],
-            "gradient_accumulation_steps": 1, "learning_rate": 5e-5, "lr_scheduler_type": "constant",
-            "max_steps": 1000, "bf16": self.cuda, "fp16": False, "report_to": "none", "save_strategy": "no",
-            "logging_steps": 1000, "seed": 0, "plot_loss": False, "image_max_pixels": ctx["max_pixels"],
-            "disable_gradient_checkpointing": not ctx["gradient_checkpointing"],
-        }
-        model_args, data_args, training_args, finetuning_args, _ = get_train_args(lf_args)
-        self.training_args = training_args
-        tokenizer_module = load_tokenizer(model_args)
-        template = get_template_and_fix_tokenizer(tokenizer_module["tokenizer"], data_args)
-        both_views = DynCotArguments(dyncot_strategy="dynamic", dyncot_gamma=0.0)
-        make_get_dataset = dict((name, factory) for _, name, factory in SFT_WORKFLOW_SWAPS)["get_dataset"]
-        dataset = make_get_dataset(get_dataset, Run(both_views))(
-            template, model_args, data_args, training_args, stage="sft", **tokenizer_module
-        )["train_dataset"]
-        self.model = load_model(tokenizer_module["tokenizer"], model_args, finetuning_args, True) if with_model else None
-        collator_kwargs = dict(
-            template=template, model=self.model, pad_to_multiple_of=8, label_pad_token_id=IGNORE_INDEX,
-            block_diag_attn=model_args.block_diag_attn, neat_packing=data_args.neat_packing,
-            attn_implementation=getattr(self.model.config, "_attn_implementation", None) if with_model else None,
-            compute_dtype=model_args.compute_dtype, **tokenizer_module,
+        recipe = tiny_sft_config(
+            ctx["model_dir"], ctx["data_dir"], "bench", ctx["out_dir"], freeze_vision_tower=True, cutoff_len=2048,
+            per_device_train_batch_size=ctx["batch_size"], learning_rate=5e-5, max_steps=1000, bf16=self.cuda,
+            logging_steps=1000, image_max_pixels=ctx["max_pixels"],
+            disable_gradient_checkpointing=not ctx["gradient_checkpointing"],
         )
         bs = ctx["batch_size"]
-        self.features = [[dataset[i] for i in range(b * bs, (b + 1) * bs)] for b in range(len(dataset) // bs)]
         self.arms = arms
-        self.batches, self.collate_s = {}, {}
+        self.trainers, self.batches, self.collate_s, self.gamma_s = {}, {}, {}, {}
         for arm in arms:
-            strategy = "sft" if arm == "sft" else "dynamic"
-            collator = DualViewDataCollator(
-                strategy=STRATEGIES[strategy], family=family_of(self.model) if with_model else None, **collator_kwargs
-            )
+            trainer_class = make_trainer_class(arm.partition("+")[2] or None)
+            built = assemble_sft({**recipe, **arm_keys(arm)}, trainer_class=trainer_class)
+            trainer, dataset = built.trainer, built.train_dataset
+            features = [[dataset[i] for i in range(b * bs, (b + 1) * bs)] for b in range(len(dataset) // bs)]
             self.batches[arm], times = [], []
-            for feats in self.features:
+            for feats in features:
                 start = time.perf_counter()
-                self.batches[arm].append(collator(copy.deepcopy(feats)))
+                self.batches[arm].append(built.collator(copy.deepcopy(feats)))
                 times.append(time.perf_counter() - start)
             self.collate_s[arm] = summary(times[1:] or times)
-        self.trainers = {}
-        if not with_model:
-            return
-        for arm in arms:
-            strategy, _, variant = arm.partition("+")
-            cls = make_trainer_class(variant or None)
-            self.trainers[arm] = cls(
-                model=self.model, args=training_args, finetuning_args=finetuning_args, data_collator=None,
-                train_dataset=dataset, gen_kwargs=None, **tokenizer_module,
-                dyncot_args=DynCotArguments(dyncot_strategy=strategy, dyncot_gamma=0.0,
-                                            dyncot_reuse_image_features=variant != "recompute_vision"),
-            )
-        # One model serves every arm: the image-feature reuse is installed on it once, shared by the arms using it.
-        shared = None
-        for trainer in self.trainers.values():
-            if trainer.dyncot_args.dyncot_strategy == "dynamic" and trainer.dyncot_args.dyncot_reuse_image_features:
-                shared = shared or trainer.image_feature_cache()
-                trainer._image_cache, trainer._image_cache_checked = shared, True
-        first = self.trainers[arms[0]]
-        # What Trainer.train does before the loop: accelerator.prepare (autocast on GPU bf16) and the optimizer.
-        wrapped = first.accelerator.prepare_model(self.model)
-        self.optimizer = first.create_optimizer()
-        for trainer in self.trainers.values():
-            trainer.model_wrapped = wrapped
-            trainer.optimizer = self.optimizer
+            # What Trainer.train does before its loop: accelerator.prepare (autocast on GPU bf16), the optimizer.
+            trainer.model_wrapped = trainer.accelerator.prepare_model(trainer.model)
+            trainer.create_optimizer()
             trainer.current_gradient_accumulation_steps = 1  # set by Trainer's loop
-        self.device = training_args.device
+            if trainer.gamma.adaptive:
+                self._time_gamma(arm, trainer)
+            self.trainers[arm] = trainer
+        self.training_args = built.training_args
+        self.model = self.trainers[arms[0]].model
+        self.device = built.training_args.device
+
+    def _time_gamma(self, arm: str, trainer) -> None:
+        """Accumulate the time of the target-share controller's update (the whole of its per-step cost)."""
+        update = trainer.gamma.update
+        self.gamma_s[arm] = 0.0
+
+        def timed(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return update(*args, **kwargs)
+            finally:
+                self.gamma_s[arm] += time.perf_counter() - start
+
+        trainer.gamma.update = timed
 
     # ------------------------------------------------------------------------------------ measurements
     def sync(self) -> None:
@@ -321,33 +205,41 @@ class Bench:
             self.torch.cuda.synchronize()
 
     def step(self, arm: str, index: int) -> dict[str, float]:
+        """One optimizer step as Trainer's loop runs it: get_batch_samples (the plugin's selection, then the token
+        count), training_step (forward + backward), clip + optimizer step."""
         trainer, batch = self.trainers[arm], self.batches[arm][index]
+        gamma0, cot0, rows0 = self.gamma_s.get(arm, 0.0), trainer._metrics["cot_rows"], trainer._metrics["rows"]
         self.sync()
         t0 = time.perf_counter()
-        trained = trainer.build_training_batch(batch)
+        trained, num_items = trainer.get_batch_samples(iter([batch]), 1, self.device)
         self.sync()
         t1 = time.perf_counter()
-        num_items = trainer._get_num_items_in_batch([trained], self.device)
-        loss = trainer.training_step(trainer.model_wrapped, trained, num_items)
+        loss = trainer.training_step(trainer.model_wrapped, trained[0], num_items)
         self.sync()
         t2 = time.perf_counter()
-        trainer.accelerator.clip_grad_norm_(self.model.parameters(), self.training_args.max_grad_norm)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        trainer.accelerator.clip_grad_norm_(trainer.model.parameters(), self.training_args.max_grad_norm)
+        trainer.optimizer.step()
+        trainer.optimizer.zero_grad(set_to_none=True)
         self.sync()
         t3 = time.perf_counter()
-        return {"select": t1 - t0, "train": t2 - t1, "optim": t3 - t2, "total": t3 - t0, "loss": float(loss)}
+        rows = trainer._metrics["rows"] - rows0
+        return {"select": t1 - t0, "train": t2 - t1, "optim": t3 - t2, "total": t3 - t0, "loss": float(loss),
+                "gamma": self.gamma_s.get(arm, 0.0) - gamma0,
+                "cot_share": (trainer._metrics["cot_rows"] - cot0) / rows if rows else 0.0}
 
-    def snapshot(self) -> None:
-        self._weights = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+    def snapshot(self, arm: str) -> None:
+        """``arm``'s weights and optimizer state, which :meth:`restore` loads into any arm."""
+        trainer = self.trainers[arm]
+        self._weights = {k: v.detach().to("cpu", copy=True) for k, v in trainer.model.state_dict().items()}
         cpu = lambda x: x.detach().to("cpu", copy=True) if self.torch.is_tensor(x) else copy.deepcopy(x)  # noqa: E731
-        state = self.optimizer.state_dict()
+        state = trainer.optimizer.state_dict()
         self._optim = {"state": {k: {n: cpu(v) for n, v in s.items()} for k, s in state["state"].items()},
                        "param_groups": copy.deepcopy(state["param_groups"])}
 
-    def restore(self) -> None:
-        self.model.load_state_dict(self._weights)
-        self.optimizer.load_state_dict(copy.deepcopy(self._optim))
+    def restore(self, arm: str) -> None:
+        trainer = self.trainers[arm]
+        trainer.model.load_state_dict(self._weights)
+        trainer.optimizer.load_state_dict(copy.deepcopy(self._optim))
 
     def batch_stats(self) -> dict:
         """Shapes of the plain view (and CoT view) of every batch, for the report and the FLOP estimate."""
@@ -375,17 +267,21 @@ class Bench:
 def run_worker(kind: str, ctx: dict) -> dict:
     import torch
 
-    if kind == "stats":
-        bench = Bench(ctx, ["dynamic"], with_model=False)
+    if kind == "stats":  # the model folder holds the 1-layer model of the tiny builder: batch shapes only
+        bench = Bench(ctx, ["dynamic"])
         return {"batches": bench.batch_stats()}
     if kind == "time":
         arms = ctx["arms"]
         bench = Bench(ctx, arms)
         n_params = sum(p.numel() for p in bench.model.parameters())
         n_trainable = sum(p.numel() for p in bench.model.parameters() if p.requires_grad)
-        for arm in arms:  # warm-up (allocator, optimizer state, kernels), untimed
+        # Warm-up (allocator, optimizer state, kernels), untimed: one step per arm, chained through the arms'
+        # models as if they were one, so that every segment starts from the same state.
+        for i, arm in enumerate(arms):
+            if i:
+                bench.restore(arm)
             bench.step(arm, 0)
-        bench.snapshot()
+            bench.snapshot(arm)
         rounds, per_round = ctx["rounds"], ctx["per_round"]
         records = {arm: [] for arm in arms}
         for r in range(rounds):
@@ -394,7 +290,7 @@ def run_worker(kind: str, ctx: dict) -> dict:
                 order = order[::-1]
             indices = [1 + r * per_round + i for i in range(per_round)]
             for arm in order:
-                bench.restore()
+                bench.restore(arm)
                 for i in indices:
                     rec = bench.step(arm, i)
                     rec.update(round=r, batch=i)
@@ -506,7 +402,7 @@ def length_stats(batches: list[dict]) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shape", choices=sorted(SHAPES), help="model shape (default: mid on CPU, qwen2vl-2b on GPU)")
+    parser.add_argument("--shape", choices=QWEN2_VL_SHAPES, help="model shape (default: mid on CPU, qwen2vl-2b on GPU)")
     parser.add_argument("--vocab-size", type=int, help="model vocabulary (default: the shape's)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--steps", type=int, default=8, help="timed steps per arm (default 8)")
@@ -564,7 +460,8 @@ def main(argv: list[str] | None = None) -> int:
         model_dir = build_model_dir(work / "model", shape, vocab, max_pixels, args.seed,
                                     weights=not args.estimate_only, device=device)
         data_dir = work / "data"
-        write_rows(data_dir, model_dir, n_batches * args.batch_size, args, args.seed)
+        write_rows(data_dir, model_dir, n_batches * args.batch_size, "bench", prompt_len=args.prompt_len,
+                   answer_len=args.answer_len, cot_len=args.cot_len, image_size=args.image_size, seed=args.seed)
         ctx = {"model_dir": str(model_dir), "data_dir": str(data_dir), "out_dir": str(work / "out"),
                "device": device, "batch_size": args.batch_size, "max_pixels": max_pixels,
                "gradient_checkpointing": gc, "arms": arms, "rounds": rounds, "per_round": per_round,
@@ -635,6 +532,8 @@ def main(argv: list[str] | None = None) -> int:
             "time_ratio_without_optimizer": statistics.fmean(micro)
             / statistics.fmean([b["select"] + b["train"] for b in base]),
             "max_abs_loss_diff_vs_sft": max(abs(r["loss"] - b["loss"]) for r, b in zip(recs, base)),
+            "gamma_update_s": summary([r["gamma"] for r in recs]),
+            "cot_share": statistics.fmean(r["cot_share"] for r in recs),
         }
         if arm in memory:
             m, mb = memory[arm], memory["sft"]
@@ -670,6 +569,20 @@ def main(argv: list[str] | None = None) -> int:
             line += f" {e['peak_mb']:>8.0f} {e['memory_ratio']:>6.3f} {e['step_memory_ratio']:>10.3f}"
         print(line)
     print(f"max |loss(dynamic, gamma=0) - loss(sft)| over the paired steps: {dyn['max_abs_loss_diff_vs_sft']:.3g}")
+    if "dynamic+target" in arms_report:
+        tgt = arms_report["dynamic+target"]
+        paired_select = statistics.median(
+            r["select"] / d["select"] for r, d in zip(records["dynamic+target"], records["dynamic"])
+        )
+        controller = tgt["gamma_update_s"]["mean"]
+        report["target_share"] = {
+            "target": TARGET_RATIO, "cot_share_trained": tgt["cot_share"], "controller_s": controller,
+            "controller_share_of_dynamic_step": controller / dyn["step_s"]["mean"],
+            "select_ratio_median_paired_vs_dynamic": paired_select,
+        }
+        print(f"target share {TARGET_RATIO}: CoT share trained {tgt['cot_share']:.3f}; controller update "
+              f"{controller * 1e3:.3f} ms per step = {controller / dyn['step_s']['mean']:.2e} of the dynamic step; "
+              f"select phase vs dynamic (paired median) {paired_select:.3f}x (includes merging the CoT rows)")
     if memory:
         print(f"memory: {report['memory_method']}")
     print(f"targets: time <= {TIME_TARGET}x -> {dyn['time_ratio']:.3f}x; peak memory <= {MEMORY_TARGET}x -> "

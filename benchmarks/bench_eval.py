@@ -44,7 +44,8 @@ c2 = time.process_time()
 res2 = evaluate_files(sys.argv[1], src=sys.argv[2])
 t3 = time.perf_counter()
 assert res2["f1@5"] == res["f1@5"]
-print(json.dumps({"import_s": t1 - t0, "cold_s": t2 - t1, "cold_cpu_s": c2 - c1, "warm_s": t3 - t2, "posts": res["num_posts"],
+print(json.dumps({"import_s": t1 - t0, "cold_s": t2 - t1, "cold_cpu_s": c2 - c1, "warm_s": t3 - t2,
+                  "posts": res["num_posts"],
                   "scores": {k: res[k] for k in ("f1@1", "f1@3", "f1@5", "f1@M", "map@5")},
                   "present_f1@3": res["present"]["f1@3"], "absent_f1@3": res["absent"]["f1@3"]}))
 """
