@@ -21,7 +21,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from dyncot_plugin.io.files import atomic_write_json, locked_dir
+from dyncot_plugin.io.files import StagedWrites, atomic_write_json, locked_dir, locked_files
 from dyncot_plugin.io.read import InputError, read_json, read_rows
 
 DatasetError = InputError
@@ -181,7 +181,25 @@ def update_dataset_info(
     return info_path
 
 
+def write_registered_datasets(
+    output_dir: str | os.PathLike, datasets: dict[str, list[dict[str, Any]]], register: bool = True, **entry: Any
+) -> dict[str, Path]:
+    """Write ``{name: rows}`` as ``<output_dir>/<name>.json``, all or nothing and under the files' write locks, and
+    (``register``) enter each in ``dataset_info.json`` with :func:`dataset_entry` ``(file_name, **entry)``."""
+    output_dir = Path(output_dir)
+    paths = {name: output_dir / f"{check_dataset_name(name)}.json" for name in datasets}
+    with locked_files(paths.values()):
+        with StagedWrites() as staged:
+            for name, rows in datasets.items():
+                staged.write_json(paths[name], rows)
+        if register:
+            for name, path in paths.items():
+                update_dataset_info(output_dir, name, path.name, entry=dataset_entry(path.name, **entry))
+    return paths
+
+
 __all__ = [
+    "write_registered_datasets",
     "DATASET_INFO",
     "IMAGE_TOKEN",
     "SHAREGPT_TAGS",

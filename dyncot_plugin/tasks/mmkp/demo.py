@@ -14,8 +14,7 @@ import hashlib
 import random
 from pathlib import Path
 
-from dyncot_plugin.io.datasets import dataset_entry, update_dataset_info
-from dyncot_plugin.io.files import StagedWrites, locked_files
+from dyncot_plugin.io.datasets import write_registered_datasets
 from dyncot_plugin.tasks.mmkp.convert import (
     DEFAULT_ANSWER_SEP,
     PromptTemplate,
@@ -114,16 +113,9 @@ def build_demo(output_dir: str | Path, register: bool = True) -> dict[str, Path]
     image_dir = output_dir / IMAGE_DIR
     for name, key in images.items():
         draw_demo_image(image_dir / name, key)
-    paths = {TRAIN_NAME: output_dir / f"{TRAIN_NAME}.json", EVAL_NAME: output_dir / f"{EVAL_NAME}.json"}
-    with locked_files(paths.values()):
-        with StagedWrites() as staged:
-            staged.write_json(paths[TRAIN_NAME], train)
-            staged.write_json(paths[EVAL_NAME], held_out)
-        if register:
-            for name, path in paths.items():
-                update_dataset_info(
-                    output_dir, name, path.name, entry=dataset_entry(path.name, has_images=True, cot_column="cot")
-                )
+    paths = write_registered_datasets(
+        output_dir, {TRAIN_NAME: train, EVAL_NAME: held_out}, register, has_images=True, cot_column="cot"
+    )
     return paths
 
 

@@ -28,8 +28,7 @@ import random
 from pathlib import Path
 
 from dyncot_plugin.cot_format import ANSWER_SEP, build_cot
-from dyncot_plugin.io.datasets import dataset_entry, load_rows, update_dataset_info
-from dyncot_plugin.io.files import StagedWrites
+from dyncot_plugin.io.datasets import load_rows, write_registered_datasets
 from dyncot_plugin.tasks.mmkp.convert import PromptTemplate, default_prompt_template, make_row
 
 TRAIN_NAME = "mmkp_synth"
@@ -168,15 +167,10 @@ def build_synthetic_demo(output_dir: str | Path, register: bool = True, seed: in
     draw_rng = random.Random(seed + 1)
     for name in sorted(images):
         draw_synth_image(output_dir / IMAGE_DIR / name, images[name], draw_rng)
-    paths = {TRAIN_NAME: output_dir / f"{TRAIN_NAME}.json", EVAL_NAME: output_dir / f"{EVAL_NAME}.json"}
-    with StagedWrites() as staged:
-        staged.write_json(paths[TRAIN_NAME], train)
-        staged.write_json(paths[EVAL_NAME], held_out)
-    if register:
-        for name, path in paths.items():
-            update_dataset_info(
-                output_dir, name, path.name, entry=dataset_entry(path.name, has_images=True, cot_column="cot")
-            )
+    # under the files' write locks, like every dataset writer
+    paths = write_registered_datasets(
+        output_dir, {TRAIN_NAME: train, EVAL_NAME: held_out}, register, has_images=True, cot_column="cot"
+    )
     return paths
 
 
