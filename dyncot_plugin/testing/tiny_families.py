@@ -46,7 +46,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dyncot_plugin.testing.tiny_model import QWEN2_VL_CHAT_TEMPLATE, _train_tokenizer, build_tiny_qwen2vl
+from dyncot_plugin.testing.tiny_model import (
+    QWEN2_VL_CHAT_TEMPLATE,
+    _train_tokenizer,
+    build_tiny_qwen2vl,
+    seeded_model,
+)
 
 __all__ = ["FAMILIES", "Family", "build_tiny_model"]
 
@@ -539,12 +544,7 @@ def build_tiny_model(out_dir: str | Path, family: str, seed: int = 0, vocab_size
     config.eos_token_id, config.pad_token_id, config.bos_token_id = stop_ids[0], pad_id, bos_id
     config.dtype = torch.float32
 
-    state = torch.random.get_rng_state()
-    try:
-        torch.manual_seed(seed)
-        model = model_class(config).to(torch.float32).eval()
-    finally:
-        torch.random.set_rng_state(state)
+    model = seeded_model(model_class, config, seed)
     model.generation_config = GenerationConfig(
         bos_token_id=bos_id, eos_token_id=stop_ids, pad_token_id=pad_id, do_sample=False
     )

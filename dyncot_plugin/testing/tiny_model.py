@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 __all__ = ["COT_TOKENS", "QWEN2_VL_CHAT_TEMPLATE", "SPECIAL_TOKENS", "build_tiny_qwen2vl"]
 
@@ -144,6 +145,19 @@ def _train_tokenizer(vocab_size: int, seed: int, corpus: list[str] | None = None
     return tokenizer
 
 
+def seeded_model(model_class: type, config: Any, seed: int) -> Any:
+    """``model_class(config)`` in fp32, eval mode, its random weights drawn from ``seed`` (the caller's torch RNG
+    state is left as it was)."""
+    import torch
+
+    state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(seed)
+        return model_class(config).to(torch.float32).eval()
+    finally:
+        torch.random.set_rng_state(state)
+
+
 def build_tiny_qwen2vl(
     out_dir: str | Path,
     seed: int = 0,
@@ -236,12 +250,7 @@ def build_tiny_qwen2vl(
     )
     config.dtype = torch.float32
 
-    state = torch.random.get_rng_state()
-    try:
-        torch.manual_seed(seed)
-        model = Qwen2VLForConditionalGeneration(config).to(torch.float32).eval()
-    finally:
-        torch.random.set_rng_state(state)
+    model = seeded_model(Qwen2VLForConditionalGeneration, config, seed)
     model.generation_config = GenerationConfig(
         bos_token_id=ids["<|endoftext|>"],
         eos_token_id=[ids["<|im_end|>"], ids["<|endoftext|>"]],
