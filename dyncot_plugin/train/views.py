@@ -97,6 +97,10 @@ def _row_label(dataset: Any, index: int) -> str:
     return row_label(dataset[index] if "id" in dataset.column_names else None, index)
 
 
+def _no_rows(dataset_attr: Any, path: str) -> DynCotDataError:
+    return DynCotDataError(f"Dataset `{_name(dataset_attr)}` ({path}) has no rows; nothing to train or evaluate on.")
+
+
 def check_dataset_file(dataset_attr: Any, dataset_dir: str) -> None:
     """A dataset file with no rows is an error naming the dataset, before LLaMA-Factory's loader fails on it
     without the name. Only small files are read (a file of rows cannot be empty past a few bytes)."""
@@ -108,13 +112,13 @@ def check_dataset_file(dataset_attr: Any, dataset_dir: str) -> None:
     with open(path, "rb") as f:
         head = f.read().strip()
     if head in (b"", b"[]", b"{}"):
-        raise DynCotDataError(f"Dataset `{_name(dataset_attr)}` ({path}) has no rows; nothing to train or evaluate on.")
+        raise _no_rows(dataset_attr, path)
 
 
 def check_not_empty(dataset: Any, dataset_attr: Any) -> None:
     if len(dataset) == 0:
         path = getattr(dataset_attr, "dataset_name", "")
-        raise DynCotDataError(f"Dataset `{_name(dataset_attr)}` ({path}) has no rows; nothing to train or evaluate on.")
+        raise _no_rows(dataset_attr, path)
 
 
 def check_images(dataset: Any, dataset_attr: Any, media_dir: str) -> None:
