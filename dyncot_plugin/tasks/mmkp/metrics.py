@@ -42,7 +42,15 @@ from typing import Iterable, Sequence
 from dyncot_plugin.io.files import paused_gc
 from dyncot_plugin.tasks.mmkp.normalize import _STEMMER, INVALID_TOKENS, STEM_CACHE, stem_lower
 
-__all__ = ["evaluate_keyphrases", "VARIANTS", "load_train_keyphrases_set"]
+__all__ = [
+    "evaluate_keyphrases",
+    "VARIANTS",
+    "load_train_keyphrases_set",
+    "normalise_ks",
+    "post_outcomes",
+    "post_scores",
+    "scores_from_means",
+]
 
 VARIANTS = ("cmkp", "per_post")
 
@@ -246,31 +254,45 @@ class _Bucket:
         return (*ps, *rs, *fs, *aps, n_trg, n, m)
 
     def report(self, ks: tuple, variant: str) -> dict:
-        out: dict = {}
         n = len(self.keys)
         nk = len(ks)
         table = {key: self._post_scores(key[0], key[1], ks) for key in set(self.keys)}
         # column sums over the posts, in post order (as CMKP's sum over its per-post lists)
         sums = [sum(col) for col in zip(*map(table.__getitem__, self.keys))] if n else [0] * (4 * nk + 3)
-        for j, k in enumerate(ks):
-            if n:
-                mp, mr, mf, map_k = (sums[q * nk + j] / n for q in range(4))
-            else:  # CMKP divides by zero here
-                mp = mr = mf = map_k = 0.0
-            if variant == "per_post":
-                f1 = mf
-            else:
-                f1 = float(2 * mp * mr) / (mp + mr) if mp + mr > 0 else 0.0
-            out[f"f1@{k}"] = f1
-            out[f"p@{k}"] = mp
-            out[f"r@{k}"] = mr
-            out[f"map@{k}"] = map_k
+        # CMKP divides by zero for an empty subset; we report zeros
+        out = scores_from_means([s / n for s in sums[: 4 * nk]] if n else [0.0] * (4 * nk), ks, variant)
         out["num_posts"] = n
         out["num_targets"], out["num_predictions"], out["num_matches"] = sums[4 * nk :]
         return out
 
 
-def _normalise_ks(ks: Iterable) -> tuple:
+def scores_from_means(means: Sequence[float], ks: tuple, variant: str) -> dict:
+    """``{"f1@k", "p@k", "r@k", "map@k"}`` for every ``k`` from the macro averages of the per-post columns of
+    :func:`post_scores` (``means[q * len(ks) + j]``: P, R, per-post F1 and AP (``q`` = 0..3) at ``ks[j]``)."""
+    out: dict = {}
+    nk = len(ks)
+    for j, k in enumerate(ks):
+        mp, mr, mf, map_k = means[j], means[nk + j], means[2 * nk + j], means[3 * nk + j]
+        if variant == "per_post":
+            f1 = mf
+        else:
+            f1 = float(2 * mp * mr) / (mp + mr) if mp + mr > 0 else 0.0
+        out[f"f1@{k}"] = f1
+        out[f"p@{k}"] = mp
+        out[f"r@{k}"] = mr
+        out[f"map@{k}"] = map_k
+    return out
+
+
+def post_scores(outcome: tuple[tuple[bool, ...], int], ks: tuple) -> tuple:
+    """One post's CMKP scores from its outcome ``(hits, #gold)`` (see :func:`post_outcomes`): ``(P@k for k in ks)
+    + (R@k ...) + (F1@k ...) + (AP@k ...) + (#gold, #predictions, #matches)``; ``ks`` as :func:`normalise_ks`
+    returns them. The macro averages of these columns are what :func:`evaluate_keyphrases` reports."""
+    return _Bucket._post_scores(outcome[0], outcome[1], ks)
+
+
+def normalise_ks(ks: Iterable) -> tuple:
+    """The cut-offs as the scores use them: ints and ``"M"`` (``"m"`` accepted), de-duplicated, ``"M"`` added last."""
     out = []
     for k in ks:
         if k == "M" or k == "m":
@@ -295,8 +317,10 @@ def _new_buckets(sources, seen_set) -> tuple:
     )
 
 
-def _score_posts(preds, golds, sources, seen_set, buckets) -> tuple[int, int]:
-    """The per-post loop: fills the buckets, returns (#duplicate, #invalid) predictions removed."""
+def _score_posts(preds, golds, sources, seen_set, buckets, record=None) -> tuple[int, int]:
+    """The per-post loop: fills the buckets, returns (#duplicate, #invalid) predictions removed. ``record``, when
+    given, is called with each post's ``(all, present, absent, unseen)`` outcomes (None where the post is not in
+    that subset)."""
     b_all, b_pre, b_abs, b_uns = buckets
     add_all = b_all.keys.append
     add_pre = b_pre.keys.append if b_pre is not None else None
@@ -334,7 +358,9 @@ def _score_posts(preds, golds, sources, seen_set, buckets) -> tuple[int, int]:
         n_trg = len(targets)
         trg_match = {t[0] for t in targets}
         hits = tuple([p[0] in trg_match for p in fpreds])
-        add_all((hits, n_trg))
+        k_all = (hits, n_trg)
+        add_all(k_all)
+        k_pre = k_abs = k_uns = None
 
         if add_pre is not None and n_trg:
             stemmed = _stemmed_source(sources[i], targets + fpreds)
@@ -342,20 +368,27 @@ def _score_posts(preds, golds, sources, seen_set, buckets) -> tuple[int, int]:
             if fpreds:
                 p_pres = [p[3] in stemmed for p in fpreds]
                 if n_tp:
-                    add_pre((tuple(compress(hits, p_pres)), n_tp))
+                    k_pre = (tuple(compress(hits, p_pres)), n_tp)
+                    add_pre(k_pre)
                 if n_tp < n_trg:
-                    add_abs((tuple(compress(hits, map(not_, p_pres))), n_trg - n_tp))
+                    k_abs = (tuple(compress(hits, map(not_, p_pres))), n_trg - n_tp)
+                    add_abs(k_abs)
             else:
                 if n_tp:
-                    add_pre(((), n_tp))
+                    k_pre = ((), n_tp)
+                    add_pre(k_pre)
                 if n_tp < n_trg:
-                    add_abs(((), n_trg - n_tp))
+                    k_abs = ((), n_trg - n_tp)
+                    add_abs(k_abs)
 
         if add_uns is not None:
             unseen_match = {t[0] for t in targets if t[5] not in seen_set}
             if unseen_match:
                 n_tu = [t[5] not in seen_set for t in targets].count(True)
-                add_uns((tuple([p[0] in unseen_match for p in fpreds if p[5] not in seen_set]), n_tu))
+                k_uns = (tuple([p[0] in unseen_match for p in fpreds if p[5] not in seen_set]), n_tu)
+                add_uns(k_uns)
+        if record is not None:
+            record((k_all, k_pre, k_abs, k_uns))
     return n_dup, n_invalid
 
 
@@ -386,7 +419,7 @@ def evaluate_keyphrases(
         raise ValueError(f"{len(preds)} prediction lists but {len(golds)} gold lists; they must align by post")
     if sources is not None and len(sources) != len(golds):
         raise ValueError(f"{len(sources)} sources but {len(golds)} gold lists; they must align by post")
-    ks = _normalise_ks(ks)
+    ks = normalise_ks(ks)
     seen_set = None
     if train_keyphrases is not None:
         seen_set = {kp.strip() for kp in train_keyphrases}
@@ -402,6 +435,28 @@ def evaluate_keyphrases(
     out["present"] = b_pre.report(ks, variant) if b_pre is not None else None
     out["absent"] = b_abs.report(ks, variant) if b_abs is not None else None
     out["unseen"] = b_uns.report(ks, variant) if b_uns is not None else None
+    return out
+
+
+def post_outcomes(
+    preds: Sequence[Sequence[str]],
+    golds: Sequence[Sequence[str]],
+    sources: Sequence[str] | None = None,
+    train_keyphrases: set[str] | None = None,
+) -> list[tuple]:
+    """Per post, what :func:`evaluate_keyphrases` averages: ``(all, present, absent, unseen)``, each the post's
+    outcome ``(hits, #gold)`` in that subset (which remaining predictions match, in rank order; see
+    :func:`post_scores`) or None when the post is not in the subset (no present / absent / unseen gold keyphrase)
+    or the subset is not computed (no ``sources`` / ``train_keyphrases``). Which subsets a post is in depends on
+    its gold keyphrases and text only, never on the predictions. Same arguments as :func:`evaluate_keyphrases`."""
+    if len(preds) != len(golds):
+        raise ValueError(f"{len(preds)} prediction lists but {len(golds)} gold lists; they must align by post")
+    if sources is not None and len(sources) != len(golds):
+        raise ValueError(f"{len(sources)} sources but {len(golds)} gold lists; they must align by post")
+    seen_set = {kp.strip() for kp in train_keyphrases} if train_keyphrases is not None else None
+    out: list[tuple] = []
+    with paused_gc():
+        _score_posts(preds, golds, sources, seen_set, _new_buckets(sources, seen_set), record=out.append)
     return out
 
 
