@@ -14,13 +14,13 @@ from typing import Any
 
 from dyncot_plugin.strategies import STRATEGIES as _STRATEGY_TABLE
 from dyncot_plugin.strategies import Strategy
+from dyncot_plugin.think import DEFAULT_THRESHOLD, THINK_MODES, check_threshold
 
 PREFIX = "dyncot_"
 STRATEGIES = tuple(_STRATEGY_TABLE)
 MISSING_COT_POLICIES = ("error", "sft")
 EVAL_TASKS = ("auto", "mmkp", "scienceqa")
 COT_WHEN = ("below", "above")
-THINK_MODES = ("auto", "always", "never")
 MISMATCH_POLICIES = ("warn", "error")
 
 
@@ -73,10 +73,17 @@ class DynCotArguments:
             accuracy), or ``auto``: ``scienceqa`` when every gold label reads ``The answer is (X).``, else ``mmkp``.
         dyncot_think (`str`, default ``"auto"``):
             Thinking at inference, for prediction runs (``do_predict`` with ``predict_with_generate``) and the
-            training-time evaluation: ``auto`` lets the model choose; ``always`` starts every reply with
-            ``<think>`` (the forced prefix is part of the written prediction); ``never`` keeps ``<think>`` out of the
-            whole generation. Setting it routes predictions through the plugin (which also passes the model's own
-            position inputs to ``generate``).
+            training-time evaluation (the rule: :mod:`dyncot_plugin.think`). ``auto``: the model's probability of
+            opening its reply with ``<think>`` (``think_prob``, written to every prediction row) decides: at or
+            above ``dyncot_think_threshold`` the reply is generated exactly as ``always`` generates it, below exactly
+            as ``never`` does. ``always``: every reply starts with the ``<think>`` tag (part of the written
+            prediction). ``never``: no decoded reply contains ``<think>``, however it is spelled in tokens.
+            ``greedy``: no control (the tag wins when its first token beats every plain first token); for
+            comparison. Setting it routes predictions through the plugin (which also passes the model's own position
+            inputs to ``generate``).
+        dyncot_think_threshold (`float`, default ``0.5``):
+            The threshold of ``auto`` on ``think_prob``: a finite number >= 0; ``0`` is ``always``, above ``1`` is
+            ``never``. Saved with the run's outputs (``dyncot_think.json``) as the model's threshold.
         dyncot_log_selection (`bool`, default ``False``):
             Also write every selection decision (global step, per-sample plain-answer loss, CoT or not) to
             ``<output_dir>/dyncot_selection/rank<N>.jsonl``, one file per rank: for analysing which samples think.
@@ -99,6 +106,7 @@ class DynCotArguments:
     dyncot_eval_max_new_tokens: int = 256
     dyncot_eval_task: str = "auto"
     dyncot_think: str = "auto"
+    dyncot_think_threshold: float = DEFAULT_THRESHOLD
     dyncot_log_selection: bool = False
     dyncot_reuse_image_features: bool = True
 
@@ -120,6 +128,10 @@ class DynCotArguments:
         ):
             if getattr(self, key) not in allowed:
                 raise DynCotConfigError(f"{key}: got {getattr(self, key)!r}; allowed values are {', '.join(allowed)}.")
+        try:
+            self.dyncot_think_threshold = check_threshold(self.dyncot_think_threshold)
+        except ValueError as exc:
+            raise DynCotConfigError(str(exc)) from None
         ratio = self.dyncot_target_cot_ratio
         if ratio is not None:
             if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio < 1:
@@ -156,6 +168,7 @@ class DynCotArguments:
 KNOWN_KEYS = tuple(f.name for f in fields(DynCotArguments))
 _TYPES = {
     "dyncot_gamma": float,
+    "dyncot_think_threshold": float,
     "dyncot_target_cot_ratio": float,
     "dyncot_target_window": int,
     "dyncot_eval_samples": int,

@@ -10,7 +10,7 @@ import torch
 from dyncot_plugin.testing.lf_runner import run_llamafactory, tiny_sft_config
 from dyncot_plugin.testing.plugin_data import write_plugin_dataset
 from dyncot_plugin.train.families import family_of
-from dyncot_plugin.train.generation import force_prefix, generation_inputs, think_bad_words, think_prefix_ids
+from dyncot_plugin.train.generation import generation_inputs
 
 
 @pytest.fixture(scope="module")
@@ -72,19 +72,6 @@ def test_first_generated_token_sees_the_training_forwards_logits(lf_parts):
     assert (ours - logits).abs().max().item() < 1e-4
     # the gap this closes: without the family's inputs generate falls back to 1-D text positions
     assert (vanilla_predict - logits).abs().max().item() > 10 * (ours - logits).abs().max().item()
-
-
-def test_think_prefix_and_bad_words_on_the_tiny_tokenizer(lf_parts):
-    tokenizer = lf_parts[2]["tokenizer"]
-    think = tokenizer.convert_tokens_to_ids("<think>")
-    assert think_prefix_ids(tokenizer) == [think]
-    assert [think] in think_bad_words(tokenizer)
-    batch = {"input_ids": torch.tensor([[0, 5, 6], [7, 8, 9]]), "attention_mask": torch.tensor([[0, 1, 1], [1, 1, 1]]),
-             "mm_token_type_ids": torch.tensor([[0, 1, 0], [0, 0, 0]])}
-    out = force_prefix(batch, [think], family_of(lf_parts[0]))
-    assert out["input_ids"].tolist() == [[0, 5, 6, think], [7, 8, 9, think]]
-    assert out["attention_mask"].tolist() == [[0, 1, 1, 1], [1, 1, 1, 1]]
-    assert out["mm_token_type_ids"].tolist() == [[0, 1, 0, 0], [0, 0, 0, 0]]
 
 
 # ------------------------------------------------------------------------------------ prediction runs (dyncot_think)

@@ -7,20 +7,26 @@ which it silently falls back to 1-D text positions). :func:`generation_inputs` t
 ``generate`` needs, from the family table (:mod:`dyncot_plugin.train.families`), so that the first generated token
 sees the logits the training forward computes for the same prompt.
 
-Thinking (``dyncot_think``): ``auto`` leaves the choice to the model; ``always`` appends ``<think>`` to every prompt
-(:func:`force_prefix`; the caller writes the prefix back into the prediction); ``never`` bans the ``<think>`` token
-sequence from the whole generation (:func:`think_bad_words`, ``generate``'s ``bad_words_ids``). This works with any
-plain template (LLaMA-Factory's ``qwen2_vl`` included); the plain targets are bare ``kp1; kp2``, so no prefix is
-needed for ``never``.
+Thinking (``dyncot_think``, the rule in :mod:`dyncot_plugin.think`): :class:`ThinkControl` is one logits
+processor for every mode, so that ``auto`` generates a thinking reply exactly as ``always`` does and a plain one
+exactly as ``never`` does, with the same batching: on a thinking row it forces the tag's tokens (the tag is part of
+the generated reply), on a plain row it bans every token that would spell ``<think>`` in the decoded text. The
+decision of ``auto`` needs ``think_prob``, the probability of the whole tag at the start of the reply: its first
+factor comes from the generation's own prefill logits, and where the tag has several tokens a forward hook on the
+generating module runs the remaining tag tokens on the prefill's KV cache right after the prefill and crops the
+cache back (a look-ahead of ``len(tag) - 1`` tokens; never a second pass over the prompt).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
+from transformers import LogitsProcessor
 
-from dyncot_plugin.cot_format import THINK_OPEN
+from dyncot_plugin.think import DEFAULT_THRESHOLD, THINK_MODES, TagTextBan, check_threshold, decide, think_tag_ids
 from dyncot_plugin.train.families import DEFAULT_FAMILY, ModelFamily
 
 TRAINING_ONLY_KEYS = ("labels", "position_ids", "rope_deltas")  # generate recomputes positions from the prompt
@@ -48,53 +54,145 @@ def generation_inputs(model: Any, batch: dict[str, Any], family: ModelFamily = D
     return inputs
 
 
-def think_prefix_ids(tokenizer: Any) -> list[int]:
-    """The token ids of ``<think>`` as the model reads them at the start of a reply."""
-    return list(tokenizer.encode(THINK_OPEN, add_special_tokens=False))
+class ThinkControl(LogitsProcessor):
+    """``generate``'s logits processor for ``dyncot_think`` plus the prefill hook that measures ``think_prob``.
+
+    Use: ``with control.attach(model): model.generate(..., logits_processor=LogitsProcessorList([control]))``;
+    afterwards ``control.think_prob`` (per row, float64) and ``control.thinks`` (per row, bool; always False under
+    ``greedy``) describe the batch. One instance serves many ``generate`` calls, one ``attach`` each.
+    """
+
+    def __init__(self, mode: str, tokenizer: Any, threshold: float = DEFAULT_THRESHOLD,
+                 vocab_size: int | None = None) -> None:
+        if mode not in THINK_MODES:
+            raise ValueError(f"dyncot_think: got {mode!r}; expected one of {', '.join(THINK_MODES)}")
+        self.mode, self.threshold = mode, check_threshold(threshold)
+        self.tag = think_tag_ids(tokenizer)
+        self.ban = TagTextBan.for_tokenizer(tokenizer, vocab_size)
+        self._banned: dict[str, torch.Tensor] = {}
+        self.think_logprob: torch.Tensor | None = None
+        self.think_prob: torch.Tensor | None = None
+        self.thinks: torch.Tensor | None = None
+        self._prompt_len: int | None = None
+        self._states: list[str] = []
+        self._hooked = False
+        self._in_lookahead = False
+
+    # ------------------------------------------------------------------------------------------ the prefill hook
+    @contextmanager
+    def attach(self, model: Any) -> Iterator[None]:
+        """Hook the module whose ``generate`` runs (PEFT and engine wrappers unwrapped) for one ``generate`` call."""
+        self.reset()
+        module = generating_module(model)
+        handle = module.register_forward_hook(self._after_forward, with_kwargs=True)
+        self._hooked = True
+        try:
+            yield
+        finally:
+            handle.remove()
+            self._hooked = False
+
+    def _after_forward(self, module: Any, args: tuple, kwargs: dict, outputs: Any) -> None:
+        if self._in_lookahead or self._prompt_len is not None:
+            return  # a decode step, or the look-ahead's own forward
+        logits = outputs.logits[:, -1].to(torch.float64)
+        logprob = torch.log_softmax(logits, dim=-1)[:, self.tag[0]]
+        if len(self.tag) > 1:
+            logprob = logprob + self._lookahead(module, kwargs, outputs).to(logprob.device)
+        self.think_logprob = logprob
+        self._prompt_len = -1  # prefill seen; the processor's first call sets the real length
+
+    @torch.no_grad()
+    def _lookahead(self, module: Any, kwargs: dict, outputs: Any) -> torch.Tensor:
+        """log P(tag[1:] | prompt, tag[0]) per row, from the tag tokens run on the prefill's cache (then cropped)."""
+        cache = getattr(outputs, "past_key_values", None) or kwargs.get("past_key_values")
+        if cache is None or not hasattr(cache, "crop"):
+            raise RuntimeError("dyncot_think: the think tag has several tokens and generate keeps no croppable KV "
+                               "cache (use_cache must stay on)")
+        input_ids = kwargs.get("input_ids")
+        batch = outputs.logits.size(0)
+        device = outputs.logits.device
+        extra = len(self.tag) - 1
+        past = cache.get_seq_length()
+        step: dict[str, Any] = {
+            "input_ids": torch.tensor(self.tag[:-1], device=device).expand(batch, extra).contiguous(),
+            "past_key_values": cache,
+            "use_cache": True,
+        }
+        mask = kwargs.get("attention_mask")
+        if torch.is_tensor(mask) and mask.dim() == 2:
+            step["attention_mask"] = torch.cat([mask, mask.new_ones((batch, extra))], dim=-1)
+        positions = kwargs.get("position_ids")
+        if torch.is_tensor(positions):  # as generate advances them: every axis continues from the last position
+            offsets = torch.arange(1, extra + 1, dtype=positions.dtype, device=positions.device)
+            step["position_ids"] = positions[..., -1:] + offsets.view(*([1] * (positions.dim() - 1)), -1)
+        if torch.is_tensor(kwargs.get("cache_position")):
+            step["cache_position"] = torch.arange(past, past + extra, device=device)
+        for key in ("mm_token_type_ids", "token_type_ids"):
+            if torch.is_tensor(kwargs.get(key)):
+                step[key] = kwargs[key].new_zeros((batch, extra))
+        if "logits_to_keep" in kwargs:
+            step["logits_to_keep"] = extra
+        self._in_lookahead = True
+        try:
+            out = module(**step)
+        finally:
+            self._in_lookahead = False
+            cache.crop(past)
+        logprobs = torch.log_softmax(out.logits[:, -extra:].to(torch.float64), dim=-1)
+        targets = torch.tensor(self.tag[1:], device=logprobs.device).view(1, extra, 1).expand(batch, extra, 1)
+        return logprobs.gather(-1, targets).squeeze(-1).sum(dim=-1)
+
+    # ------------------------------------------------------------------------------------------ the processor
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if self._prompt_len is None or self._prompt_len < 0:
+            self._start(input_ids, scores)
+        step = input_ids.size(1) - self._prompt_len
+        if step > 0 and self._states:
+            last = input_ids[:, -1].tolist()
+            self._states = [self.ban.next_state(s, t) for s, t in zip(self._states, last)]
+        if self.mode == "greedy":
+            return scores
+        for row in range(scores.size(0)):
+            if self.thinks[row]:
+                if step < len(self.tag):
+                    keep = scores[row, self.tag[step]].clone()
+                    scores[row] = float("-inf")
+                    scores[row, self.tag[step]] = keep
+            else:
+                banned = self._banned_ids(self._states[row], scores.device)
+                if banned.numel():
+                    scores[row, banned] = float("-inf")
+        return scores
+
+    def _start(self, input_ids: torch.Tensor, scores: torch.Tensor) -> None:
+        if self._prompt_len is None:  # not attached: the first factor from the processor's own scores
+            if len(self.tag) > 1:
+                raise RuntimeError("ThinkControl.attach(model) must wrap generate when the tag has several tokens")
+            self.think_logprob = torch.log_softmax(scores.to(torch.float64), dim=-1)[:, self.tag[0]]
+        self._prompt_len = input_ids.size(1)
+        self.think_prob = self.think_logprob.exp().cpu()
+        decisions = [decide(self.mode, float(p), self.threshold) for p in self.think_prob]
+        self.thinks = torch.tensor([bool(d) for d in decisions])
+        self._states = [""] * input_ids.size(0)
+
+    def _banned_ids(self, state: str, device: torch.device) -> torch.Tensor:
+        if state not in self._banned:
+            self._banned[state] = torch.tensor(self.ban.banned[state], dtype=torch.long)
+        return self._banned[state].to(device)
+
+    def reset(self) -> None:
+        """Forget the last batch (call before each ``generate``)."""
+        self._prompt_len, self.think_logprob, self.think_prob, self.thinks, self._states = None, None, None, None, []
 
 
-def think_bad_words(tokenizer: Any) -> list[list[int]]:
-    """Token sequences that spell ``<think>`` (alone and after a space or a new line), for ``bad_words_ids``."""
-    prefix = think_prefix_ids(tokenizer)
-    found = {tuple(prefix)}
-    for lead in (" ", "\n"):
-        ids = tokenizer.encode(lead + THINK_OPEN, add_special_tokens=False)
-        lead_ids = tokenizer.encode(lead, add_special_tokens=False)
-        if ids[: len(lead_ids)] == lead_ids and len(ids) > len(lead_ids):
-            ids = ids[len(lead_ids) :]  # the lead token itself is fine to generate
-        found.add(tuple(ids))
-    return [list(seq) for seq in sorted(found) if seq]
+def generating_module(model: Any) -> Any:
+    """The module whose ``generate`` actually runs: DeepSpeed/DDP engines and PEFT models unwrapped."""
+    while hasattr(model, "module") and not hasattr(model, "generate"):
+        model = model.module
+    if hasattr(model, "get_base_model"):
+        model = model.get_base_model()
+    return model
 
 
-def force_prefix(inputs: dict[str, Any], prefix: list[int], family: ModelFamily = DEFAULT_FAMILY) -> dict[str, Any]:
-    """Append ``prefix`` to every row of a left-padded prompt batch (ids, attention mask and per-token type ids)."""
-    ids = inputs["input_ids"]
-    extra = torch.tensor(prefix, dtype=ids.dtype, device=ids.device).expand(ids.size(0), -1)
-    out = dict(inputs)
-    out["input_ids"] = torch.cat([ids, extra], dim=1)
-    if "attention_mask" in inputs and inputs["attention_mask"] is not None:
-        mask = inputs["attention_mask"]
-        out["attention_mask"] = torch.cat([mask, torch.ones_like(extra, dtype=mask.dtype)], dim=1)
-    for key in (*family.token_type_keys, family.generation_type_key):
-        if key in inputs and torch.is_tensor(inputs[key]) and inputs[key].dim() == 2:
-            out[key] = torch.cat([inputs[key], torch.zeros_like(extra, dtype=inputs[key].dtype)], dim=1)
-    return out
-
-
-def think_controls(mode: str, tokenizer: Any) -> tuple[list[int], dict[str, Any]]:
-    """(prompt prefix to force, extra ``generate`` kwargs) for a ``dyncot_think`` mode."""
-    if mode == "always":
-        return think_prefix_ids(tokenizer), {}
-    if mode == "never":
-        return [], {"bad_words_ids": think_bad_words(tokenizer)}
-    return [], {}
-
-
-__all__ = [
-    "TRAINING_ONLY_KEYS",
-    "force_prefix",
-    "generation_inputs",
-    "think_bad_words",
-    "think_controls",
-    "think_prefix_ids",
-]
+__all__ = ["TRAINING_ONLY_KEYS", "ThinkControl", "generating_module", "generation_inputs"]

@@ -19,11 +19,12 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from transformers import LogitsProcessorList
 
 from dyncot_plugin.cot_format import summarize_outputs
 from dyncot_plugin.tasks import TASKS, Task, detect_task
 from dyncot_plugin.train.families import IGNORE_INDEX
-from dyncot_plugin.train.generation import force_prefix, generation_inputs, think_controls
+from dyncot_plugin.train.generation import generation_inputs
 
 
 def _prompt_feature(row: dict[str, Any]) -> tuple[dict[str, Any], list[int]]:
@@ -44,21 +45,24 @@ def _world() -> tuple[int, int]:
     return 0, 1
 
 
-def _save_generations(trainer: Any, rows: list[tuple[int, str, int, str]]) -> None:
+def _save_generations(trainer: Any, rows: list[tuple[int, str, int, str, float]]) -> None:
     """``<output_dir>/dyncot_eval/step<N>.jsonl``: what the model generated at this evaluation, for inspection."""
     folder = os.path.join(trainer.args.output_dir, "dyncot_eval")
     os.makedirs(folder, exist_ok=True)
     with open(os.path.join(folder, f"step{trainer.state.global_step}.jsonl"), "w", encoding="utf-8") as f:
-        for index, text, length, gold in rows:
-            f.write(json.dumps({"index": index, "predict": text, "label": gold, "gen_tokens": length}) + "\n")
+        for index, text, length, gold, prob in rows:
+            f.write(json.dumps({"index": index, "predict": text, "label": gold, "gen_tokens": length,
+                                "think_prob": round(prob, 8)}) + "\n")
 
 
 @torch.no_grad()
 def generate_and_score(
-    trainer: Any, eval_dataset: Any, max_samples: int, max_new_tokens: int, task: str = "auto", think: str = "auto"
+    trainer: Any, eval_dataset: Any, max_samples: int, max_new_tokens: int, task: str = "auto"
 ) -> dict[str, float]:
-    """Generate for the first ``max_samples`` eval rows and return the task's metrics plus ``cot_rate`` (percent) and
-    ``gen_len`` (mean generated tokens), identical on every rank."""
+    """Generate for the first ``max_samples`` eval rows with the run's ``dyncot_think`` decision (the trainer's
+    :meth:`~dyncot_plugin.train.trainer.DynCotTrainer.think_control`, the same rule as prediction runs) and return
+    the task's metrics plus ``cot_rate`` (percent), ``think_prob`` (mean) and ``gen_len`` (mean generated tokens),
+    identical on every rank."""
     from transformers.integrations import is_deepspeed_zero3_enabled
 
     tokenizer = trainer.processing_class
@@ -70,10 +74,10 @@ def generate_and_score(
     model = trainer.model
     was_training = model.training
     model.eval()
-    prefix, extra = think_controls(think, tokenizer)
+    control = trainer.think_control()
     padding_side = tokenizer.padding_side
     tokenizer.padding_side = "left"  # generation continues every row from its last prompt token
-    results: list[tuple[int, str, int]] = []
+    results: list[tuple[int, str, int, float]] = []
     try:
         for r in range(rounds):
             indices = mine[r * batch_size : (r + 1) * batch_size]
@@ -82,28 +86,27 @@ def generate_and_score(
             features, targets = zip(*(_prompt_feature(eval_dataset[i]) for i in indices))
             # generate computes the model's own positions from the family's inputs (``generation.py``)
             batch = generation_inputs(model, trainer.data_collator(list(features)), trainer.family)
-            if prefix:
-                batch = force_prefix(batch, prefix, trainer.family)
             batch = trainer._prepare_inputs(batch)
-            output = model.generate(
-                **batch,
-                **extra,
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                synced_gpus=is_deepspeed_zero3_enabled(),
-                pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=trainer._gen_kwargs.get("eos_token_id") if hasattr(trainer, "_gen_kwargs") else None,
-            )
-            new_tokens = output[:, batch["input_ids"].size(1) - len(prefix) :]  # the forced prefix is output
-            for i, row_tokens in zip(indices[:real], new_tokens[:real]):
+            with control.attach(model):
+                output = model.generate(
+                    **batch,
+                    logits_processor=LogitsProcessorList([control]),
+                    max_new_tokens=max_new_tokens,
+                    do_sample=False,
+                    synced_gpus=is_deepspeed_zero3_enabled(),
+                    pad_token_id=tokenizer.pad_token_id,
+                    eos_token_id=trainer._gen_kwargs.get("eos_token_id") if hasattr(trainer, "_gen_kwargs") else None,
+                )
+            new_tokens = output[:, batch["input_ids"].size(1) :]  # the forced tag is generated, so it is output
+            for i, row_tokens, prob in zip(indices[:real], new_tokens[:real], control.think_prob[:real].tolist()):
                 ids = [t for t in row_tokens.tolist() if t != tokenizer.pad_token_id]
-                results.append((i, tokenizer.decode(ids, skip_special_tokens=True), len(ids)))
+                results.append((i, tokenizer.decode(ids, skip_special_tokens=True), len(ids), prob))
         gold = {i: tokenizer.decode(_prompt_feature(eval_dataset[i])[1], skip_special_tokens=True) for i in mine}
     finally:
         tokenizer.padding_side = padding_side
         model.train(was_training)
 
-    local = [(i, text, length, gold[i]) for i, text, length in results]
+    local = [(i, text, length, gold[i], prob) for i, text, length, prob in results]
     if world > 1:
         gathered: list[Any] = [None] * world
         dist.all_gather_object(gathered, local)
@@ -111,13 +114,15 @@ def generate_and_score(
     local.sort()
     if trainer.is_world_process_zero():
         _save_generations(trainer, local)
-    texts = [text for _, text, _, _ in local]
-    golds = [g for _, _, _, g in local]
+    texts = [text for _, text, _, _, _ in local]
+    golds = [g for _, _, _, g, _ in local]
     chosen: Task = detect_task(golds) if task == "auto" else TASKS[task]
     summary = summarize_outputs(texts)
-    lengths = [length for _, _, length, _ in local]
+    lengths = [length for _, _, length, _, _ in local]
+    probs = [prob for *_, prob in local]
     return {
         **chosen.load_scorer().score(texts, golds),
         "cot_rate": round(100 * summary["cot_rate"], 4),
+        "think_prob": round(sum(probs) / max(len(probs), 1), 6),
         "gen_len": round(sum(lengths) / max(len(lengths), 1), 4),
     }

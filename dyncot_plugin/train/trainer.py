@@ -24,11 +24,15 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from llamafactory.extras import logging
 from llamafactory.train.sft.trainer import CustomSeq2SeqTrainer
+from transformers import LogitsProcessorList
 
 from dyncot_plugin.config import DynCotArguments
+from dyncot_plugin.cot_format import THINK_OPEN
+from dyncot_plugin.io.files import atomic_write_text
+from dyncot_plugin.think import THINK_SETTINGS_FILE, think_tag_ids
 from dyncot_plugin.train.families import IGNORE_INDEX, check_batch_keys, family_of, model_type_of
 from dyncot_plugin.train.gamma import GammaController
-from dyncot_plugin.train.generation import force_prefix, generation_inputs, think_controls
+from dyncot_plugin.train.generation import ThinkControl, generation_inputs
 from dyncot_plugin.train.image_features import ImageFeatureCache, find_multimodal_module, why_not_reusable
 from dyncot_plugin.train.metrics import SUM_KEYS, train_log_metrics
 from dyncot_plugin.train.resume import (
@@ -73,6 +77,9 @@ class DynCotTrainer(CustomSeq2SeqTrainer):
         self._pending_eval_metrics: dict[str, float] = {}
         self._image_cache: ImageFeatureCache | None = None
         self._image_cache_checked = False
+        self._think_control: ThinkControl | None = None
+        if self.compute_metrics is not None:  # LLaMA-Factory's metrics read the generated tokens only
+            self.compute_metrics = _tokens_only(self.compute_metrics)
 
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
         checkpoint = checkpoint_folder(self.args, resume_from_checkpoint)
@@ -284,24 +291,67 @@ class DynCotTrainer(CustomSeq2SeqTrainer):
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None, **gen_kwargs):
         """Evaluation scores the view the collator put first (the plain one for dynamic/multitask; cot: the CoT
         view where there is one). Generation (``predict_with_generate``) gets the model's own position inputs and
-        the ``dyncot_think`` control; a forced ``<think>`` stays in the prediction."""
+        the ``dyncot_think`` decision (:class:`~dyncot_plugin.train.generation.ThinkControl`); the generated tokens
+        come back with each row's ``think_prob`` as a ``[B, 1]`` tensor beside them, so the Trainer's own gathering
+        keeps them aligned to their rows on every process count (:meth:`save_predictions` writes them)."""
         plain, _, _ = split_views(inputs)
         if not self.args.predict_with_generate or prediction_loss_only:
             return super().prediction_step(model, plain, prediction_loss_only, ignore_keys=ignore_keys, **gen_kwargs)
         generation = generation_inputs(self.model, plain, self.family)
         if "labels" in plain:
             generation["labels"] = plain["labels"]
-        prefix, extra = think_controls(self.dyncot_args.dyncot_think, self.processing_class)
-        if prefix:
-            generation = force_prefix(generation, prefix, self.family)
-        gen_kwargs = {**getattr(self, "_gen_kwargs", {}), **gen_kwargs, **extra}
-        loss, tokens, labels = super().prediction_step(
-            model, generation, prediction_loss_only, ignore_keys=ignore_keys, **gen_kwargs
-        )
-        if prefix and tokens is not None:  # LLaMA-Factory blanked the whole prompt, the forced prefix with it
-            start = generation["input_ids"].size(-1) - len(prefix)
-            tokens[:, start : start + len(prefix)] = torch.tensor(prefix, dtype=tokens.dtype, device=tokens.device)
-        return loss, tokens, labels
+        control = self.think_control()
+        gen_kwargs = {**getattr(self, "_gen_kwargs", {}), **gen_kwargs}
+        gen_kwargs["logits_processor"] = LogitsProcessorList([*gen_kwargs.get("logits_processor", []), control])
+        with control.attach(self.model):
+            loss, tokens, labels = super().prediction_step(
+                model, generation, prediction_loss_only, ignore_keys=ignore_keys, **gen_kwargs
+            )
+        if tokens is None:
+            return loss, tokens, labels
+        think_prob = control.think_prob.to(torch.float32).view(-1, 1).to(tokens.device)
+        return loss, (tokens, think_prob), labels
+
+    def think_control(self) -> ThinkControl:
+        """The run's :class:`ThinkControl` (built once: its text ban reads the whole vocabulary)."""
+        if getattr(self, "_think_control", None) is None:
+            args = self.dyncot_args
+            vocab = getattr(getattr(self.model, "config", None), "vocab_size", None)
+            vocab = vocab or getattr(getattr(getattr(self.model, "config", None), "text_config", None), "vocab_size", None)
+            self._think_control = ThinkControl(args.dyncot_think, self.processing_class, args.dyncot_think_threshold,
+                                               vocab_size=vocab)
+        return self._think_control
+
+    def save_predictions(self, dataset, predict_results, skip_special_tokens: bool = True) -> None:
+        """LLaMA-Factory's ``generated_predictions.jsonl``, each row with its ``think_prob``; the decision's settings
+        go to ``dyncot_think.json`` beside it."""
+        predictions = predict_results.predictions
+        think_prob = None
+        if isinstance(predictions, tuple):
+            predictions, think_prob = predictions
+            predict_results = predict_results._replace(predictions=predictions)
+        super().save_predictions(dataset, predict_results, skip_special_tokens)
+        if not self.is_world_process_zero():
+            return
+        self.save_think_settings(self.args.output_dir)
+        if think_prob is None:
+            return
+        path = os.path.join(self.args.output_dir, "generated_predictions.jsonl")
+        with open(path, encoding="utf-8") as f:
+            rows = [json.loads(line) for line in f if line.strip()]
+        if len(rows) != len(think_prob):
+            raise RuntimeError(f"{path}: {len(rows)} predictions but {len(think_prob)} think_prob values")
+        text = "".join(json.dumps({**row, "think_prob": round(float(p), 8)}, ensure_ascii=False) + "\n"
+                       for row, p in zip(rows, think_prob.reshape(-1)))
+        atomic_write_text(path, text)
+
+    def save_think_settings(self, folder: str) -> None:
+        """``dyncot_think.json``: the think decision this run used, read back as "the model's threshold" (serving)."""
+        args = self.dyncot_args
+        settings = {"think": args.dyncot_think, "threshold": args.dyncot_think_threshold, "tag": THINK_OPEN,
+                    "tag_ids": think_tag_ids(self.processing_class)}
+        os.makedirs(folder, exist_ok=True)
+        atomic_write_text(os.path.join(folder, THINK_SETTINGS_FILE), json.dumps(settings, indent=2) + "\n")
 
     # ------------------------------------------------------------------------------------------------- resume
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
@@ -333,8 +383,7 @@ class DynCotTrainer(CustomSeq2SeqTrainer):
             dataset = next(iter(dataset.values()))
         args = self.dyncot_args
         scores = generate_and_score(
-            self, dataset, args.dyncot_eval_samples, args.dyncot_eval_max_new_tokens, args.dyncot_eval_task,
-            think=args.dyncot_think,
+            self, dataset, args.dyncot_eval_samples, args.dyncot_eval_max_new_tokens, args.dyncot_eval_task
         )
         self._pending_eval_metrics = {f"{metric_key_prefix}_{k}": v for k, v in scores.items()}
         try:
@@ -364,6 +413,12 @@ class DynCotTrainer(CustomSeq2SeqTrainer):
                 logs["gamma"] = round(self._gamma_used, 6)
         super().log(logs, *args, **kwargs)
 
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """The model, and beside it the think decision it is served with (``dyncot_think.json``)."""
+        super().save_model(output_dir, _internal_call)
+        if self.args.should_save:
+            self.save_think_settings(output_dir or self.args.output_dir)
+
     def _save_checkpoint(self, model, trial) -> None:
         # γ's state goes in first: the Trainer writes trainer_state.json last, so a checkpoint that has it has γ too.
         if self.gamma.adaptive and self.args.should_save:
@@ -373,3 +428,18 @@ class DynCotTrainer(CustomSeq2SeqTrainer):
             os.makedirs(folder, exist_ok=True)
             self.gamma.save(folder)
         super()._save_checkpoint(model, trial)
+
+
+def _tokens_only(compute_metrics: Any) -> Any:
+    """``compute_metrics`` on the generated tokens alone (``prediction_step`` returns ``(tokens, think_prob)``)."""
+
+    def wrapped(eval_preds: Any, *args: Any, **kwargs: Any) -> Any:
+        predictions = eval_preds.predictions
+        if isinstance(predictions, tuple):
+            from transformers import EvalPrediction
+
+            eval_preds = EvalPrediction(predictions=predictions[0], label_ids=eval_preds.label_ids,
+                                        inputs=getattr(eval_preds, "inputs", None))
+        return compute_metrics(eval_preds, *args, **kwargs)
+
+    return wrapped

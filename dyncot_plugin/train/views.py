@@ -37,10 +37,11 @@ from llamafactory.extras.constants import IGNORE_INDEX
 from transformers import DataCollatorForSeq2Seq
 
 from dyncot_plugin.config import DynCotArguments
-from dyncot_plugin.cot_format import has_answer_block
+from dyncot_plugin.cot_format import THINK_OPEN, has_answer_block
 from dyncot_plugin.io.datasets import read_dataset_info, row_label
 from dyncot_plugin.io.read import InputError
 from dyncot_plugin.strategies import Strategy
+from dyncot_plugin.think import encode_segments
 from dyncot_plugin.train.families import ROPE_INPUT_KEYS, ModelFamily, derive_token_types
 
 logger = logging.get_logger(f"llamafactory.{__name__}")  # under LLaMA-Factory's handler and verbosity
@@ -259,7 +260,7 @@ class DualViewDatasetProcessor(SupervisedDatasetProcessor):
             cot_ids, cot_labels, status = [], [], COT_MISSING
             if self.needs_cot and cots[i] is not None:
                 response = [{"role": "assistant", "content": cots[i]}]
-                cot_ids, cot_labels = self._encode_data_example(response=response, **common)
+                cot_ids, cot_labels = self._encode_tagged(response, common)
                 # LLaMA-Factory truncates to exactly cutoff_len when anything is cut: a CoT view that reaches it may
                 # have lost its </answer>, so only strictly shorter views are kept.
                 if len(cot_ids) < self.data_args.cutoff_len:
@@ -276,6 +277,33 @@ class DualViewDatasetProcessor(SupervisedDatasetProcessor):
             model_inputs["videos"].append(examples["_videos"][i])
             model_inputs["audios"].append(examples["_audios"][i])
         return model_inputs
+
+
+    def _encode_tagged(self, response: list[dict[str, str]], common: dict[str, Any]) -> tuple[list[int], list[int]]:
+        """The CoT view, tokenised with ``<think>`` as a segment of its own (:func:`dyncot_plugin.think.
+        encode_segments`): its tokens are the tag that ``dyncot_think: always`` forces and the decision scores,
+        whatever the text after it (Qwen's pre-tokenizer would otherwise glue the tag's ``>`` to the next word)."""
+        plain_tokenizer = self.tokenizer
+        self.tokenizer = _TagSegmentTokenizer(plain_tokenizer)
+        try:
+            return self._encode_data_example(response=response, **common)
+        finally:
+            self.tokenizer = plain_tokenizer
+
+
+class _TagSegmentTokenizer:
+    """The tokenizer with ``encode`` tokenising ``<think>`` as a segment of its own; everything else delegated."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self._tokenizer = tokenizer
+
+    def encode(self, text: str, add_special_tokens: bool = True, **kwargs: Any) -> list[int]:
+        if THINK_OPEN not in text or add_special_tokens or kwargs:
+            return self._tokenizer.encode(text, add_special_tokens=add_special_tokens, **kwargs)
+        return encode_segments(self._tokenizer, text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._tokenizer, name)
 
 
 def cot_status_counts(dataset: Any) -> dict[str, int] | None:
