@@ -158,6 +158,10 @@ def test_three_modes_winners_auto_share_and_oracle(files, capsys):
     assert c["auto"]["chose_better"] == 2 and c["auto"]["chose_better_rate"] == approx(0.4)
     assert c["auto"]["thought"] == {"posts": 2, "chose_better": 1}
     assert c["auto"]["did_not_think"] == {"posts": 3, "chose_better": 1}
+    # decisive posts (always and never differ): p0, p1 (always better), p2, p4 (never better); auto thought on p0
+    # (right) and not on p1 (wrong), p2 and p4 (right): 3 of 4, where the tie-inclusive count says 2 of 5
+    assert c["decisive"] == {"posts": 4, "always_better": 2, "never_better": 2}
+    assert c["auto"]["decisive"] == {"posts": 4, "correct": 3, "accuracy": 0.75}
     # oracle: p0 [cat, dog], p1 [new york], p2 [weather, sun], p3 [game], p4 [rain]: every prediction right;
     # R@1 = (1/2 + 1 + 1/2 + 1 + 1)/5 = 0.8 with P@1 = 1
     o = c["oracle"]
@@ -187,6 +191,7 @@ def test_without_auto_pairwise_and_oracle(files, capsys):
     assert r["mode"] == "always" and c["auto"] is None
     assert c["per_post"]["winner"] == ["always", "always", "never", "always", "never"]
     assert c["wins"] == {"always": 3, "never": 2} and c["ties"] == 1
+    assert c["decisive"] == {"posts": 4, "always_better": 2, "never_better": 2}
     assert c["pairwise"] == {"always_vs_never": {"always_better": 2, "never_better": 2, "tie": 1}}
     assert c["oracle"]["f1@M"] == 1.0 and c["oracle"]["f1@1"] == approx(2 * 0.8 / 1.8)
     assert c["oracle"]["cot_rate"] == approx(3 / 5)  # always on p0, p1, p3
@@ -200,6 +205,7 @@ def test_two_modes_auto_vs_never(files, capsys):
     # auto >= never on p1, p3, p4 (ties); never wins p0 and p2
     assert c["per_post"]["winner"] == ["never", "auto", "never", "auto", "auto"]
     assert c["auto"]["chose_better"] == 3 and c["auto"]["against"] == ["never"]
+    assert "decisive" not in c and c["auto"]["decisive"] is None  # needs always and never
     # oracle: p0 [cat], p1 [nyc], p2 [weather, sun], p3 [game], p4 [rain]: P@M (1+0+1+1+1)/5, R@M (1/2+0+1+1+1)/5
     assert c["oracle"]["f1@M"] == approx(2 * 0.8 * 0.7 / 1.5)
 
@@ -216,6 +222,8 @@ def test_modes_table(files, capsys):
     assert rows["oracle"][1:] == ["60.00", "88.89", "100.00", "100.00", "100.00", "100.00", "2.80", "3.67", "1.50"]
     assert "auto chose the better mode on 2/5 posts (40.00%;" in out
     assert "when it thought 1/2, when it did not think 1/3" in out
+    assert "on the 4 decisive posts (F1@M of always and never differ) it took the better one on 3/4 (75.00%)" in out
+    assert "frontier: " not in out  # no think_prob in these files
 
 
 def test_per_post_f1_and_name_parsing(tmp_path):

@@ -12,6 +12,9 @@ starts with ``<think>``) or kept from it (``never``). The modes are named on the
   scores of the *oracle* that takes, per post, the winner's output. The oracle picks by per-post F1@M, so its
   corpus F1 (harmonic mean of macro P and R) is close to, not necessarily exactly, the best any per-post choice
   could reach.
+* Decisive posts (with an ``always`` and a ``never`` file): those whose F1@M differs between the two, where the
+  think decision matters; ``auto``'s decision on them is right when its output thinks exactly where ``always`` is
+  the better of the two. The tie-inclusive count above counts the posts on which every mode scores the same too.
 
 Pure functions of already-read lists; reading and the CLI are in :mod:`dyncot_plugin.tasks.mmkp.evaluate`.
 """
@@ -214,6 +217,12 @@ def compare_modes(
     }
     if ids is not None:
         out["per_post"]["ids"] = list(ids)
+    better = None  # per post +1 always better, -1 never better, 0 tie
+    if "always" in names and "never" in names:
+        better = [(a > b) - (a < b) for a, b in zip(f1["always"], f1["never"])]
+        n_always = better.count(1)
+        out["decisive"] = {"posts": n_always + better.count(-1), "always_better": n_always,
+                           "never_better": better.count(-1)}
     if AUTO in names:
         others = [m for m in names if m != AUTO]
         good = [all(f1[AUTO][i] >= f1[m][i] for m in others) for i in range(n)]
@@ -226,7 +235,12 @@ def compare_modes(
             "against": others,
             "thought": {"posts": n_thought, "chose_better": good_thought},
             "did_not_think": {"posts": n - n_thought, "chose_better": sum(good) - good_thought},
+            "decisive": None,
         }
+        if better is not None:
+            n_dec = out["decisive"]["posts"]
+            right = sum(1 for b, t in zip(better, thought) if b and (b > 0) == t)
+            out["auto"]["decisive"] = {"posts": n_dec, "correct": right, "accuracy": right / n_dec if n_dec else None}
     return out
 
 
@@ -278,6 +292,13 @@ def format_modes_table(result: dict) -> str:
             f"  when it thought {th['chose_better']}/{th['posts']}, when it did not think "
             f"{nt['chose_better']}/{nt['posts']}"
         )
+        dec = auto.get("decisive")
+        if dec is not None:
+            acc = "-" if dec["accuracy"] is None else f"{100 * dec['accuracy']:.2f}%"
+            lines.append(
+                f"  on the {dec['posts']} decisive posts (F1@M of always and never differ) it took the better one on "
+                f"{dec['correct']}/{dec['posts']} ({acc})"
+            )
     else:
         lines.append("(no file named auto: the decision is not judged; see the pairwise counts and the oracle)")
     picks = ", ".join(f"{m} {c}" for m, c in comp["oracle"]["picks"].items())
