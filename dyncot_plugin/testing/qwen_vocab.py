@@ -14,7 +14,7 @@ byte-level BPE with only lower ranks reaches (one merge per token: 151,387, as i
 pre-tokenizer regex, NFC normaliser and ByteLevel pre-tokenizer / decoder / post-processor, as in Qwen2's
 ``tokenizer.json``. Then the family's added tokens (:data:`ADDED_TOKENS`) at ids 151643 onwards, with the special
 flags of the real ``tokenizer_config.json`` files. Deriving the merges takes ~2 s, so the result is cached on disk
-(:func:`cache_dir`), keyed by the ranks file's hash and :data:`_BUILD_VERSION`.
+(:func:`cache_dir`), keyed by the ranks file's hash and this module's source (a change here rebuilds it).
 """
 
 from __future__ import annotations
@@ -47,8 +47,6 @@ RANKS_FILE = Path(__file__).parent / "qwen_vocab_data" / "qwen.tiktoken.xz"
 RANKS_SHA256 = "b2b1b8dfb5cc5f024bafc373121c6aba3f66f9a5a0269e243470a1de16a33186"
 NUM_RANKS = 151_643
 QWEN_MODEL_VOCAB = 151_936  # the embedding rows of Qwen2-VL-2B, Qwen2.5-VL-3B, Qwen3-VL-2B (ids past the tokens unused)
-# Bump when what is written to the cache changes (merges, pre-tokenizer, added tokens, tokenizer_config).
-_BUILD_VERSION = 1
 
 # Qwen2's pre-tokenizer (its tokenizer.json / transformers' Qwen2Tokenizer): single digits, no letter+number glue.
 PRETOKENIZE_REGEX = (
@@ -245,7 +243,8 @@ def qwen_tokenizer_dir(family: str) -> Path:
     first use, then taken from :func:`cache_dir`; built in a temporary folder if the cache is not writable)."""
     if family not in ADDED_TOKENS:
         raise ValueError(f"the real Qwen vocabulary is for {', '.join(QWEN_FAMILIES)}, not {family!r}")
-    key = f"qwen-tokenizer-{RANKS_SHA256[:16]}-v{_BUILD_VERSION}"
+    source = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
+    key = f"qwen-tokenizer-{RANKS_SHA256[:12]}-{source[:12]}"
     final = cache_dir() / key / family
     if not (final / "tokenizer_config.json").exists():
         try:

@@ -37,6 +37,10 @@ Every family shares the tokenizer of :mod:`~dyncot_plugin.testing.tiny_model` (a
 spot, with Qwen's special tokens and ``<think>``, ``</think>``, ``<answer>``, ``</answer>`` as non-special added
 tokens, so they survive ``skip_special_tokens=True``); non-Qwen families add their own special tokens on top and
 point bos/eos/pad at them. Same ``seed`` -> same tokenizer and weights.
+
+The Qwen families (:data:`QWEN_SIZED`) can instead take their real tokenizer (``tokenizer="qwen"``: Qwen's BPE ranks
+and the family's added tokens at their published ids, from :mod:`~dyncot_plugin.testing.qwen_vocab`) and a text
+decoder of another ``hidden_size`` / ``num_layers``.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dyncot_plugin.testing.qwen_vocab import QWEN_MODEL_VOCAB, qwen_tokenizer
 from dyncot_plugin.testing.tiny_model import (
     QWEN2_VL_CHAT_TEMPLATE,
     _train_tokenizer,
@@ -53,13 +58,14 @@ from dyncot_plugin.testing.tiny_model import (
     seeded_model,
 )
 
-__all__ = ["FAMILIES", "Family", "build_tiny_model"]
+__all__ = ["FAMILIES", "QWEN_SIZED", "Family", "build_tiny_model"]
 
 HIDDEN = 64  # text hidden size (4 heads of 16)
 VISION = 32  # vision tower width (2 heads of 16)
 
-# (tokenizer, model vocab size, token -> id) -> (config, model class, processor)
-Builder = Callable[[Any, int, Callable[[str], int]], tuple[Any, type, Any]]
+# (tokenizer, model vocab size, token -> id) -> (config, model class, processor); the Qwen families' builders also
+# take hidden_size= and num_layers= (QWEN_SIZED).
+Builder = Callable[..., tuple[Any, type, Any]]
 
 
 @dataclass(frozen=True)
@@ -75,15 +81,17 @@ class Family:
     chat_template: str | None = None
 
 
-def _text_sizes(model_vocab: int, **extra: Any) -> dict[str, Any]:
-    """Tiny decoder sizes shared by every family (2 layers, hidden 64, 4 query heads, 2 kv heads, head_dim 16)."""
+def _text_sizes(model_vocab: int, hidden_size: int = HIDDEN, num_layers: int = 2, **extra: Any) -> dict[str, Any]:
+    """Tiny decoder sizes shared by every family (by default 2 layers, hidden 64, 4 query heads, 2 kv heads); heads
+    of 16 whatever the hidden size, so the Qwen families' M-RoPE sections stay valid."""
+    heads = hidden_size // 16
     return {
         "vocab_size": model_vocab,
-        "hidden_size": HIDDEN,
-        "intermediate_size": HIDDEN * 2,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
+        "hidden_size": hidden_size,
+        "intermediate_size": hidden_size * 2,
+        "num_hidden_layers": num_layers,
+        "num_attention_heads": heads,
+        "num_key_value_heads": max(1, heads // 2),
         "max_position_embeddings": 4096,
         "rms_norm_eps": 1e-6,
         "tie_word_embeddings": False,
@@ -113,7 +121,9 @@ def _qwen_text_ids(token_id: Callable[[str], int]) -> dict[str, int]:
 _QWEN_MIN_PIXELS, _QWEN_MAX_PIXELS = 56 * 56, 112 * 112
 
 
-def _build_qwen2_5_vl(tokenizer: Any, model_vocab: int, token_id: Callable[[str], int]) -> tuple[Any, type, Any]:
+def _build_qwen2_5_vl(
+    tokenizer: Any, model_vocab: int, token_id: Callable[[str], int], hidden_size: int = HIDDEN, num_layers: int = 2
+) -> tuple[Any, type, Any]:
     from transformers import (
         Qwen2_5_VLConfig,
         Qwen2_5_VLForConditionalGeneration,
@@ -126,9 +136,11 @@ def _build_qwen2_5_vl(tokenizer: Any, model_vocab: int, token_id: Callable[[str]
     rope = {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [2, 3, 3]}
     text = _text_sizes(
         model_vocab,
+        hidden_size,
+        num_layers,
         rope_parameters=rope,
         use_sliding_window=False,
-        max_window_layers=2,
+        max_window_layers=num_layers,
         **_qwen_text_ids(token_id),
     )
     vision = {
@@ -136,7 +148,7 @@ def _build_qwen2_5_vl(tokenizer: Any, model_vocab: int, token_id: Callable[[str]
         "hidden_size": VISION,
         "intermediate_size": VISION * 2,
         "num_heads": 2,
-        "out_hidden_size": HIDDEN,  # merger output = LM hidden size
+        "out_hidden_size": hidden_size,  # merger output = LM hidden size
         "patch_size": 14,
         "spatial_merge_size": 2,
         "temporal_patch_size": 2,
@@ -170,7 +182,9 @@ QWEN3_VL_CHAT_TEMPLATE = (
 )
 
 
-def _build_qwen3_vl(tokenizer: Any, model_vocab: int, token_id: Callable[[str], int]) -> tuple[Any, type, Any]:
+def _build_qwen3_vl(
+    tokenizer: Any, model_vocab: int, token_id: Callable[[str], int], hidden_size: int = HIDDEN, num_layers: int = 2
+) -> tuple[Any, type, Any]:
     from transformers import (
         Qwen2VLImageProcessor,
         Qwen3VLConfig,
@@ -181,13 +195,15 @@ def _build_qwen3_vl(tokenizer: Any, model_vocab: int, token_id: Callable[[str], 
 
     # Interleaved M-RoPE over head_dim // 2 = 8 frequencies (the real model: 24/20/20 of 64).
     rope = {"rope_type": "default", "rope_theta": 5000000.0, "mrope_section": [4, 2, 2], "mrope_interleaved": True}
-    text = _text_sizes(model_vocab, head_dim=HIDDEN // 4, rope_parameters=rope, **_qwen_text_ids(token_id))
+    text = _text_sizes(
+        model_vocab, hidden_size, num_layers, head_dim=16, rope_parameters=rope, **_qwen_text_ids(token_id)
+    )
     vision = {
         "depth": 2,
         "hidden_size": VISION,
         "intermediate_size": VISION * 2,
         "num_heads": 2,
-        "out_hidden_size": HIDDEN,
+        "out_hidden_size": hidden_size,
         "patch_size": 16,
         "spatial_merge_size": 2,
         "temporal_patch_size": 2,
@@ -508,7 +524,19 @@ def _family_tokenizer(spec: Family, vocab_size: int, seed: int) -> Any:
     return tokenizer
 
 
-def build_tiny_model(out_dir: str | Path, family: str, seed: int = 0, vocab_size: int = 1024) -> Path:
+# Families whose builders take hidden_size / num_layers, and that tokenizer="qwen" (their real vocabulary) is for.
+QWEN_SIZED = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+
+
+def build_tiny_model(
+    out_dir: str | Path,
+    family: str,
+    seed: int = 0,
+    vocab_size: int = 1024,
+    tokenizer: str = "tiny",
+    hidden_size: int | None = None,
+    num_layers: int | None = None,
+) -> Path:
     """Write a tiny random checkpoint of ``family`` (a key of :data:`FAMILIES`) to ``out_dir``; return its path.
 
     The folder holds ``config.json`` / ``model.safetensors`` (fp32, weights seeded by ``seed``), the tokenizer
@@ -516,19 +544,42 @@ def build_tiny_model(out_dir: str | Path, family: str, seed: int = 0, vocab_size
     files (``processor_config.json``, ``preprocessor_config.json``, ``video_preprocessor_config.json`` where the
     family has a video processor, ``chat_template.jinja``) and ``generation_config.json``. Train it with
     LLaMA-Factory's ``template: FAMILIES[family].template``. Existing files with the same names are overwritten.
+
+    ``tokenizer="qwen"`` (Qwen families only) uses the family's real tokenizer instead of the tiny one: Qwen's
+    151,643 BPE ranks and the family's added tokens at their published ids, model vocab 151,936
+    (:mod:`~dyncot_plugin.testing.qwen_vocab`); on qwen2_vl and qwen2_5_vl ``<think>`` is then three tokens, and
+    there is no ``<answer>`` token. ``hidden_size`` (a multiple of 16; default 64) and ``num_layers`` (default 2)
+    size the text decoder of the Qwen families.
     """
     import torch
     from transformers import GenerationConfig
 
     if family not in FAMILIES:
         raise ValueError(f"unknown family {family!r}; known: {', '.join(FAMILIES)}")
+    if tokenizer not in ("tiny", "qwen"):
+        raise ValueError(f"unknown tokenizer {tokenizer!r}; known: tiny, qwen")
+    sizes = {k: v for k, v in (("hidden_size", hidden_size), ("num_layers", num_layers)) if v is not None}
+    if (sizes or tokenizer == "qwen") and family not in QWEN_SIZED:
+        what = "tokenizer='qwen'" if tokenizer == "qwen" else "hidden_size / num_layers"
+        raise ValueError(f"{what} is for the families {', '.join(QWEN_SIZED)}, not {family!r}")
+    if hidden_size is not None and (hidden_size < 16 or hidden_size % 16):
+        raise ValueError(f"hidden_size must be a positive multiple of 16 (heads of 16), got {hidden_size}")
+    if num_layers is not None and num_layers < 1:
+        raise ValueError(f"num_layers must be at least 1, got {num_layers}")
     spec = FAMILIES[family]
     if spec.build is None:
-        return build_tiny_qwen2vl(out_dir, seed=seed, vocab_size=vocab_size)
+        return build_tiny_qwen2vl(out_dir, seed=seed, vocab_size=vocab_size, tokenizer=tokenizer, **sizes)
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = _family_tokenizer(spec, vocab_size, seed)
+    if tokenizer == "qwen":
+        if vocab_size != 1024:
+            raise ValueError("vocab_size is for the tiny tokenizer, not tokenizer='qwen'")
+        tokenizer = qwen_tokenizer(family, spec.chat_template)
+        model_vocab = QWEN_MODEL_VOCAB
+    else:
+        tokenizer = _family_tokenizer(spec, vocab_size, seed)
+        model_vocab = ((len(tokenizer) + 63) // 64) * 64
 
     def token_id(token: str) -> int:
         ids = tokenizer.convert_tokens_to_ids([token])
@@ -536,8 +587,7 @@ def build_tiny_model(out_dir: str | Path, family: str, seed: int = 0, vocab_size
             raise KeyError(f"{token!r} is not a single token of the {family} tokenizer")
         return ids[0]
 
-    model_vocab = ((len(tokenizer) + 63) // 64) * 64
-    config, model_class, processor = spec.build(tokenizer, model_vocab, token_id)
+    config, model_class, processor = spec.build(tokenizer, model_vocab, token_id, **sizes)
     stop_ids = [token_id(t) for t in spec.stop_tokens]
     pad_id = tokenizer.pad_token_id
     bos_id = config.get_text_config().bos_token_id  # Qwen tokenizers have no bos token; their configs name one

@@ -7,7 +7,9 @@
 * ``config.json`` / ``model.safetensors``: a ``Qwen2VLConfig`` with tiny sizes and seeded random weights;
 * ``tokenizer.json`` / ``tokenizer_config.json``: a byte-level BPE (Qwen2 pre-tokenizer) trained on the spot
   on a small built-in English corpus (or on the given ``corpus`` lines), with Qwen's special tokens and ``<think>``, ``</think>``,
-  ``<answer>``, ``</answer>`` as (non-special) added tokens, so they survive ``skip_special_tokens=True``;
+  ``<answer>``, ``</answer>`` as (non-special) added tokens, so they survive ``skip_special_tokens=True``; or, with
+  ``tokenizer="qwen"``, Qwen2-VL's real tokenizer (:mod:`~dyncot_plugin.testing.qwen_vocab`), where ``<think>`` is
+  three tokens;
 * ``preprocessor_config.json`` / ``video_preprocessor_config.json`` / ``processor_config.json`` /
   ``chat_template.jinja``: ``Qwen2VLProcessor`` with small pixel limits (a 64x64 image -> 4 image tokens);
 * ``generation_config.json``: eos = ``<|im_end|>`` (and ``<|endoftext|>``), pad = ``<|endoftext|>``.
@@ -170,6 +172,7 @@ def build_tiny_qwen2vl(
     min_pixels: int = 56 * 56,
     max_pixels: int = 112 * 112,
     corpus: list[str] | None = None,
+    tokenizer: str = "tiny",
 ) -> Path:
     """Write a tiny random Qwen2-VL checkpoint (model + tokenizer + processor) to ``out_dir``; return its path.
 
@@ -183,6 +186,9 @@ def build_tiny_qwen2vl(
         min_pixels / max_pixels: image-processor pixel limits; each 28x28 area is one image token.
         corpus: lines to train the tokenizer on instead of the built-in corpus (e.g. a demo dataset's text, so a
             small vocab holds its words as single tokens).
+        tokenizer: ``"tiny"`` (the BPE trained here) or ``"qwen"`` (Qwen2-VL's real vocabulary and special tokens
+            at their published ids, model vocab 151,936, no ``<think>`` token: see
+            :mod:`~dyncot_plugin.testing.qwen_vocab`; ``vocab_size`` and ``corpus`` must then be left unset).
     """
     import torch
     from transformers import (
@@ -197,9 +203,18 @@ def build_tiny_qwen2vl(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
-    tokenizer = _train_tokenizer(vocab_size, seed, corpus)
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS + COT_TOKENS}
-    model_vocab = ((len(tokenizer) + 63) // 64) * 64
+    if tokenizer == "qwen":
+        from dyncot_plugin.testing.qwen_vocab import QWEN_MODEL_VOCAB, qwen_tokenizer
+
+        if corpus is not None or vocab_size != 1024:
+            raise ValueError("vocab_size and corpus are for the tiny tokenizer, not tokenizer='qwen'")
+        tok, model_vocab = qwen_tokenizer("qwen2_vl", QWEN2_VL_CHAT_TEMPLATE), QWEN_MODEL_VOCAB
+    elif tokenizer == "tiny":
+        tok = _train_tokenizer(vocab_size, seed, corpus)
+        model_vocab = ((len(tok) + 63) // 64) * 64
+    else:
+        raise ValueError(f"unknown tokenizer {tokenizer!r}; known: tiny, qwen")
+    ids = {t: tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
 
     head_dim = hidden_size // num_heads
     if head_dim % 4:
@@ -267,7 +282,7 @@ def build_tiny_qwen2vl(
     )
     processor = Qwen2VLProcessor(
         image_processor=image_processor,
-        tokenizer=tokenizer,
+        tokenizer=tok,
         video_processor=video_processor,
         chat_template=QWEN2_VL_CHAT_TEMPLATE,
     )
