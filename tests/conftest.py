@@ -37,3 +37,41 @@ def tiny_model_dir(tmp_path_factory) -> str:
 # ---------------------------------------------------------------------------------------------------------------
 # Other shared fixtures: add below (one section per topic, documented; keep them offline and session-cheap).
 # ---------------------------------------------------------------------------------------------------------------
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Tiny models with Qwen's real vocabulary (151,643 BPE ranks + the family's added tokens at their published ids)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def real_vocab_model(tmp_path_factory):
+    """``real_vocab_model(family)`` -> path (str) of a tiny random ``family`` checkpoint (qwen2_vl, qwen2_5_vl or
+    qwen3_vl) with Qwen's real tokenizer (``build_tiny_model(..., tokenizer="qwen")``: hidden 64, 2 layers, model
+    vocab 151,936, ~80 MB), built once per family per session. On qwen2_vl / qwen2_5_vl ``<think>`` is the three
+    tokens ``<th`` ``ink`` ``>``; on qwen3_vl it is the single token 151667. Train with
+    ``FAMILIES[family].template``. Treat it as read-only (copy it before modifying).
+    """
+    from dyncot_plugin.testing.tiny_families import build_tiny_model
+
+    built: dict[str, str] = {}
+
+    def get(family: str = "qwen2_vl") -> str:
+        if family not in built:
+            out = tmp_path_factory.mktemp(f"real_vocab_{family}")
+            built[family] = str(build_tiny_model(out, family, seed=0, tokenizer="qwen"))
+        return built[family]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def qwen2vl_real_vocab_dir(real_vocab_model) -> str:
+    """Tiny random Qwen2-VL with Qwen's real vocabulary (``<think>`` is 3 tokens); ``template: qwen2_vl``."""
+    return real_vocab_model("qwen2_vl")
+
+
+@pytest.fixture(scope="session")
+def qwen3vl_real_vocab_dir(real_vocab_model) -> str:
+    """Tiny random Qwen3-VL with Qwen's real vocabulary (``<think>`` = 151667); ``template: qwen3_vl_nothink``."""
+    return real_vocab_model("qwen3_vl")

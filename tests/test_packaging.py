@@ -42,7 +42,9 @@ def test_wheel_contains_the_pth_file_and_the_bundled_data(wheel):
         assert zf.read("dyncot_plugin.pth").decode().strip() == "import dyncot_plugin._bootstrap"
     for name in ("dyncot_plugin/_bootstrap.py", "dyncot_plugin/patches.py", "dyncot_plugin/tasks/mmkp/demo_cmkp/NOTICE",
                  "dyncot_plugin/tasks/mmkp/demo_cmkp/demo_src.txt", "dyncot_plugin/tasks/mmkp/demo_cmkp/demo_ocr_final.txt",
-                 "dyncot_plugin/tasks/mmkp/demo_cmkp/demo_attribute_cleaned.txt"):
+                 "dyncot_plugin/tasks/mmkp/demo_cmkp/demo_attribute_cleaned.txt",
+                 "dyncot_plugin/testing/qwen_vocab_data/qwen.tiktoken.xz", "dyncot_plugin/testing/qwen_vocab_data/NOTICE",
+                 "dyncot_plugin/testing/qwen_vocab_data/LICENSE"):
         assert name in names, name
     assert not any(n.startswith(("tests/", "benchmarks/")) for n in names)
 
