@@ -17,7 +17,7 @@ from dyncot_plugin.testing.qwen_vocab import (
     QWEN_MODEL_VOCAB,
     RANKS_FILE,
     _backend,
-    bpe_vocab_and_merges,
+    _vocab_and_merges,
     load_ranks,
     qwen_tokenizer,
     qwen_tokenizer_dir,
@@ -53,7 +53,7 @@ def test_ranks_are_the_pinned_file_and_the_tokenizer_encodes_as_tiktoken_does(tm
 
     ranks = load_ranks()
     assert len(ranks) == NUM_RANKS and sorted(ranks.values()) == list(range(NUM_RANKS))
-    vocab, merges = bpe_vocab_and_merges(ranks)
+    vocab, merges = _vocab_and_merges()  # bpe_vocab_and_merges(load_ranks()), once per process (the cache test too)
     assert len(vocab) == NUM_RANKS and len(merges) == NUM_RANKS - 256  # one merge per multi-byte token
     assert vocab["Hello"] == 9707 and vocab["Ġworld"] == 1879
 
@@ -69,7 +69,7 @@ def test_ranks_are_the_pinned_file_and_the_tokenizer_encodes_as_tiktoken_does(tm
 
     bad = tmp_path / "qwen.tiktoken.xz"
     raw = lzma.decompress(RANKS_FILE.read_bytes())
-    bad.write_bytes(lzma.compress(raw.replace(b"IQ== 0", b"Ig== 0", 1)))
+    bad.write_bytes(lzma.compress(raw.replace(b"IQ== 0", b"Ig== 0", 1), preset=0))
     with pytest.raises(ValueError, match=r"qwen\.tiktoken\.xz: sha256 of the uncompressed ranks is .* expected b2b1b8"):
         load_ranks(bad)
 
@@ -171,6 +171,15 @@ def test_cli_refuses_what_does_not_apply_to_the_qwen_tokenizer(tmp_path, capsys)
         assert exc.value.code == 2
         assert message in capsys.readouterr().err, argv
     assert not (tmp_path / "refused").exists()
+
+    from dyncot_plugin.testing.tiny_families import build_tiny_model
+
+    with pytest.raises(ValueError, match="tokenizer='qwen' is for the families qwen2_vl, qwen2_5_vl, qwen3_vl, not 'gemma3'"):
+        build_tiny_model(tmp_path / "refused", "gemma3", tokenizer="qwen")
+    with pytest.raises(ValueError, match="unknown tokenizer 'llama'; known: tiny, qwen"):
+        build_tiny_model(tmp_path / "refused", "qwen2_vl", tokenizer="llama")
+    with pytest.raises(ValueError, match="vocab_size is for the tiny tokenizer"):
+        build_tiny_model(tmp_path / "refused", "qwen3_vl", tokenizer="qwen", vocab_size=512)
 
 
 @pytest.mark.slow
