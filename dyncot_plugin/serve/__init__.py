@@ -1,0 +1,12 @@
+"""Prediction and serving on vLLM with the think decision intact (runs where vLLM is installed, LLaMA-Factory not).
+
+* :mod:`~dyncot_plugin.serve.templates`: LLaMA-Factory's prompt slots and image preprocessing, torch-free, for the
+  templates the plugin supports (tested token for token against LLaMA-Factory's own ``Template``);
+* :mod:`~dyncot_plugin.serve.recipe`: a prediction recipe read as ``llamafactory-cli train`` reads it: keys honoured,
+  ignored or refused by name; the dataset's rows turned into prompts and labels;
+* :mod:`~dyncot_plugin.serve.logits`: the vLLM logits processor of ``dyncot_think`` (force the tag, ban it in text);
+* :mod:`~dyncot_plugin.serve.predict`: ``dyncot-predict``;
+* :mod:`~dyncot_plugin.serve.reasoning` and :mod:`~dyncot_plugin.serve.middleware`: the OpenAI-compatible server.
+
+Nothing here imports :mod:`dyncot_plugin.train` or LLaMA-Factory.
+"""

@@ -1,0 +1,188 @@
+"""LLaMA-Factory 0.9.5's prompts without LLaMA-Factory: template slots, ``<image>`` expansion, image preprocessing.
+
+``dyncot-predict`` runs where vLLM is installed and LLaMA-Factory is not (their transformers pins conflict), yet its
+prompts must be token for token those of a ``llamafactory-cli train`` prediction run. The ``chat_template.jinja`` a
+run saves is not enough (for ``qwen2_vl`` it keeps the base model's template, and LLaMA-Factory tokenises each slot
+on its own, not the rendered string), so the slots are copied here, one row per template (LLaMA-Factory's own
+``register_template`` calls in ``llamafactory/data/template.py``). ``tests/test_serve_templates.py`` checks every row
+against LLaMA-Factory's ``Template.encode_oneturn`` and its mm plugin, so a drifting copy fails a test.
+
+What one row holds: the slots (``{{content}}`` filled, each slot tokenised separately with
+``add_special_tokens=False``, as ``Template._convert_elements_to_ids`` does), ``default_system``, the stop words
+(the first replaces the EOS token when ``replace_eos``), and the image placeholder's expansion of the mm plugin.
+A template without a row is refused by name.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+IMAGE_PLACEHOLDER = "<image>"
+VIDEO_PLACEHOLDER = "<video>"
+
+
+@dataclass(frozen=True)
+class PromptTemplate:
+    """One LLaMA-Factory template (string slots only: every supported template has them)."""
+
+    name: str
+    user: str
+    assistant: str
+    system: str
+    prefix: str = ""
+    default_system: str = ""
+    stop_words: tuple[str, ...] = ()
+    replace_eos: bool = False
+    efficient_eos: bool = False
+    mm_plugin: str = "base"  # "qwen2_vl" (Qwen2-VL, Qwen2.5-VL), "qwen3_vl", "base" (text only)
+    image_token: str | None = None
+    vision_bos: str = "<|vision_start|>"
+    vision_eos: str = "<|vision_end|>"
+
+
+_CHATML_USER = "<|im_start|>user\n{{content}}<|im_end|>\n<|im_start|>assistant\n"
+_CHATML_ASSISTANT = "{{content}}<|im_end|>\n"
+_CHATML_SYSTEM = "<|im_start|>system\n{{content}}<|im_end|>\n"
+
+TEMPLATES: dict[str, PromptTemplate] = {
+    t.name: t
+    for t in (
+        PromptTemplate("qwen2_vl", _CHATML_USER, _CHATML_ASSISTANT, _CHATML_SYSTEM,
+                       default_system="You are a helpful assistant.", stop_words=("<|im_end|>",), replace_eos=True,
+                       mm_plugin="qwen2_vl", image_token="<|image_pad|>"),
+        PromptTemplate("qwen3_vl_nothink", _CHATML_USER, _CHATML_ASSISTANT, _CHATML_SYSTEM,
+                       stop_words=("<|im_end|>",), replace_eos=True, mm_plugin="qwen3_vl",
+                       image_token="<|image_pad|>"),
+        PromptTemplate("qwen", _CHATML_USER, _CHATML_ASSISTANT, _CHATML_SYSTEM,
+                       default_system="You are Qwen, created by Alibaba Cloud. You are a helpful assistant.",
+                       stop_words=("<|im_end|>",), replace_eos=True),
+    )
+}
+"""The templates ``dyncot-predict`` reproduces (``qwen2_vl`` serves Qwen2-VL and Qwen2.5-VL)."""
+
+
+def get_template(name: str, default_system: str | None = None) -> PromptTemplate:
+    if name not in TEMPLATES:
+        raise KeyError(f"template: {name!r} is not supported by dyncot-predict (supported: {', '.join(TEMPLATES)})")
+    template = TEMPLATES[name]
+    if default_system is not None:  # LLaMA-Factory's `default_system` data argument replaces the template's
+        template = PromptTemplate(**{**template.__dict__, "default_system": default_system})
+    return template
+
+
+def _slot(slot: str, content: str) -> str:
+    return slot.replace("{{content}}", content)
+
+
+def _encode(tokenizer: Any, text: str) -> list[int]:
+    return list(tokenizer.encode(text, add_special_tokens=False)) if text else []
+
+
+def encode_oneturn(template: PromptTemplate, tokenizer: Any, messages: Sequence[dict[str, str]],
+                   system: str | None = None) -> tuple[list[int], list[int]]:
+    """``Template.encode_oneturn``: (prompt ids, response ids) of alternating user/assistant ``messages``, the last
+    being the response; turn 0 carries the prefix and the system slot (``system`` or the default system)."""
+    system = system or template.default_system
+    encoded: list[list[int]] = []
+    for i, message in enumerate(messages):
+        ids: list[int] = []
+        if i == 0:
+            ids += _encode(tokenizer, template.prefix)
+            if system:
+                ids += _encode(tokenizer, _slot(template.system, system))
+        if message["role"] == "user":
+            ids += _encode(tokenizer, _slot(template.user, message["content"]))
+        elif message["role"] == "assistant":
+            ids += _encode(tokenizer, _slot(template.assistant, message["content"]))
+        else:
+            raise ValueError(f"unsupported role {message['role']!r} (dyncot-predict takes user/assistant turns)")
+        encoded.append(ids)
+    return [i for ids in encoded[:-1] for i in ids], encoded[-1]
+
+
+def stop_token_ids(template: PromptTemplate, tokenizer: Any) -> list[int]:
+    """The ``eos_token_id`` list of LLaMA-Factory's prediction run: the (replaced) EOS, then the tokenizer's extra
+    special tokens (``sft/workflow.py``), to which ``fix_special_tokens`` added the remaining stop words."""
+    eos = tokenizer.convert_tokens_to_ids(template.stop_words[0]) if template.replace_eos else tokenizer.eos_token_id
+    if eos is None:
+        eos = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    extra = getattr(tokenizer, "additional_special_tokens_ids", None)
+    if not isinstance(extra, list):
+        extra = [tokenizer.convert_tokens_to_ids(t) for t in getattr(tokenizer, "_extra_special_tokens", [])]
+    extra = extra + [tokenizer.convert_tokens_to_ids(w) for w in template.stop_words[1 if template.replace_eos else 0:]]
+    return list(dict.fromkeys([eos] + [i for i in extra if i is not None and i != -1]))
+
+
+# ------------------------------------------------------------------------------------------------------ images
+def preprocess_image(image: Any, plugin: str, max_pixels: int, min_pixels: int) -> Any:
+    """The mm plugin's ``_preprocess_image``: LLaMA-Factory resizes (PIL's default filter) into
+    [``image_min_pixels``, ``image_max_pixels``] and converts to RGB before the processor sees the image; the Qwen-VL
+    plugins then enforce a 28-pixel short side and an aspect ratio of at most 200."""
+    if image.width * image.height > max_pixels:
+        factor = math.sqrt(max_pixels / (image.width * image.height))
+        image = image.resize((int(image.width * factor), int(image.height * factor)))
+    if image.width * image.height < min_pixels:
+        factor = math.sqrt(min_pixels / (image.width * image.height))
+        image = image.resize((int(image.width * factor), int(image.height * factor)))
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    if plugin in ("qwen2_vl", "qwen3_vl"):
+        if min(image.width, image.height) < 28:
+            image = image.resize((max(image.width, 28), max(image.height, 28)))
+        if image.width / image.height > 200:
+            image = image.resize((image.height * 180, image.height))
+        if image.height / image.width > 200:
+            image = image.resize((image.width, image.width * 180))
+    return image
+
+
+def image_seqlens(image_processor: Any, images: Sequence[Any]) -> list[int]:
+    """How many ``image_token`` an image becomes: ``grid_t * grid_h * grid_w // merge_size**2`` (Qwen-VL)."""
+    if not images:
+        return []
+    grid = image_processor(images=list(images), return_tensors="np")["image_grid_thw"]
+    merge = getattr(image_processor, "merge_size", 2) ** 2
+    return [int(math.prod(int(v) for v in row)) // merge for row in grid]
+
+
+def expand_images(template: PromptTemplate, messages: Sequence[dict[str, str]], seqlens: Sequence[int],
+                  expand: bool = True) -> list[dict[str, str]]:
+    """``process_messages`` of the Qwen-VL plugins: every ``<image>`` becomes ``vision_bos + image_token * n +
+    vision_eos`` in order (``expand=False``: one ``image_token`` each, the form vLLM expands itself)."""
+    count = sum(m["content"].count(IMAGE_PLACEHOLDER) for m in messages)
+    if count != len(seqlens):
+        raise ValueError(f"the number of images ({len(seqlens)}) does not match the number of {IMAGE_PLACEHOLDER} "
+                         f"tokens ({count})")
+    if any(VIDEO_PLACEHOLDER in m["content"] for m in messages):
+        raise ValueError("videos are not supported by dyncot-predict")
+    if count and template.image_token is None:
+        raise ValueError(f"template {template.name!r} has no image slot, but a row has {IMAGE_PLACEHOLDER}")
+    out, k = [], 0
+    for message in messages:
+        content = message["content"]
+        while IMAGE_PLACEHOLDER in content:
+            n = seqlens[k] if expand else 1
+            content = content.replace(IMAGE_PLACEHOLDER,
+                                      f"{template.vision_bos}{template.image_token * n}{template.vision_eos}", 1)
+            k += 1
+        out.append({**message, "content": content})
+    return out
+
+
+def infer_seqlen(source_len: int, target_len: int, cutoff_len: int) -> tuple[int, int]:
+    """LLaMA-Factory's ``processor_utils.infer_seqlen``: how ``cutoff_len`` cuts a prompt and its label."""
+    if target_len * 2 < cutoff_len:
+        max_target_len = cutoff_len
+    elif source_len * 2 < cutoff_len:
+        max_target_len = cutoff_len - source_len
+    else:
+        max_target_len = int(cutoff_len * (target_len / (source_len + target_len)))
+    new_target_len = min(max_target_len, target_len)
+    max_source_len = max(cutoff_len - new_target_len, 0)
+    return min(max_source_len, source_len), new_target_len
+
+
+__all__ = ["IMAGE_PLACEHOLDER", "PromptTemplate", "TEMPLATES", "encode_oneturn", "expand_images", "get_template",
+           "image_seqlens", "infer_seqlen", "preprocess_image", "stop_token_ids"]
