@@ -16,16 +16,20 @@ JSON instead of the table.
 
 Thinking modes: ``--predictions MODE=PATH`` two or three times (MODE: ``auto``, ``always``, ``never``; the same
 posts in the same order) adds every mode's scores, per post the mode with the higher F1@M (a tie goes to
-``auto``), how often ``auto`` chose as well as the forced modes, and the oracle that takes the better mode's output
-per post. ``--baseline [NAME=]PATH`` (a previous run's JSON) puts every score of both runs side by side. With
-either, a PNG of the scores and lengths is written next to the JSON (``--plot PATH``, ``--no-plot``). All of it is
-documented in docs/eval.md.
+``auto``), how often ``auto`` chose as well as the forced modes (and, on the decisive posts, where ``always`` and
+``never`` differ, how often its decision was right), and the oracle that takes the better mode's output per post.
+With ``always`` and ``never`` files whose rows carry ``think_prob``, the frontier: the exact scores of the ``auto``
+of every think-probability threshold (:mod:`~dyncot_plugin.tasks.mmkp.frontier`; ``--threshold`` marks one,
+``--think-rate R`` prints the lowest threshold whose think rate is at most R). ``--baseline [NAME=]PATH`` (a
+previous run's JSON) puts every score of both runs side by side. With either, a PNG of the scores and lengths is
+written next to the JSON (``--plot PATH``, ``--no-plot``). All of it is documented in docs/eval.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any, NamedTuple, Sequence
@@ -40,6 +44,14 @@ from dyncot_plugin.tasks.mmkp.compare import (
     format_baseline_table,
     parse_baseline_arg,
     read_baseline,
+)
+from dyncot_plugin.tasks.mmkp.frontier import (
+    DEFAULT_THRESHOLD,
+    compute_frontier,
+    format_frontier_table,
+    merge_think_probs,
+    read_think_probs,
+    summarize_frontier,
 )
 from dyncot_plugin.tasks.mmkp.metrics import VARIANTS, evaluate_keyphrases
 from dyncot_plugin.tasks.mmkp.modes import (
@@ -134,6 +146,7 @@ class _Run(NamedTuple):
     ids: list[str] | None
     notes: list[str]
     truncated: int
+    think_probs: list[float] | None  # the rows' think_prob (None when the file has none)
 
 
 def _check_inputs(pred_path: Path, dataset, src) -> None:
@@ -154,10 +167,12 @@ def _read_run(pred_path: Path, dataset, src, label_check: bool, cache: dict) -> 
     labels: list[Any] | None = None
     golds: list[list[str]]
     truncated = 0
+    think_probs: list[float] | None = None
     if _is_jsonl_predictions(pred_path):
         fmt = "llamafactory"
         rows = read_generated_predictions(pred_path, require_label=False)
         outputs = [r["predict"] for r in rows]
+        think_probs = read_think_probs(rows, pred_path)
         labels = [r.get("label") for r in rows]
         if dataset is not None:
             data_path = Path(dataset)
@@ -204,7 +219,7 @@ def _read_run(pred_path: Path, dataset, src, label_check: bool, cache: dict) -> 
                 f"{pred_path} has {len(outputs)} lines but the source file {src} has {len(golds)}; "
                 f"they must hold the same posts in the same order."
             )
-    return _Run(pred_path, fmt, outputs, labels, golds, sources, ids, notes, truncated)
+    return _Run(pred_path, fmt, outputs, labels, golds, sources, ids, notes, truncated, think_probs)
 
 
 def _load_tokenizer(tokenizer: Any) -> tuple[Any, str | None]:
@@ -216,11 +231,13 @@ def _load_tokenizer(tokenizer: Any) -> tuple[Any, str | None]:
     return AutoTokenizer.from_pretrained(tokenizer, trust_remote_code=False), f"tokenizer:{tokenizer}"
 
 
-def _score_run(run: _Run, train_set, ks, variant, tokenizer, unit, files: dict) -> tuple[dict, list, list]:
-    """The JSON result of one run, with its parsed outputs and prediction lists (for the mode comparison)."""
+def _score_run(run: _Run, train_set, ks, variant, tokenizer, unit, files: dict) -> tuple[dict, list, list, list]:
+    """The JSON result of one run, with its parsed outputs, prediction lists and per-post outcomes
+    (:func:`~.metrics.post_outcomes`, for the mode comparison and the frontier)."""
     parsed = [parse_output(o) for o in run.outputs]
     preds = [split_keyphrases_cmkp(p.answer) for p in parsed]
-    result = evaluate_keyphrases(preds, run.golds, run.sources, train_set, ks=ks, variant=variant)
+    outcomes: list = []
+    result = evaluate_keyphrases(preds, run.golds, run.sources, train_set, ks=ks, variant=variant, outcomes=outcomes)
     result["by_think"] = split_by_think(parsed, preds, run.golds, run.sources, train_set, ks, variant)
     summary = summarize_outputs(run.outputs, tokenizer=tokenizer, parsed=parsed)
     result["cot_rate"] = summary["cot_rate"]
@@ -236,7 +253,7 @@ def _score_run(run: _Run, train_set, ks, variant, tokenizer, unit, files: dict) 
     if run.truncated:
         notes.append(f"{run.truncated} labels were truncated (cutoff_len); gold keyphrases come from the dataset")
     result["notes"] = notes
-    return result, parsed, preds
+    return result, parsed, preds, outcomes
 
 
 def _evaluate_files(
@@ -248,11 +265,17 @@ def _evaluate_files(
     variant: str = "cmkp",
     tokenizer: Any = None,
     label_check: bool = True,
+    threshold: float = DEFAULT_THRESHOLD,
+    think_rate: float | None = None,
 ) -> dict:
     """``predictions``: one file, or ``[(mode, path), ...]`` (modes from :data:`~.modes.MODES`) of the same posts.
 
     With several files the top level is the result of the ``auto`` file (else the first), ``modes`` holds every
-    file's result and ``comparison`` the per-post comparison (:func:`~.modes.compare_modes`).
+    file's result and ``comparison`` the per-post comparison (:func:`~.modes.compare_modes`). With an ``always``
+    and a ``never`` file whose rows carry ``think_prob``, ``frontier`` holds the scores of the ``auto`` of every
+    threshold and ``frontier_summary`` the point of ``threshold``, the best one and that of ``think_rate`` (the
+    lowest threshold whose think rate is at most it; an error without a frontier); see
+    :mod:`~dyncot_plugin.tasks.mmkp.frontier`.
     """
     named = [(None, predictions)] if isinstance(predictions, (str, Path)) else list(predictions)
     if not named:
@@ -276,6 +299,12 @@ def _evaluate_files(
         "train": str(train) if train is not None else None,
     }
     scored = [_score_run(r, train_set, ks, variant, tok, unit, files) for r in runs]
+    has_frontier = {"always", "never"} <= set(names)
+    if think_rate is not None and not has_frontier:
+        raise EvalInputError(
+            "--think-rate reads the frontier, which needs --predictions always=PATH and --predictions never=PATH "
+            "(prediction files of the same posts whose rows carry think_prob)"
+        )
     if len(runs) == 1:
         result = scored[0][0]
         result["mode"] = names[0]
@@ -288,11 +317,13 @@ def _evaluate_files(
     result["files"] = {**result["files"], "modes": {m: str(p) for m, p in named}}
     result["notes"] = list(result["notes"]) + [f"{m}: {n}" for m in names if m != primary for n in results[m]["notes"]]
     result["modes"] = results
+    lengths = {m: count_tokens([o or "" for o in r.outputs], tok) for m, r in zip(names, runs)}
     result["comparison"] = compare_modes(
         names,
         preds={m: s[2] for m, s in zip(names, scored)},
         parsed={m: s[1] for m, s in zip(names, scored)},
-        lengths={m: count_tokens([o or "" for o in r.outputs], tok) for m, r in zip(names, runs)},
+        lengths=lengths,
+        outcomes={m: s[3] for m, s in zip(names, scored)},
         golds=runs[0].golds,
         sources=runs[0].sources,
         train_set=train_set,
@@ -301,7 +332,45 @@ def _evaluate_files(
         unit=result["gen_len"]["unit"],
         ids=runs[0].ids,
     )
+    if has_frontier:
+        by_mode = dict(zip(names, zip(runs, scored)))
+        _add_frontier(result, by_mode, lengths, train_set, ks, variant, threshold, think_rate)
     return result
+
+
+def _add_frontier(result: dict, by_mode: dict, lengths: dict, train_set, ks, variant, threshold, think_rate) -> None:
+    """``frontier`` and ``frontier_summary`` from the always and never files (see :mod:`.frontier`)."""
+    order = [m for m in ("always", "never", AUTO) if m in by_mode]
+    merged = merge_think_probs([(m, by_mode[m][0].path, by_mode[m][0].think_probs) for m in order])
+    if merged is None:
+        if think_rate is not None:
+            raise EvalInputError(
+                f"--think-rate: {by_mode['always'][0].path} and {by_mode['never'][0].path} have no think_prob on "
+                f"their rows (prediction runs write it since the two-way think decision); no frontier"
+            )
+        result["notes"].append("no think_prob in the prediction files: no frontier (predict again to get it)")
+        return
+    think_probs, source = merged
+    run0 = by_mode["always"][0]
+    points, decisive = compute_frontier(
+        {m: by_mode[m][1][3] for m in ("always", "never")},
+        think_probs,
+        lengths={m: lengths[m] for m in ("always", "never")},
+        thinks={m: [p.has_think for p in by_mode[m][1][1]] for m in ("always", "never")},
+        ks=ks,
+        variant=variant,
+        present_absent=run0.sources is not None,
+        unseen=train_set is not None,
+    )
+    auto = None
+    if AUTO in by_mode:
+        a = result["modes"][AUTO]
+        keys = [k for k in points[0] if k.startswith(("f1@", "map@"))]
+        auto = {"think_rate": a["cot_rate"], **{k: a[k] for k in keys}, "mean_tokens": a["gen_len"]["all"]}
+    result["frontier"] = points
+    result["frontier_summary"] = summarize_frontier(
+        points, decisive, result["gen_len"]["unit"], think_probs, source, threshold, think_rate, auto
+    )
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -376,6 +445,8 @@ def format_table(result: dict) -> str:
         lines.append(f"note: {note}")
     if result.get("comparison"):
         lines += ["", format_modes_table(result)]
+    if result.get("frontier"):
+        lines += ["", format_frontier_table(result)]
     if result.get("vs_baseline"):
         lines += ["", format_baseline_table(result)]
     plot = (result.get("files") or {}).get("plot")
@@ -404,6 +475,26 @@ def _parse_ks(text: str) -> tuple:
     return tuple(out)
 
 
+def _threshold(text: str) -> float:
+    try:
+        x = float(text)
+    except ValueError:
+        x = float("nan")
+    if not (math.isfinite(x) and x >= 0):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number >= 0")
+    return x
+
+
+def _rate(text: str) -> float:
+    try:
+        x = float(text)
+    except ValueError:
+        x = float("nan")
+    if not 0.0 <= x <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a rate between 0 and 1")
+    return x
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument(
@@ -429,9 +520,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="write the PNG here (default: next to the JSON, <json stem>.png, when modes are "
                              "compared or --baseline is given)")
     parser.add_argument("--no-plot", action="store_true", help="no PNG")
+    parser.add_argument("--threshold", type=_threshold, default=DEFAULT_THRESHOLD,
+                        help="the frontier point to mark (in the table, the JSON and the PNG): the auto of this "
+                             f"dyncot_think_threshold (default {DEFAULT_THRESHOLD}, the key's default)")
+    parser.add_argument("--think-rate", type=_rate, metavar="R",
+                        help="print the lowest threshold whose think rate is at most R (0..1) and its scores "
+                             "(needs always= and never= files with think_prob)")
     parser.add_argument("--no-label-check", action="store_true",
                         help="do not check that each label equals the dataset row's answer (nor that the files "
                              "compared by mode have the same labels)")
+
+
+def dumps_result(result: dict) -> str:
+    """The JSON text of a result: indented, except the frontier's points, one compact point per line (a frontier
+    has a point per distinct think_prob, tens of thousands on a full test set; one key per line would make the
+    file several times larger and slower to write)."""
+    points = result.get("frontier")
+    if not points:
+        return json.dumps(result, indent=2, ensure_ascii=False)
+    marker = json.dumps("\u0000frontier points\u0000")
+    text = json.dumps({**result, "frontier": json.loads(marker)}, indent=2, ensure_ascii=False)
+    if text.count(marker) != 1:  # the marker also occurs in some output text: no compact rows then
+        return json.dumps(result, indent=2, ensure_ascii=False)
+    rows = ",\n    ".join(json.dumps(p, ensure_ascii=False) for p in points)
+    return text.replace(marker, "[\n    " + rows + "\n  ]")
 
 
 def _default_output(pred_path: Path) -> Path:
@@ -460,6 +572,8 @@ def run(args: argparse.Namespace) -> int:
         variant=args.variant,
         tokenizer=args.tokenizer,
         label_check=not args.no_label_check,
+        threshold=args.threshold,
+        think_rate=args.think_rate,
     )
     if args.baseline:
         _add_baseline(result, args.baseline)
@@ -484,7 +598,7 @@ def run(args: argparse.Namespace) -> int:
         if note:
             result["notes"].append(note)
 
-    text = json.dumps(result, indent=2, ensure_ascii=False)
+    text = dumps_result(result)
     try:
         atomic_write_text(out_path, text + "\n")  # all or nothing: a later --baseline must not read half a file
         written = str(out_path)

@@ -43,8 +43,9 @@ from dyncot_plugin.io.files import paused_gc
 from dyncot_plugin.tasks.mmkp.normalize import _STEMMER, INVALID_TOKENS, STEM_CACHE, stem_lower
 
 __all__ = [
-    "evaluate_keyphrases",
     "VARIANTS",
+    "evaluate_keyphrases",
+    "harmonic_f1",
     "load_train_keyphrases_set",
     "normalise_ks",
     "post_outcomes",
@@ -273,15 +274,16 @@ def scores_from_means(means: Sequence[float], ks: tuple, variant: str) -> dict:
     nk = len(ks)
     for j, k in enumerate(ks):
         mp, mr, mf, map_k = means[j], means[nk + j], means[2 * nk + j], means[3 * nk + j]
-        if variant == "per_post":
-            f1 = mf
-        else:
-            f1 = float(2 * mp * mr) / (mp + mr) if mp + mr > 0 else 0.0
-        out[f"f1@{k}"] = f1
+        out[f"f1@{k}"] = mf if variant == "per_post" else harmonic_f1(mp, mr)
         out[f"p@{k}"] = mp
         out[f"r@{k}"] = mr
         out[f"map@{k}"] = map_k
     return out
+
+
+def harmonic_f1(p: float, r: float) -> float:
+    """CMKP's F1 of a precision and a recall (``report_classification_scores``; 0 when both are 0)."""
+    return float(2 * p * r) / (p + r) if p + r > 0 else 0.0
 
 
 def post_scores(outcome: tuple[tuple[bool, ...], int], ks: tuple) -> tuple:
@@ -399,6 +401,7 @@ def evaluate_keyphrases(
     train_keyphrases: set[str] | None = None,
     ks: Iterable = (1, 3, 5),
     variant: str = "cmkp",
+    outcomes: list | None = None,
 ) -> dict:
     """Score predicted keyphrase lists against gold lists, one list per post, with CMKP's protocol.
 
@@ -411,7 +414,8 @@ def evaluate_keyphrases(
     Returns ``{"f1@1", "p@1", "r@1", "map@1", ..., "f1@M", ..., "num_posts", "num_targets", "num_predictions",
     "num_matches", "num_duplicates", "num_invalid", "variant", "present", "absent", "unseen"}``; ``present``,
     ``absent`` (when ``sources`` is given) and ``unseen`` (when ``train_keyphrases`` is given) hold the same
-    score keys for their subset, else ``None``. Scores are fractions in [0, 1].
+    score keys for their subset, else ``None``. Scores are fractions in [0, 1]. ``outcomes``, when a list, gets
+    every post's outcomes appended, as :func:`post_outcomes` returns them (for per-post work without a second pass).
     """
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
@@ -426,7 +430,9 @@ def evaluate_keyphrases(
 
     buckets = _new_buckets(sources, seen_set)
     with paused_gc():  # the loop allocates many small objects; collections would only rescan the caches
-        n_dup, n_invalid = _score_posts(preds, golds, sources, seen_set, buckets)
+        n_dup, n_invalid = _score_posts(
+            preds, golds, sources, seen_set, buckets, record=outcomes.append if outcomes is not None else None
+        )
     b_all, b_pre, b_abs, b_uns = buckets
     out = b_all.report(ks, variant)
     out["num_duplicates"] = n_dup

@@ -29,7 +29,7 @@ from typing import Any, Sequence
 from dyncot_plugin.cot_format import ParsedOutput
 from dyncot_plugin.io.predictions import normalize
 from dyncot_plugin.io.read import InputError
-from dyncot_plugin.tasks.mmkp.metrics import evaluate_keyphrases
+from dyncot_plugin.tasks.mmkp.metrics import evaluate_keyphrases, post_scores
 
 __all__ = [
     "AUTO",
@@ -40,6 +40,7 @@ __all__ = [
     "gen_len_of",
     "parse_named_predictions",
     "per_post_f1",
+    "per_post_f1_from_outcomes",
     "split_by_think",
 ]
 
@@ -147,6 +148,19 @@ def per_post_f1(preds: Sequence[Sequence[str]], golds: Sequence[Sequence[str]]) 
     return out
 
 
+def per_post_f1_from_outcomes(outcomes: Sequence[tuple]) -> list[float]:
+    """:func:`per_post_f1` from the posts' outcomes (:func:`~.metrics.post_outcomes`) instead of a scoring pass:
+    the same F1@M values, from the same per-post formula."""
+    cache: dict[tuple, float] = {}
+    out = []
+    for oc in outcomes:
+        f1 = cache.get(oc[0])
+        if f1 is None:
+            f1 = cache[oc[0]] = float(post_scores(oc[0], ("M",))[2])
+        out.append(f1)
+    return out
+
+
 def gen_len_of(lengths: Sequence[int], thinks: Sequence[bool], unit: str) -> dict:
     """``{"all", "with_think", "without_think", "unit"}`` mean lengths, as ``summarize_outputs`` reports them."""
 
@@ -173,10 +187,16 @@ def compare_modes(
     variant: str,
     unit: str,
     ids: Sequence[str] | None = None,
+    outcomes: dict[str, Sequence[tuple]] | None = None,
 ) -> dict:
-    """Compare two or three modes of the same posts (see the module docstring); returns the JSON ``comparison``."""
+    """Compare two or three modes of the same posts (see the module docstring); returns the JSON ``comparison``.
+    ``outcomes[mode]`` (optional): the posts' outcomes from the scoring pass, which give the per-post F1@M without
+    scoring each post again."""
     n = len(golds)
-    f1 = {m: per_post_f1(preds[m], golds) for m in names}
+    if outcomes is not None:
+        f1 = {m: per_post_f1_from_outcomes(outcomes[m]) for m in names}
+    else:
+        f1 = {m: per_post_f1(preds[m], golds) for m in names}
     # tie-break order: auto first (a tie means auto chose as well as any), then the order given
     order = sorted(names, key=lambda m: (m != AUTO, names.index(m)))
     winner: list[str] = []

@@ -3,6 +3,9 @@ baseline run, where a table of a dozen columns is hard to compare at a glance.
 
 What is drawn depends on the result: with several modes, each mode and the oracle (and the ``--baseline`` run);
 with a baseline only, this run and the baseline; else this run's posts that think against those that do not.
+With a frontier (always and never files with ``think_prob``), a second row draws F1@1 and F1@M of the ``auto`` of
+every threshold against its think rate and against its mean generated length, marking the point of the chosen
+threshold (default 0.5), the F1@M-best point and the given ``auto`` file (e.g. the greedy rule's) as evaluated.
 matplotlib is imported only here, lazily, and used through its object API on the Agg canvas (no pyplot state,
 no display needed).
 """
@@ -13,7 +16,7 @@ from pathlib import Path
 
 from dyncot_plugin.io.files import atomic_open
 
-__all__ = ["plot_series", "write_plot"]
+__all__ = ["frontier_series", "plot_series", "write_plot"]
 
 
 def _scores(d: dict | None, keys: list[str]) -> dict[str, float | None]:
@@ -50,6 +53,50 @@ def plot_series(result: dict) -> tuple[list[str], list[tuple[str, dict]], list[t
     return keys, scores, lengths
 
 
+def frontier_series(result: dict) -> tuple[list[float], list[float], dict[str, list[float]], list[tuple[str, dict]]]:
+    """``(think rates, mean lengths, {"f1@1": [...], "f1@M": [...]}, [(label, point)])`` of the frontier panels (all
+    in the JSON's units: fractions and length units); the marks are the chosen threshold's point, the F1@M-best one
+    and the ``auto`` file's own (when given)."""
+    points = result["frontier"]
+    info = result["frontier_summary"]
+    rates = [p["think_rate"] for p in points]
+    lengths = [p["mean_tokens"] for p in points]
+    f1 = {k: [p[k] for p in points] for k in ("f1@1", "f1@M") if k in points[0]}
+    marks = [(f"threshold {info['threshold']:g}", info["at_threshold"]),
+             (f"best F1@M (threshold {info['best']['threshold']:.3g})", info["best"])]
+    if info.get("auto_file"):
+        marks.append(("auto file", info["auto_file"]))
+    return rates, lengths, f1, marks
+
+
+def _draw_frontier(result: dict, ax_rate, ax_len) -> None:
+    rates, lengths, f1, marks = frontier_series(result)
+    style = {"marker": "." if len(rates) <= 200 else None, "linewidth": 1.2}
+    for key, ys in f1.items():
+        pct = [100 * y for y in ys]
+        ax_rate.plot([100 * r for r in rates], pct, label=key.upper(), **style)
+        ax_len.plot(lengths, pct, label=key.upper(), **style)
+    symbols = (("*", "gold"), ("o", "red"), ("X", "black"))  # one look per mark, on both curves
+    for (label, p), (sym, color) in zip(marks, symbols):
+        for key in f1:
+            if p.get(key) is None or p.get("mean_tokens") is None:
+                continue
+            kw = {"marker": sym, "s": 90, "zorder": 3, "color": color, "edgecolors": "black", "linewidths": 0.6,
+                  "label": label if key == "f1@M" else None}
+            ax_rate.scatter([100 * p["think_rate"]], [100 * p[key]], **kw)
+            ax_len.scatter([p["mean_tokens"]], [100 * p[key]], **kw)
+    unit = result["frontier_summary"]["unit"].replace("whitespace_words", "words")
+    ax_rate.set_xlabel("think rate (%)")
+    ax_rate.set_ylabel("score (%)")
+    ax_rate.set_title(f"auto by think_prob threshold: {len(rates)} points")
+    ax_len.set_xlabel(f"mean generated length ({unit})")
+    ax_len.set_ylabel("score (%)")
+    ax_len.set_title("score against length")
+    for ax in (ax_rate, ax_len):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+
+
 def write_plot(result: dict, path: str | Path) -> tuple[Path | None, str | None]:
     """Draw the figure to ``path`` (all or nothing); returns ``(path, None)``, or ``(None, note)`` when matplotlib is
     not installed."""
@@ -59,8 +106,13 @@ def write_plot(result: dict, path: str | Path) -> tuple[Path | None, str | None]
         return None, "matplotlib is not installed: no PNG (pip install matplotlib)"
 
     keys, scores, lengths = plot_series(result)
-    fig = Figure(figsize=(11, 4.2))
-    ax_f1, ax_len = fig.subplots(1, 2, gridspec_kw={"width_ratios": [3, 2]})
+    if result.get("frontier"):
+        fig = Figure(figsize=(11, 8.4))
+        (ax_f1, ax_len), (ax_fr_rate, ax_fr_len) = fig.subplots(2, 2, gridspec_kw={"width_ratios": [3, 2]})
+        _draw_frontier(result, ax_fr_rate, ax_fr_len)
+    else:
+        fig = Figure(figsize=(11, 4.2))
+        ax_f1, ax_len = fig.subplots(1, 2, gridspec_kw={"width_ratios": [3, 2]})
 
     width = 0.8 / max(len(scores), 1)
     for j, (label, vals) in enumerate(scores):
