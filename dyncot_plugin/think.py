@@ -95,16 +95,29 @@ def check_threshold(value: Any, key: str = "dyncot_think_threshold") -> float:
     return float(value)
 
 
+_TEXTS_CACHE: dict[int, tuple[Any, int, list[str]]] = {}
+
+
 def token_texts(tokenizer: Any, vocab_size: int | None = None) -> list[str]:
     """The text of every token id as a decoded reply shows it (``skip_special_tokens=True``: special tokens are
-    empty); ids past the tokenizer (a model vocabulary padded to a multiple) decode to nothing."""
+    empty); ids past the tokenizer (a model vocabulary padded to a multiple) decode to nothing. Decoding a real
+    vocabulary takes seconds, so the texts are kept per tokenizer object."""
     n = len(tokenizer)
-    size = max(n, vocab_size or 0)
+    cached = _TEXTS_CACHE.get(id(tokenizer))
+    if cached is not None and cached[0] is tokenizer and cached[1] == n:
+        texts = cached[2]
+        return texts + [""] * (max(n, vocab_size or 0) - len(texts))
+    texts = _decode_each(tokenizer)
+    _TEXTS_CACHE[id(tokenizer)] = (tokenizer, n, texts)
+    return texts + [""] * (max(n, vocab_size or 0) - len(texts))
+
+
+def _decode_each(tokenizer: Any) -> list[str]:
+    n = len(tokenizer)
     special = set(getattr(tokenizer, "all_special_ids", []) or [])
     texts = tokenizer.batch_decode([[i] for i in range(n)], skip_special_tokens=False,
                                    clean_up_tokenization_spaces=False)
-    out = ["" if i in special else t for i, t in enumerate(texts)]
-    return out + [""] * (size - n)
+    return ["" if i in special else t for i, t in enumerate(texts)]
 
 
 @dataclass

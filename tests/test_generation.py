@@ -96,29 +96,50 @@ def predict(tiny_model_dir, tmp_path_factory):
             )
             proc = run_llamafactory("train", config, work)
             rows = [json.loads(x) for x in (work / "out" / "generated_predictions.jsonl").read_text().splitlines()]
+            proc.out_dir = work / "out"
             cache[key] = (rows, proc)
         return cache[key]
 
     return _predict
 
 
+def _thinks(row: dict) -> bool:
+    return row["predict"].startswith("<think>")
+
+
 @pytest.mark.slow
-def test_think_always_starts_every_prediction_with_think(predict):
+def test_every_prediction_row_carries_think_prob_and_the_run_saves_its_threshold(predict, tmp_path):
     rows, _ = predict(dyncot_think="always")
-    assert len(rows) == 6 and all(r["predict"].startswith("<think>") for r in rows)
+    assert len(rows) == 6 and all(_thinks(r) for r in rows)
+    assert all(isinstance(r["think_prob"], float) and 0.0 <= r["think_prob"] <= 1.0 for r in rows)
+    never, _ = predict(dyncot_think="never")
+    assert not any("<think>" in r["predict"] for r in never)
+    # the prefill is the same whatever the mode: so is think_prob (rows stay aligned to their posts)
+    assert [r["think_prob"] for r in never] == pytest.approx([r["think_prob"] for r in rows], abs=1e-6)
+    assert [r["prompt"] for r in never] == [r["prompt"] for r in rows]
 
 
 @pytest.mark.slow
-def test_think_never_keeps_think_out_of_every_prediction(predict):
-    rows, _ = predict(dyncot_think="never")
-    assert len(rows) == 6 and not any("<think>" in r["predict"] for r in rows)
-    auto, _ = predict(dyncot_think="auto")
-    assert any("<think>" in r["predict"] for r in auto)  # the random model does write it when allowed
+def test_auto_thinks_exactly_where_think_prob_reaches_the_threshold(predict):
+    always, _ = predict(dyncot_think="always")
+    never, _ = predict(dyncot_think="never")
+    probs = sorted(r["think_prob"] for r in always)
+    threshold = (probs[2] + probs[3]) / 2  # half the posts on each side
+    auto, proc = predict(dyncot_think="auto", dyncot_think_threshold=threshold)
+    for a, yes, no in zip(auto, always, never):
+        assert a["predict"] == (yes if a["think_prob"] >= threshold else no)["predict"]
+    assert sum(_thinks(r) for r in auto) == 3
+    settings = json.loads((proc.out_dir / "dyncot_think.json").read_text())
+    assert settings["think"] == "auto" and settings["threshold"] == pytest.approx(threshold)
+    assert settings["tag"] == "<think>" and settings["tag_ids"]
 
 
 @pytest.mark.slow
-def test_think_auto_is_the_plugin_routed_prediction_without_the_key(predict):
-    auto, proc = predict(dyncot_think="auto")
-    without, proc_without = predict(dyncot_strategy="sft")
-    assert "[dyncot-plugin] active" in proc_without.stderr
-    assert [r["predict"] for r in auto] == [r["predict"] for r in without]
+def test_a_plugin_routed_prediction_without_the_key_decides_at_the_default_threshold(predict):
+    always, _ = predict(dyncot_think="always")
+    never, _ = predict(dyncot_think="never")
+    default, proc = predict(dyncot_strategy="sft")  # routed through the plugin, no dyncot_think key
+    assert "[dyncot-plugin] active" in proc.stderr
+    for row, yes, no in zip(default, always, never):
+        assert row["predict"] == (yes if row["think_prob"] >= 0.5 else no)["predict"]
+    assert json.loads((proc.out_dir / "dyncot_think.json").read_text())["threshold"] == 0.5

@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
-from transformers import LogitsProcessor
+from transformers import LogitsProcessor, LogitsProcessorList
 
 from dyncot_plugin.think import DEFAULT_THRESHOLD, THINK_MODES, TagTextBan, check_threshold, decide, think_tag_ids
 from dyncot_plugin.train.families import DEFAULT_FAMILY, ModelFamily
@@ -186,6 +186,14 @@ class ThinkControl(LogitsProcessor):
         self._prompt_len, self.think_logprob, self.think_prob, self.thinks, self._states = None, None, None, None, []
 
 
+def generate_with_think(model: Any, inputs: dict[str, Any], control: ThinkControl, **kwargs: Any) -> torch.Tensor:
+    """``model.generate(**inputs, **kwargs)`` under ``control`` (its processor and its prefill hook); afterwards
+    ``control.think_prob`` and ``control.thinks`` describe the batch."""
+    processors = LogitsProcessorList([*(kwargs.pop("logits_processor", None) or []), control])
+    with control.attach(model):
+        return model.generate(**inputs, logits_processor=processors, **kwargs)
+
+
 def generating_module(model: Any) -> Any:
     """The module whose ``generate`` actually runs: DeepSpeed/DDP engines and PEFT models unwrapped."""
     while hasattr(model, "module") and not hasattr(model, "generate"):
@@ -195,4 +203,4 @@ def generating_module(model: Any) -> Any:
     return model
 
 
-__all__ = ["TRAINING_ONLY_KEYS", "ThinkControl", "generating_module", "generation_inputs"]
+__all__ = ["TRAINING_ONLY_KEYS", "ThinkControl", "generate_with_think", "generating_module", "generation_inputs"]

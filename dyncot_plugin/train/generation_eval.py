@@ -19,12 +19,11 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from transformers import LogitsProcessorList
 
 from dyncot_plugin.cot_format import summarize_outputs
 from dyncot_plugin.tasks import TASKS, Task, detect_task
 from dyncot_plugin.train.families import IGNORE_INDEX
-from dyncot_plugin.train.generation import generation_inputs
+from dyncot_plugin.train.generation import generate_with_think, generation_inputs
 
 
 def _prompt_feature(row: dict[str, Any]) -> tuple[dict[str, Any], list[int]]:
@@ -87,16 +86,16 @@ def generate_and_score(
             # generate computes the model's own positions from the family's inputs (``generation.py``)
             batch = generation_inputs(model, trainer.data_collator(list(features)), trainer.family)
             batch = trainer._prepare_inputs(batch)
-            with control.attach(model):
-                output = model.generate(
-                    **batch,
-                    logits_processor=LogitsProcessorList([control]),
-                    max_new_tokens=max_new_tokens,
-                    do_sample=False,
-                    synced_gpus=is_deepspeed_zero3_enabled(),
-                    pad_token_id=tokenizer.pad_token_id,
-                    eos_token_id=trainer._gen_kwargs.get("eos_token_id") if hasattr(trainer, "_gen_kwargs") else None,
-                )
+            output = generate_with_think(
+                model,
+                batch,
+                control,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                synced_gpus=is_deepspeed_zero3_enabled(),
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=trainer._gen_kwargs.get("eos_token_id") if hasattr(trainer, "_gen_kwargs") else None,
+            )
             new_tokens = output[:, batch["input_ids"].size(1) :]  # the forced tag is generated, so it is output
             for i, row_tokens, prob in zip(indices[:real], new_tokens[:real], control.think_prob[:real].tolist()):
                 ids = [t for t in row_tokens.tolist() if t != tokenizer.pad_token_id]
