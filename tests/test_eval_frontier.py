@@ -363,3 +363,24 @@ def test_think_probs_that_disagree_are_named(files, capsys):
     near = _write_preds(d / "never_near.jsonl", POSTS, NEVER, [0.90009, 0.3, 0.3, 0.6, 0.1])
     r = evaluate_files([("never", near), ("always", files["always"])], dataset=files["dataset"])
     assert r["frontier"][1]["threshold"] == 0.9
+
+
+def test_the_auto_files_rule_from_its_dyncot_think_json(files):
+    d = files["dir"]
+    (d / "greedy").mkdir()
+    greedy = _write_preds(d / "greedy" / "generated_predictions.jsonl", POSTS, AUTO, PROBS)
+    (d / "greedy" / "dyncot_think.json").write_text(json.dumps({"think": "greedy", "threshold": 0.5}))
+    (d / "thr").mkdir()
+    wrong = _write_preds(d / "thr" / "generated_predictions.jsonl", POSTS, NEVER, PROBS)
+    (d / "thr" / "dyncot_think.json").write_text(json.dumps({"think": "auto", "threshold": 0.3}))
+    r = evaluate_files([("auto", greedy), ("always", files["always"]), ("never", wrong)], dataset=files["dataset"])
+    a = r["frontier_summary"]["auto_file"]
+    assert a["think"] == "greedy" and a["think_rate"] == 0.4
+    assert frontier_series(r)[3][2][0] == "auto file (greedy)"
+    # a file given under another mode than its run's is noted (not refused: the names are the user's)
+    assert f"{wrong} is given as never, but its dyncot_think.json says dyncot_think auto" in r["notes"]
+    r = evaluate_files([("auto", wrong), ("always", files["always"]), ("never", files["never"])],
+                       dataset=files["dataset"])
+    assert r["frontier_summary"]["auto_file"]["threshold"] == 0.3
+    assert frontier_series(r)[3][2][0] == "auto file (threshold 0.3)"
+    assert not [n for n in r["notes"] if "dyncot_think.json" in n]

@@ -66,6 +66,7 @@ from dyncot_plugin.tasks.mmkp.modes import (
 from dyncot_plugin.tasks.mmkp.normalize import label_keyphrases, split_keyphrases_cmkp
 from dyncot_plugin.tasks.mmkp.plots import write_plot
 from dyncot_plugin.tasks.mmkp.rows import row_keyphrases
+from dyncot_plugin.think import THINK_SETTINGS_FILE
 
 SEP = "<sep>"
 
@@ -332,10 +333,24 @@ def _evaluate_files(
         unit=result["gen_len"]["unit"],
         ids=runs[0].ids,
     )
+    for m, r in zip(names, runs):
+        think = _think_settings(r.path).get("think")
+        if think is not None and think != m and not (m == AUTO and think == "greedy"):
+            result["notes"].append(f"{r.path} is given as {m}, but its {THINK_SETTINGS_FILE} says dyncot_think {think}")
     if has_frontier:
         by_mode = dict(zip(names, zip(runs, scored)))
         _add_frontier(result, by_mode, lengths, train_set, ks, variant, threshold, think_rate)
     return result
+
+
+def _think_settings(pred_path: Path) -> dict:
+    """The ``dyncot_think.json`` a prediction run writes beside its predictions (``think``: the rule, ``threshold``),
+    or {} when there is none or it cannot be read (only labels depend on it)."""
+    try:
+        settings = json.loads((Path(pred_path).parent / THINK_SETTINGS_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return settings if isinstance(settings, dict) else {}
 
 
 def _add_frontier(result: dict, by_mode: dict, lengths: dict, train_set, ks, variant, threshold, think_rate) -> None:
@@ -366,7 +381,9 @@ def _add_frontier(result: dict, by_mode: dict, lengths: dict, train_set, ks, var
     if AUTO in by_mode:
         a = result["modes"][AUTO]
         keys = [k for k in points[0] if k.startswith(("f1@", "map@"))]
-        auto = {"think_rate": a["cot_rate"], **{k: a[k] for k in keys}, "mean_tokens": a["gen_len"]["all"]}
+        settings = _think_settings(by_mode[AUTO][0].path)  # how that run decided: greedy, or auto at a threshold
+        auto = {"think_rate": a["cot_rate"], **{k: a[k] for k in keys}, "mean_tokens": a["gen_len"]["all"],
+                "think": settings.get("think"), "threshold": settings.get("threshold")}
     result["frontier"] = points
     result["frontier_summary"] = summarize_frontier(
         points, decisive, result["gen_len"]["unit"], think_probs, source, threshold, think_rate, auto

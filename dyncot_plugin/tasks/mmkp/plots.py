@@ -64,8 +64,13 @@ def frontier_series(result: dict) -> tuple[list[float], list[float], dict[str, l
     f1 = {k: [p[k] for p in points] for k in ("f1@1", "f1@M") if k in points[0]}
     marks = [(f"threshold {info['threshold']:g}", info["at_threshold"]),
              (f"best F1@M (threshold {info['best']['threshold']:.3g})", info["best"])]
-    if info.get("auto_file"):
-        marks.append(("auto file", info["auto_file"]))
+    auto = info.get("auto_file")
+    if auto:
+        rule = auto.get("think")
+        label = "auto file" + (" (greedy)" if rule == "greedy" else
+                               f" (threshold {auto['threshold']:g})" if rule == "auto" and auto.get("threshold") is not None
+                               else "")
+        marks.append((label, auto))
     return rates, lengths, f1, marks
 
 
