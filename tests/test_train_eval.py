@@ -53,6 +53,9 @@ def test_eval_metrics_match_llamafactory_predict_on_the_same_weights(tiny_model_
     lf = [json.loads(line) for line in (tmp_path / "predict" / "out" / "generated_predictions.jsonl").read_text().splitlines()]
     assert [r["predict"] for r in ours] == [r["predict"] for r in lf]
     assert [r["label"] for r in ours] == [r["label"] for r in lf]
+    # the same decision rule: the same think_prob per post, and its mean is logged
+    assert [r["think_prob"] for r in ours] == pytest.approx([r["think_prob"] for r in lf], abs=1e-5)
+    assert entries[-1]["eval_think_prob"] == pytest.approx(sum(r["think_prob"] for r in lf) / 3, abs=1e-5)
 
     parsed = [parse_output(r["predict"]) for r in lf]
     scores = evaluate_keyphrases([split_keyphrases(p.answer) for p in parsed], [split_keyphrases(r["label"]) for r in lf])
@@ -92,6 +95,9 @@ def test_eval_under_zero3_with_two_ranks(tiny_model_dir, tmp_path):
     rows = [json.loads(line) for line in (out / "dyncot_eval" / "step2.jsonl").read_text().splitlines()]
     assert [r["index"] for r in rows] == [0, 1, 2]  # rank 0 generated rows 0 and 2, rank 1 row 1: all gathered
     assert entries[0]["eval_gen_len"] == pytest.approx(sum(r["gen_tokens"] for r in rows) / 3)
+    # every rank measured think_prob (the prefill hook runs the same forwards on every rank)
+    assert all(0.0 <= r["think_prob"] <= 1.0 for r in rows)
+    assert entries[0]["eval_think_prob"] == pytest.approx(sum(r["think_prob"] for r in rows) / 3, abs=1e-5)
 
 
 def test_a_scienceqa_dataset_logs_accuracy_not_keyphrase_f1(tiny_model_dir, tmp_path):

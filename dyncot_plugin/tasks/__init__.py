@@ -21,7 +21,7 @@ from types import ModuleType
 from typing import Sequence
 
 # Thinking statistics every task's training-time evaluation reports next to its own metrics.
-THINKING_METRICS = ("cot_rate", "gen_len")
+THINKING_METRICS = ("cot_rate", "think_prob", "gen_len")
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,8 @@ Training logs (every ``logging_steps``, over ranks and accumulation steps):
 * ``selection_loss``: mean plain-answer loss of the selection pass (``dynamic``);
 * ``gamma``: the γ the latest step selected with (``dynamic``; moves with ``dyncot_target_cot_ratio``).
 
-Evaluation logs (``eval_<name>``): the names of the task scorers in :mod:`dyncot_plugin.tasks`.
+Evaluation logs (``eval_<name>``): the names of the task scorers in :mod:`dyncot_plugin.tasks`, plus ``cot_rate``,
+``think_prob`` (the mean probability of opening the reply with ``<think>``) and ``gen_len``.
 
 Import-light: no torch.
 """
