@@ -96,7 +96,7 @@ def predict(tiny_model_dir, tmp_path_factory):
             )
             proc = run_llamafactory("train", config, work)
             rows = [json.loads(x) for x in (work / "out" / "generated_predictions.jsonl").read_text().splitlines()]
-            proc.out_dir = work / "out"
+            proc.out_dir, proc.config = work / "out", config
             cache[key] = (rows, proc)
         return cache[key]
 
@@ -143,3 +143,21 @@ def test_a_plugin_routed_prediction_without_the_key_decides_at_the_default_thres
     for row, yes, no in zip(default, always, never):
         assert row["predict"] == (yes if row["think_prob"] >= 0.5 else no)["predict"]
     assert json.loads((proc.out_dir / "dyncot_think.json").read_text())["threshold"] == 0.5
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_think_prob_stays_with_its_row_under_two_process_prediction(predict, tmp_path):
+    """Two torchrun workers predict 5 posts (the sampler pads the odd one out); every row keeps its own think_prob."""
+    import os
+    import sys
+    from pathlib import Path
+
+    single, proc = predict(dyncot_think="always")
+    recipe = dict(proc.config, output_dir=str(tmp_path / "out"), max_samples=5, per_device_eval_batch_size=2)
+    env = {"FORCE_TORCHRUN": "1", "NPROC_PER_NODE": "2",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    run_llamafactory("train", recipe, tmp_path, env=env, timeout=900)
+    rows = [json.loads(x) for x in (tmp_path / "out" / "generated_predictions.jsonl").read_text().splitlines()]
+    assert [r["prompt"] for r in rows] == [r["prompt"] for r in single[:5]]
+    assert [r["think_prob"] for r in rows] == pytest.approx([r["think_prob"] for r in single[:5]], abs=1e-5)

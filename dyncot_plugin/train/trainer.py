@@ -339,10 +339,13 @@ class DynCotTrainer(CustomSeq2SeqTrainer):
         path = os.path.join(self.args.output_dir, "generated_predictions.jsonl")
         with open(path, encoding="utf-8") as f:
             rows = [json.loads(line) for line in f if line.strip()]
-        if len(rows) != len(think_prob):
+        think_prob = think_prob.reshape(-1)
+        if len(think_prob) < len(rows):
             raise RuntimeError(f"{path}: {len(rows)} predictions but {len(think_prob)} think_prob values")
+        # Under several processes the gathered arrays may end with the sampler's padding rows; LLaMA-Factory pairs
+        # predictions with the dataset's rows in order and drops the rest, and so does this.
         text = "".join(json.dumps({**row, "think_prob": round(float(p), 8)}, ensure_ascii=False) + "\n"
-                       for row, p in zip(rows, think_prob.reshape(-1)))
+                       for row, p in zip(rows, think_prob))
         atomic_write_text(path, text)
 
     def save_think_settings(self, folder: str) -> None:
