@@ -60,6 +60,7 @@ from dyncot_plugin.tasks.mmkp.modes import (
     check_same_posts,
     compare_modes,
     format_modes_table,
+    opens_with_think,
     parse_named_predictions,
     split_by_think,
 )
@@ -325,6 +326,7 @@ def _evaluate_files(
         parsed={m: s[1] for m, s in zip(names, scored)},
         lengths=lengths,
         outcomes={m: s[3] for m, s in zip(names, scored)},
+        texts={m: r.outputs for m, r in zip(names, runs)},
         golds=runs[0].golds,
         sources=runs[0].sources,
         train_set=train_set,
@@ -382,7 +384,9 @@ def _add_frontier(result: dict, by_mode: dict, lengths: dict, train_set, ks, var
         a = result["modes"][AUTO]
         keys = [k for k in points[0] if k.startswith(("f1@", "map@"))]
         settings = _think_settings(by_mode[AUTO][0].path)  # how that run decided: greedy, or auto at a threshold
-        auto = {"think_rate": a["cot_rate"], **{k: a[k] for k in keys}, "mean_tokens": a["gen_len"]["all"],
+        outputs = by_mode[AUTO][0].outputs
+        auto = {"think_rate": sum(map(opens_with_think, outputs)) / len(outputs), "cot_rate": a["cot_rate"],
+                **{k: a[k] for k in keys}, "mean_tokens": a["gen_len"]["all"],
                 "think": settings.get("think"), "threshold": settings.get("threshold")}
     result["frontier"] = points
     result["frontier_summary"] = summarize_frontier(

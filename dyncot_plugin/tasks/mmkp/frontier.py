@@ -282,8 +282,8 @@ def summarize_frontier(
     """The JSON ``frontier_summary``: the point of ``threshold`` (``at_threshold``), the F1@M-best point (``best``),
     the point of ``--think-rate`` (``at_think_rate``, None without it), the decisive posts, the length unit, where
     ``think_prob`` was read (the mode of that file) and its range, and the given ``auto`` file's own point
-    (``auto_file``: its think rate, scores and length as evaluated, e.g. the greedy rule's; None without an
-    ``auto`` file). Each point is copied with its ``index`` in ``frontier``."""
+    (``auto_file``: its think rate (replies that open with the think tag: the decision), ``cot_rate``, scores and
+    length as evaluated, e.g. the greedy rule's; None without an ``auto`` file). Each point is copied with its ``index`` in ``frontier``."""
 
     def at(j: int) -> dict:
         return {"index": j, **points[j]}

@@ -26,7 +26,7 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any, Sequence
 
-from dyncot_plugin.cot_format import ParsedOutput
+from dyncot_plugin.cot_format import THINK_OPEN, ParsedOutput
 from dyncot_plugin.io.predictions import normalize
 from dyncot_plugin.io.read import InputError
 from dyncot_plugin.tasks.mmkp.metrics import evaluate_keyphrases, post_scores
@@ -38,6 +38,7 @@ __all__ = [
     "compare_modes",
     "format_modes_table",
     "gen_len_of",
+    "opens_with_think",
     "parse_named_predictions",
     "per_post_f1",
     "per_post_f1_from_outcomes",
@@ -148,6 +149,14 @@ def per_post_f1(preds: Sequence[Sequence[str]], golds: Sequence[Sequence[str]]) 
     return out
 
 
+def opens_with_think(text: str | None) -> bool:
+    """Whether a reply records the decision to think: it starts with the think tag (forced by ``always`` and by
+    ``auto`` at or above its threshold, chosen by ``greedy``; kept in the written prediction). A ``never`` reply
+    never contains the tag, though a broken one may contain ``</think>``, which :attr:`ParsedOutput.has_think`
+    counts."""
+    return (text or "").lstrip().startswith(THINK_OPEN)
+
+
 def per_post_f1_from_outcomes(outcomes: Sequence[tuple]) -> list[float]:
     """:func:`per_post_f1` from the posts' outcomes (:func:`~.metrics.post_outcomes`) instead of a scoring pass:
     the same F1@M values, from the same per-post formula."""
@@ -188,10 +197,12 @@ def compare_modes(
     unit: str,
     ids: Sequence[str] | None = None,
     outcomes: dict[str, Sequence[tuple]] | None = None,
+    texts: dict[str, Sequence[str]] | None = None,
 ) -> dict:
     """Compare two or three modes of the same posts (see the module docstring); returns the JSON ``comparison``.
     ``outcomes[mode]`` (optional): the posts' outcomes from the scoring pass, which give the per-post F1@M without
-    scoring each post again."""
+    scoring each post again. ``texts[mode]`` (optional): the raw replies; ``auto``'s decision on the decisive
+    posts is then read from them (:func:`opens_with_think`), else from ``has_think``."""
     n = len(golds)
     if outcomes is not None:
         f1 = {m: per_post_f1_from_outcomes(outcomes[m]) for m in names}
@@ -259,7 +270,8 @@ def compare_modes(
         }
         if better is not None:
             n_dec = out["decisive"]["posts"]
-            right = sum(1 for b, t in zip(better, thought) if b and (b > 0) == t)
+            decided = [opens_with_think(t) for t in texts[AUTO]] if texts is not None else thought
+            right = sum(1 for b, t in zip(better, decided) if b and (b > 0) == t)
             out["auto"]["decisive"] = {"posts": n_dec, "correct": right, "accuracy": right / n_dec if n_dec else None}
     return out
 
