@@ -88,8 +88,15 @@ class PredictConfig:
 
 def check_recipe(recipe: dict[str, Any], source: str = "recipe") -> PredictConfig:
     """Classify every key; refuse what cannot be reproduced, by name."""
+    from dyncot_plugin import config as dyncot_config
+
     values = dict(HONOURED)
     ignored = []
+    try:  # every dyncot_* key validated as llamafactory-cli train validates it (names, values, "Did you mean")
+        dyncot_config.parse_dyncot_args({k: dyncot_config._coerce(k, v) for k, v in recipe.items()
+                                         if k.startswith(TRAINING_ONLY_PREFIX)})
+    except (dyncot_config.DynCotConfigError, TypeError, ValueError) as e:
+        raise RecipeError(f"{source}: {e}") from None
     for key, value in recipe.items():
         if key in REFUSED:
             why = REFUSED[key]
