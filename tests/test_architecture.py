@@ -113,3 +113,25 @@ def test_layers_import_downwards_only():
             assert not {i for i in imports if i.startswith(upper)}, module
         if module.startswith("dyncot_plugin.tasks"):
             assert not {i for i in imports if i.startswith(("dyncot_plugin.train", "dyncot_plugin.teacher"))}, module
+
+
+def test_serve_runs_without_llamafactory_and_the_training_code():
+    """dyncot_plugin.serve runs in a vLLM venv without LLaMA-Factory: it imports neither it nor train/, the tasks,
+    the teacher or the CLI; nothing below it imports serve."""
+    graph = import_graph()
+    serve = {m for m in graph if m.startswith("dyncot_plugin.serve")}
+    assert {"dyncot_plugin.serve.predict", "dyncot_plugin.serve.logits", "dyncot_plugin.serve.recipe"} <= serve
+    banned = ("dyncot_plugin.train", "dyncot_plugin.tasks", "dyncot_plugin.teacher", "dyncot_plugin.cli",
+              "dyncot_plugin.patches", "dyncot_plugin.testing")
+    for module in serve:
+        assert not {i for i in graph[module] if i.startswith(banned)}, module
+        source = _modules()[module].read_text(encoding="utf-8")
+        tree = ast.parse(source)
+        names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        names |= {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+        assert not {n for n in names if n.split(".")[0] in ("llamafactory", "deepspeed", "peft")}, module
+    core = ("dyncot_plugin.config", "dyncot_plugin.strategies", "dyncot_plugin.cot_format", "dyncot_plugin.io",
+            "dyncot_plugin.think", "dyncot_plugin.train", "dyncot_plugin.tasks")
+    for module, imports in graph.items():
+        if module.startswith(core):
+            assert not {i for i in imports if i.startswith("dyncot_plugin.serve")}, module

