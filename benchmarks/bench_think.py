@@ -9,6 +9,9 @@ look-ahead runs), assembled the way ``llamafactory-cli train`` builds a plugin r
   prefill hook, the 2-token look-ahead on the KV cache, the per-step processor): the same tokens, plus
   ``think_prob`` per row. The benchmark checks that the outputs are identical.
 
+Besides the side-by-side ratio (sensitive to other load on the machine), the measured arm times its own
+instruments (the prefill hook with the look-ahead, and the processor) and reports their share of its time.
+
 Run: ``python benchmarks/bench_think.py [--posts 208] [--batch 16] [--max-new-tokens 64] [--repeats 3]``.
 The last line is ``BENCH_JSON {...}`` (``--json-out`` writes it to a file too).
 """
@@ -33,6 +36,8 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--hidden-size", type=int, default=128)
+    parser.add_argument("--family", choices=("qwen2_vl", "qwen3_vl"), default="qwen2_vl",
+                        help="qwen2_vl: <think> is 3 tokens (look-ahead); qwen3_vl: one token")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json-out", type=Path, default=None)
     args = parser.parse_args()
@@ -48,9 +53,11 @@ def main() -> int:
     from dyncot_plugin.train.generation_eval import _prompt_feature
 
     work = Path(tempfile.mkdtemp(prefix="bench_think_"))
-    model_dir = build_tiny_model(work / "model", "qwen2_vl", tokenizer="qwen", hidden_size=args.hidden_size)
+    model_dir = build_tiny_model(work / "model", args.family, tokenizer="qwen", hidden_size=args.hidden_size)
     write_plugin_dataset(work / "data", "toy", n=args.posts)
-    built = assemble_sft(tiny_sft_config(model_dir, work / "data", "toy", work / "out", dyncot_strategy="cot"))
+    template = {"qwen2_vl": "qwen2_vl", "qwen3_vl": "qwen3_vl_nothink"}[args.family]
+    built = assemble_sft(tiny_sft_config(model_dir, work / "data", "toy", work / "out", dyncot_strategy="cot",
+                                         template=template))
     model, tokenizer = built.model.eval(), built.tokenizer
     features = [_prompt_feature(built.train_dataset[i])[0] for i in range(args.posts)]
     tokenizer.padding_side = "left"
@@ -68,10 +75,27 @@ def main() -> int:
     def measured(batch):
         return generate_with_think(model, batch, control, **common)
 
+    # The instruments' own time inside the measured arm (robust to a machine shared with other work): the prefill
+    # hook (the tag's look-ahead included) and the per-step processor.
+    inside = {"hook": 0.0, "processor": 0.0}
+
+    def timed(name, function):
+        def wrapper(*a, **k):
+            start = time.perf_counter()
+            try:
+                return function(*a, **k)
+            finally:
+                inside[name] += time.perf_counter() - start
+        return wrapper
+
+    control._after_forward = timed("hook", control._after_forward)
+    call = ThinkControl.__call__
+    ThinkControl.__call__ = timed("processor", call)
     seconds = {"plain": 0.0, "think_prob": 0.0}
     with torch.no_grad():
         for batch in batches[:1]:  # warm-up
             plain(batch), measured(batch)
+        inside.update(hook=0.0, processor=0.0)
         for _ in range(args.repeats):
             for batch in batches:
                 for name, arm in (("plain", plain), ("think_prob", measured)) if _ % 2 == 0 else (
@@ -86,16 +110,19 @@ def main() -> int:
                 if not torch.equal(reference, produced):
                     raise SystemExit("the arms generated different tokens")
     ratio = seconds["think_prob"] / seconds["plain"]
+    share = (inside["hook"] + inside["processor"]) / seconds["think_prob"]
     report = {
-        "benchmark": "bench_think", "cpu": cpu_model(), "threads": torch.get_num_threads(), "posts": args.posts,
+        "benchmark": "bench_think", "family": args.family, "cpu": cpu_model(), "threads": torch.get_num_threads(), "posts": args.posts,
         "batch": args.batch, "max_new_tokens": args.max_new_tokens, "hidden_size": args.hidden_size,
         "tag_tokens": len(control.tag), "repeats": args.repeats,
         "plain_s": round(seconds["plain"], 3), "think_prob_s": round(seconds["think_prob"], 3),
-        "ratio": round(ratio, 4),
+        "ratio": round(ratio, 4), "hook_s": round(inside["hook"], 3), "processor_s": round(inside["processor"], 3),
+        "instrument_share": round(share, 4),
     }
     print(f"{args.posts} posts x {args.repeats}, batch {args.batch}, {args.max_new_tokens} new tokens, "
           f"tag of {len(control.tag)} tokens: plain {seconds['plain']:.2f} s, with think_prob "
-          f"{seconds['think_prob']:.2f} s, ratio {ratio:.4f}")
+          f"{seconds['think_prob']:.2f} s, ratio {ratio:.4f}; inside the measured arm the prefill hook (with the "
+          f"look-ahead) took {inside['hook']:.2f} s and the processor {inside['processor']:.2f} s: {100 * share:.2f} %")
     emit_json(report, args.json_out)
     return 0
 
