@@ -3,10 +3,12 @@
 #  1. write the SYNTHETIC demo set (`dyncot-data synth-demo-data`: hashtags follow from the post's words or from
 #     the image colour; 256 training and 48 held-out posts) and a tiny random Qwen2-VL whose tokenizer is trained on it;
 #  2. fine-tune it with dyncot_strategy: dynamic, dyncot_target_cot_ratio: 0.5 (examples/tiny_synth_dyncot_cpu.yaml);
-#  3. generate on the held-out posts three times: the model decides (dyncot_think=auto), always thinks, never thinks;
-#  4. print the cot_ratio / γ curve and the keyphrase scores per thinking mode (dyncot-eval mmkp).
-# Run from anywhere; everything is written under outputs/ in the repository. Same numbers on every run (seeds,
-# one thread).
+#  3. generate on the held-out posts three times: the model decides (dyncot_think=auto: it thinks where its
+#     probability of opening the reply with <think>, think_prob, is at least 0.5), always thinks, never thinks;
+#  4. print the cot_ratio / γ curve, the keyphrase scores per thinking mode and the quality / think-rate frontier
+#     of every threshold (dyncot-eval mmkp, from the always and never runs' think_prob).
+# Run from anywhere; everything is written under outputs/ in the repository. Seeds and one thread: the same
+# numbers on every run on the same kind of CPU (floating point differs between CPU models).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false WANDB_DISABLED=true
