@@ -309,7 +309,7 @@ def test_server_default_decision_follows_think_prob_and_threshold(server):
     client, model = server
     for post in POSTS:
         probe = client.chat.completions.create(model=model, messages=[{"role": "user", "content": post}],
-                                               max_tokens=3,  # <th ink > temperature=0.0, logprobs=True,
+                                               max_tokens=3, temperature=0.0, logprobs=True,  # <th ink >
                                                extra_body={"vllm_xargs": {"dyncot_think": "always"}})
         tokens = probe.choices[0].logprobs.content
         p = math.exp(sum(t.logprob for t in tokens))

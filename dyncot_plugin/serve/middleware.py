@@ -48,7 +48,9 @@ async def _read_body(receive: Any) -> bytes:
     return body
 
 
-def _with_body(scope: dict, body: bytes) -> tuple[dict, Any]:
+def _with_body(scope: dict, body: bytes, client_receive: Any) -> tuple[dict, Any]:
+    """The request with a new body; after it, ``receive`` waits on the client's own channel (vLLM's handlers listen
+    for a disconnect while they run: answering one at once would cancel them)."""
     headers = [(k, v) for k, v in scope.get("headers", []) if k.lower() != b"content-length"]
     headers.append((b"content-length", str(len(body)).encode()))
     sent = False
@@ -58,7 +60,7 @@ def _with_body(scope: dict, body: bytes) -> tuple[dict, Any]:
         if not sent:
             sent = True
             return {"type": "http.request", "body": body, "more_body": False}
-        return {"type": "http.disconnect"}
+        return await client_receive()
 
     return {**scope, "headers": headers}, receive
 
@@ -78,17 +80,17 @@ class DyncotThinkMiddleware:
             request = json.loads(body)
             assert isinstance(request, dict)
         except (ValueError, AssertionError):
-            scope2, receive2 = _with_body(scope, body)
+            scope2, receive2 = _with_body(scope, body, receive)
             return await self.app(scope2, receive2, send)
         mode = think_mode(request)
         xargs = dict(request.get("vllm_xargs") or {})
         xargs[MODE_KEY] = mode
         if mode == "auto" and self.tag_len > 1 and PROB_KEY not in xargs:
-            prob = await self._probe(scope, request)
+            prob = await self._probe(scope, request, receive)
             if prob is not None:
                 xargs[PROB_KEY] = prob
         request["vllm_xargs"] = xargs
-        scope2, receive2 = _with_body(scope, json.dumps(request).encode())
+        scope2, receive2 = _with_body(scope, json.dumps(request).encode(), receive)
         if request.get("stream"):
             return await self.app(scope2, receive2, send)
         status, raw = await self._call(scope2, receive2)
@@ -123,13 +125,13 @@ class DyncotThinkMiddleware:
         await send({"type": "http.response.start", "status": start.get("status", 500), "headers": headers})
         await send({"type": "http.response.body", "body": raw, "more_body": False})
 
-    async def _probe(self, scope: dict, request: dict) -> float | None:
+    async def _probe(self, scope: dict, request: dict, receive: Any) -> float | None:
         """P(whole tag | prompt) from the same request with the tag forced and vLLM's raw logprobs."""
         probe = {k: v for k, v in request.items() if k not in ("stream", "stream_options", "n", "max_tokens",
                                                                 "max_completion_tokens", "top_logprobs")}
         probe.update({"max_tokens": self.tag_len, "logprobs": True, "n": 1, "temperature": 0.0,
                       "vllm_xargs": {**(request.get("vllm_xargs") or {}), MODE_KEY: "always"}})
-        scope2, receive2 = _with_body(scope, json.dumps(probe).encode())
+        scope2, receive2 = _with_body(scope, json.dumps(probe).encode(), receive)
         start, raw = await self._call(scope2, receive2)
         if start.get("status") != 200:
             return None  # the real request then fails with vLLM's own error for the same input

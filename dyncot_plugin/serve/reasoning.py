@@ -57,8 +57,14 @@ class DyncotReasoningParser(ReasoningParser):
         super().__init__(tokenizer, *args, **kwargs)
 
     def is_reasoning_end(self, input_ids: Sequence[int]) -> bool:
-        text = self.model_tokenizer.decode(list(input_ids))
-        return not text.startswith(THINK_OPEN[: len(text)]) or THINK_CLOSE in text
+        # True only once a rationale is closed. vLLM also asks this of the prompt before streaming (True there would
+        # make the whole reply content), and a reply without <think> is content anyway (extract_* handle it).
+        return THINK_CLOSE in self.model_tokenizer.decode(list(input_ids))
+
+    def is_reasoning_end_streaming(self, input_ids: Sequence[int], delta_ids: Any) -> bool:
+        # Never hand the stream over to vLLM's plain-content path: after </think> the <answer> tags still need
+        # stripping, which extract_reasoning_streaming does on the text so far.
+        return False
 
     def extract_content_ids(self, input_ids: list[int]) -> list[int]:
         return input_ids
