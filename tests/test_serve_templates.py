@@ -32,6 +32,7 @@ def _image(w, h, seed):
     return img
 
 
+@pytest.mark.slow  # builds the tiny models (the Qwen-vocabulary ones take ~30 s each)
 @pytest.mark.parametrize("vocab", ["tiny", "qwen"])
 @pytest.mark.parametrize("name", sorted(T.TEMPLATES))
 def test_every_template_row_encodes_as_llamafactory(name, vocab, tiny_model_dir, real_vocab_model):
