@@ -16,6 +16,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -146,7 +147,7 @@ def test_dyncot_eval_with_the_frontier_and_per_post_scores(both_sides, tmp_path)
     lf, ours, threshold, vrecipe, _, _ = both_sides
     folder = vrecipe.parent / "pred_vllm"
     out = tmp_path / "eval.json"
-    proc = subprocess.run(["dyncot-eval", "mmkp", *[f"--predictions={m}={folder / m / 'generated_predictions.jsonl'}"
+    proc = subprocess.run([str(Path(sys.executable).with_name("dyncot-eval")), "mmkp", *[f"--predictions={m}={folder / m / 'generated_predictions.jsonl'}"
                                                     for m in ("auto", "always", "never")],
                            "--output", str(out), "--no-plot", "--threshold", str(threshold)],
                           capture_output=True, text=True, timeout=300)
