@@ -50,6 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dyncot_plugin.compat import add_special_tokens, rope_kwargs, set_model_specific_tokens
 from dyncot_plugin.testing.qwen_vocab import QWEN_MODEL_VOCAB, qwen_tokenizer
 from dyncot_plugin.testing.tiny_model import (
     QWEN2_VL_CHAT_TEMPLATE,
@@ -128,17 +129,17 @@ def _build_qwen2_5_vl(
         Qwen2_5_VLConfig,
         Qwen2_5_VLForConditionalGeneration,
         Qwen2_5_VLProcessor,
+        Qwen2_5_VLTextConfig,
         Qwen2VLImageProcessor,
         Qwen2VLVideoProcessor,
     )
 
     # head_dim 16 -> mrope_section sums to 8 (t, h, w), like Qwen's 16/24/24 of 64.
-    rope = {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [2, 3, 3]}
     text = _text_sizes(
         model_vocab,
         hidden_size,
         num_layers,
-        rope_parameters=rope,
+        **rope_kwargs(Qwen2_5_VLTextConfig, 1000000.0, mrope_section=[2, 3, 3]),
         use_sliding_window=False,
         max_window_layers=num_layers,
         **_qwen_text_ids(token_id),
@@ -190,14 +191,13 @@ def _build_qwen3_vl(
         Qwen3VLConfig,
         Qwen3VLForConditionalGeneration,
         Qwen3VLProcessor,
+        Qwen3VLTextConfig,
         Qwen3VLVideoProcessor,
     )
 
     # Interleaved M-RoPE over head_dim // 2 = 8 frequencies (the real model: 24/20/20 of 64).
-    rope = {"rope_type": "default", "rope_theta": 5000000.0, "mrope_section": [4, 2, 2], "mrope_interleaved": True}
-    text = _text_sizes(
-        model_vocab, hidden_size, num_layers, head_dim=16, rope_parameters=rope, **_qwen_text_ids(token_id)
-    )
+    rope = rope_kwargs(Qwen3VLTextConfig, 5000000.0, mrope_section=[4, 2, 2], mrope_interleaved=True)
+    text = _text_sizes(model_vocab, hidden_size, num_layers, head_dim=16, **rope, **_qwen_text_ids(token_id))
     vision = {
         "depth": 2,
         "hidden_size": VISION,
@@ -253,7 +253,7 @@ def _build_llava(tokenizer: Any, model_vocab: int, token_id: Callable[[str], int
     text = LlamaConfig(
         **_text_sizes(
             model_vocab,
-            rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+            **rope_kwargs(LlamaConfig, 10000.0),
             bos_token_id=token_id("<s>"),
             eos_token_id=token_id("</s>"),
             pad_token_id=token_id("<pad>"),
@@ -387,12 +387,13 @@ def _build_internvl(tokenizer: Any, model_vocab: int, token_id: Callable[[str], 
         InternVLForConditionalGeneration,
         InternVLProcessor,
         InternVLVideoProcessor,
+        Qwen2Config,
     )
 
     text = _text_sizes(
         model_vocab,
         model_type="qwen2",
-        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
+        **rope_kwargs(Qwen2Config, 1000000.0),
         use_sliding_window=False,
         max_window_layers=2,
         **_qwen_text_ids(token_id),
@@ -509,15 +510,12 @@ def _family_tokenizer(spec: Family, vocab_size: int, seed: int) -> Any:
 
     tokenizer = _train_tokenizer(vocab_size, seed)
     if spec.special_tokens:
-        tokenizer.add_special_tokens(
-            {"extra_special_tokens": [AddedToken(t, special=True, normalized=False) for t in spec.special_tokens]},
-            replace_extra_special_tokens=False,
-        )
+        add_special_tokens(tokenizer, [AddedToken(t, special=True, normalized=False) for t in spec.special_tokens])
     standard = {k: v for k, v in spec.named_tokens.items() if k in tokenizer.SPECIAL_TOKENS_ATTRIBUTES}
     specific = {k: v for k, v in spec.named_tokens.items() if k not in standard}
     if specific:
         # What from_pretrained does with `image_token`-like keys of tokenizer_config.json; saved back the same way.
-        tokenizer._set_model_specific_special_tokens(specific)
+        set_model_specific_tokens(tokenizer, specific)
     for key, value in standard.items():
         setattr(tokenizer, key, value)
     tokenizer.chat_template = spec.chat_template

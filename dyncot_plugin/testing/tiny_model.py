@@ -10,8 +10,9 @@
   ``<answer>``, ``</answer>`` as (non-special) added tokens, so they survive ``skip_special_tokens=True``; or, with
   ``tokenizer="qwen"``, Qwen2-VL's real tokenizer (:mod:`~dyncot_plugin.testing.qwen_vocab`), where ``<think>`` is
   three tokens;
-* ``preprocessor_config.json`` / ``video_preprocessor_config.json`` / ``processor_config.json`` /
-  ``chat_template.jinja``: ``Qwen2VLProcessor`` with small pixel limits (a 64x64 image -> 4 image tokens);
+* ``preprocessor_config.json`` / ``video_preprocessor_config.json`` / ``processor_config.json`` (transformers 5;
+  4.57 writes it only for a processor with settings of its own) / ``chat_template.jinja``: ``Qwen2VLProcessor``
+  with small pixel limits (a 64x64 image -> 4 image tokens);
 * ``generation_config.json``: eos = ``<|im_end|>`` (and ``<|endoftext|>``), pad = ``<|endoftext|>``.
 
 Same ``seed`` -> same tokenizer and weights.
@@ -99,7 +100,9 @@ def _train_tokenizer(vocab_size: int, seed: int, corpus: list[str] | None = None
     transformers ``Qwen2Tokenizer``."""
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
     from transformers import AddedToken
-    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX, Qwen2Tokenizer
+    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
+
+    from dyncot_plugin.compat import bpe_tokenizer
 
     tok = Tokenizer(models.BPE())
     tok.normalizer = normalizers.NFC()
@@ -127,9 +130,10 @@ def _train_tokenizer(vocab_size: int, seed: int, corpus: list[str] | None = None
     vocab = state["vocab"]
     merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in state["merges"]]
 
-    tokenizer = Qwen2Tokenizer(
-        vocab=vocab,
-        merges=merges,
+    tokenizer = bpe_tokenizer(
+        tok,
+        vocab,
+        merges,
         unk_token=None,
         bos_token=None,
         eos_token="<|im_end|>",  # like Qwen2-VL-Instruct
@@ -197,8 +201,11 @@ def build_tiny_qwen2vl(
         Qwen2VLForConditionalGeneration,
         Qwen2VLImageProcessor,
         Qwen2VLProcessor,
+        Qwen2VLTextConfig,
         Qwen2VLVideoProcessor,
     )
+
+    from dyncot_plugin.compat import rope_kwargs
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -232,7 +239,7 @@ def build_tiny_qwen2vl(
         "num_key_value_heads": max(1, num_heads // 2),
         "max_position_embeddings": 4096,
         "rms_norm_eps": 1e-6,
-        "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": mrope_section},
+        **rope_kwargs(Qwen2VLTextConfig, 1000000.0, mrope_section=mrope_section),
         "bos_token_id": ids["<|endoftext|>"],
         "eos_token_id": ids["<|im_end|>"],
         "pad_token_id": ids["<|endoftext|>"],

@@ -3,7 +3,9 @@
 Positions: a collated training batch carries the model's position inputs (M-RoPE ``position_ids`` for the Qwen-VL
 families), which ``generate`` cannot take as they are; it computes them itself from the prompt and the inputs the
 model family needs for that (transformers 5: ``mm_token_type_ids`` for Qwen2-VL, Qwen2.5-VL and Qwen3-VL, without
-which it silently falls back to 1-D text positions). :func:`generation_inputs` turns a collated batch into what
+which it silently falls back to 1-D text positions; transformers 4.57 computes them from the ids and image grids
+alone and refuses ``mm_token_type_ids``: a per-token type key goes to ``generate`` only where it accepts it,
+:func:`dyncot_plugin.compat.generate_accepts`). :func:`generation_inputs` turns a collated batch into what
 ``generate`` needs, from the family table (:mod:`dyncot_plugin.train.families`), so that the first generated token
 sees the logits the training forward computes for the same prompt.
 
@@ -26,6 +28,7 @@ from typing import Any
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
+from dyncot_plugin.compat import generate_accepts
 from dyncot_plugin.think import DEFAULT_THRESHOLD, THINK_MODES, TagTextBan, check_threshold, decide, think_tag_ids
 from dyncot_plugin.train.families import DEFAULT_FAMILY, ModelFamily
 
@@ -41,9 +44,14 @@ def _config(model: Any) -> Any:
 
 def generation_inputs(model: Any, batch: dict[str, Any], family: ModelFamily = DEFAULT_FAMILY) -> dict[str, Any]:
     """``batch`` (a collated, left-padded prompt batch) without its training-only keys, plus the per-token type
-    ids the family's ``generate`` computes positions from (derived from the ids, as LLaMA-Factory's collator does)."""
+    ids the family's ``generate`` computes positions from (derived from the ids, as LLaMA-Factory's collator does),
+    where the model's ``generate`` takes them (per-token type keys it does not take are dropped)."""
     inputs = {k: v for k, v in batch.items() if k not in TRAINING_ONLY_KEYS}
-    if family.generation_type_ids and family.generation_type_key not in inputs:
+    for key in {*family.token_type_keys, family.generation_type_key}:
+        if key in inputs and not generate_accepts(model, key):
+            del inputs[key]
+    if (family.generation_type_ids and family.generation_type_key not in inputs
+            and generate_accepts(model, family.generation_type_key)):
         config = _config(model)
         types = torch.zeros_like(inputs["input_ids"])
         for attribute, value in family.generation_type_ids:

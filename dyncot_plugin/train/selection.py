@@ -24,10 +24,13 @@ def answer_positions(labels: torch.Tensor) -> torch.Tensor:
 def answer_nll(logits: torch.Tensor, labels: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
     """Mean token NLL of each row's targets. ``logits`` are [B, K, V] at ``positions`` (all positions if None).
 
-    Rows without any target get ``inf``, so no threshold ever selects them.
+    Logits at every position ([B, S, V], as labels) are taken whatever ``positions`` says: a model whose ``forward``
+    has no ``logits_to_keep`` (Qwen2-VL on transformers 4.57, :mod:`dyncot_plugin.compat`) returns them, and
+    ``positions`` (at most S - 1 of them) can never be mistaken for them. Rows without any target get ``inf``, so no
+    threshold ever selects them.
     """
     targets = labels[:, 1:]
-    if positions is None:
+    if positions is None or logits.size(1) == labels.size(1):
         logits = logits[:, :-1]
     else:
         targets = targets[:, positions]

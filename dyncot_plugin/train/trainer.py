@@ -26,6 +26,7 @@ from llamafactory.extras import logging
 from llamafactory.train.sft.trainer import CustomSeq2SeqTrainer
 from transformers import LogitsProcessorList
 
+from dyncot_plugin.compat import logits_to_keep_kwargs
 from dyncot_plugin.config import DynCotArguments
 from dyncot_plugin.cot_format import THINK_OPEN
 from dyncot_plugin.io.files import atomic_write_text
@@ -222,7 +223,9 @@ class DynCotTrainer(CustomSeq2SeqTrainer):
         """Each row's mean token NLL of its plain answer under the current weights (no grad, eval mode).
 
         Logits are computed only at answer positions (``logits_to_keep``), so the pass never materialises the
-        full [batch, seq, vocab] tensor.
+        full [batch, seq, vocab] tensor, where the model's ``forward`` takes ``logits_to_keep``
+        (:func:`~dyncot_plugin.compat.logits_to_keep_kwargs`; Qwen2-VL on transformers 4.57 does not, and returns
+        logits at every position, which ``answer_nll`` takes as well).
         """
         inputs = self._prepare_inputs(plain)
         labels = inputs["labels"]
@@ -234,7 +237,7 @@ class DynCotTrainer(CustomSeq2SeqTrainer):
         cache = self._image_cache
         try:
             with self.compute_loss_context_manager(), (cache.record() if cache else contextlib.nullcontext()):
-                outputs = model(**model_inputs, logits_to_keep=positions, use_cache=False)
+                outputs = model(**model_inputs, **logits_to_keep_kwargs(model, positions), use_cache=False)
         finally:
             model.train(was_training)
         return answer_nll(outputs.logits, labels, positions).to(torch.float32)
