@@ -27,6 +27,7 @@ def _auc(positives: list[float], negatives: list[float]) -> float:
 
 
 @pytest.mark.slow
+@pytest.mark.low_end  # also on the low-end stack (.ci/run)
 def test_the_cpu_demo_learns_and_thinks_on_the_posts_that_need_it(tmp_path):
     shutil.copytree(REPO / "examples", tmp_path / "examples")  # the script writes outputs/ next to examples/
     env = offline_env({"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"})

@@ -113,6 +113,7 @@ def _thinks(row: dict) -> bool:
 
 
 @pytest.mark.slow
+@pytest.mark.low_end  # also on the low-end stack (.ci/run)
 def test_every_prediction_row_carries_think_prob_and_the_run_saves_its_threshold(predict, tmp_path):
     rows, _ = predict(dyncot_think="always")
     assert len(rows) == 6 and all(_thinks(r) for r in rows)
@@ -125,6 +126,7 @@ def test_every_prediction_row_carries_think_prob_and_the_run_saves_its_threshold
 
 
 @pytest.mark.slow
+@pytest.mark.low_end  # also on the low-end stack (.ci/run)
 def test_auto_thinks_exactly_where_think_prob_reaches_the_threshold(predict):
     always, _ = predict(dyncot_think="always")
     never, _ = predict(dyncot_think="never")
@@ -140,6 +142,7 @@ def test_auto_thinks_exactly_where_think_prob_reaches_the_threshold(predict):
 
 
 @pytest.mark.slow
+@pytest.mark.low_end  # also on the low-end stack (.ci/run)
 def test_a_plugin_routed_prediction_without_the_key_decides_at_the_default_threshold(predict):
     always, _ = predict(dyncot_think="always")
     never, _ = predict(dyncot_think="never")

@@ -70,7 +70,7 @@ def _cot_rows(rows: list[dict]) -> None:
         row["cot"] = f"<think>{lead}The picture and the post are about {answer}.</think><answer>{answer}</answer>"
 
 
-@pytest.fixture(scope="module", params=["qwen2_vl", "qwen3_vl"])
+@pytest.fixture(scope="module", params=[pytest.param("qwen2_vl", marks=pytest.mark.low_end), "qwen3_vl"])
 def trained(request, tmp_path_factory):
     """(family, assembled run on the cot-trained model): its trainer, collator, datasets and tokenizer."""
     from dyncot_plugin.testing.assemble import assemble_sft

@@ -26,6 +26,7 @@ def _eval_entries(out: Path) -> list[dict]:
     return [e for e in map(json.loads, lines) if "eval_loss" in e]
 
 
+@pytest.mark.low_end  # also on the low-end stack (.ci/run)
 def test_eval_metrics_match_llamafactory_predict_on_the_same_weights(tiny_model_dir, tmp_path):
     write_plugin_dataset(tmp_path / "data", "toy", n=8)
     out = tmp_path / "train" / "out"

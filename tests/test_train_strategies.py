@@ -40,6 +40,7 @@ def train(tiny_model_dir, toy_dataset, tmp_path_factory):
     return _train
 
 
+@pytest.mark.low_end  # also on the low-end stack (.ci/run)
 def test_dynamic_gamma_zero_equals_sft_equals_vanilla(train):
     vanilla, _ = train()
     sft, _ = train(dyncot_strategy="sft")
@@ -51,6 +52,7 @@ def test_dynamic_gamma_zero_equals_sft_equals_vanilla(train):
     assert "cot_ratio" not in read_log(vanilla)[0]  # vanilla logs are untouched
 
 
+@pytest.mark.low_end  # also on the low-end stack (.ci/run)
 def test_dynamic_gamma_above_any_loss_equals_cot(train):
     cot, _ = train(dyncot_strategy="cot")
     dyn, _ = train(dyncot_strategy="dynamic", dyncot_gamma=1.0e6)
@@ -63,6 +65,7 @@ def test_dynamic_gamma_above_any_loss_equals_cot(train):
     assert abs(read_log(dyn)[0]["selection_loss"] - read_losses(sft)[0]) < 0.1
 
 
+@pytest.mark.low_end  # also on the low-end stack (.ci/run)
 def test_multitask_first_step_is_the_mean_of_plain_and_cot(train):
     multi, _ = train(dyncot_strategy="multitask")
     sft, _ = train(dyncot_strategy="sft")
