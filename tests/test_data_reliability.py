@@ -282,3 +282,35 @@ def test_empty_inputs_exit_non_zero_naming_the_file(tmp_path, capsys):
     assert f"{empty_src}: no posts; nothing to do" in capsys.readouterr().err
     assert data_main(["convert-cmkp", f"test={empty_src}", "-o", str(tmp_path / "o"), "-q"]) == 2
     assert f"{empty_src}: the file has no posts" in capsys.readouterr().err
+
+
+def _no_flock(monkeypatch):
+    """A file system that refuses flock (ENOLCK, as NFS without a lock daemon): cannot be mounted here, so the
+    system call itself answers as it would there."""
+    import errno
+    import fcntl
+
+    def refuse(fd, operation):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(fcntl, "flock", refuse)
+
+
+def test_a_lock_the_file_system_refuses_is_an_error_naming_the_path(tmp_path, capsys, monkeypatch):
+    from dyncot_plugin.io.files import LockUnavailableError
+    from dyncot_plugin.teacher.cache import CacheLockedError, JsonlCache
+
+    _no_flock(monkeypatch)
+    target = tmp_path / "x.json"
+    refused = pytest.raises(LockUnavailableError, match=f"{lock_path(target)}: cannot take its lock .*flock")
+    with refused, locked_files(target):
+        pytest.fail("the block ran without the lock")
+    with pytest.raises(CacheLockedError, match=f"{tmp_path / 'c.jsonl'}: cannot take the cache's lock"):
+        JsonlCache(tmp_path / "c.jsonl").open()
+    # a command: one error line naming the file, exit 2, nothing written
+    ds = tmp_path / "ds"
+    _images(ds)
+    assert data_main(["convert-cmkp", f"test={_cmkp(tmp_path)}", "-o", str(ds), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and "cannot take its lock" in err and str(ds) in err and "Traceback" not in err
+    assert not (ds / "mmkp_test.json").exists()

@@ -7,6 +7,11 @@
 * :func:`locked_files`: the lock every command that writes a dataset file holds while it re-reads, merges and
   writes that file (``flock`` on ``.<file>.lock``); leftover temporary files of a killed writer are removed under it;
 * :func:`paused_gc`: pause the cyclic garbage collector while parsing 10^5 rows.
+
+A lock that the file system refuses (``flock`` fails, as on some network file systems) is a
+:class:`LockUnavailableError` naming the path, never a silent write without the lock: the writers it protects
+would then lose each other's rows. Only where ``fcntl`` does not exist at all (not POSIX) are writes unlocked,
+with a warning.
 """
 
 from __future__ import annotations
@@ -20,6 +25,33 @@ import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
+
+from dyncot_plugin.io.errors import InputError
+
+try:
+    import fcntl
+except ImportError:  # not POSIX
+    fcntl = None  # type: ignore[assignment]
+
+
+class LockUnavailableError(InputError):
+    """The file system refused the lock of a file or folder (the message names it and what to do)."""
+
+
+def _flock(fd: int, path: str | os.PathLike) -> None:
+    """Take the exclusive lock of open ``fd`` (waiting for other holders), or raise naming ``path``."""
+    if fcntl is None:
+        import warnings
+
+        warnings.warn(f"no file locks on this platform: {path} is written without one", stacklevel=3)
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    except OSError as err:
+        raise LockUnavailableError(
+            f"{path}: cannot take its lock ({err.strerror or err}); this file system does not support flock, so "
+            "concurrent writers could lose each other's work. Write to a local folder (or one that supports locks)."
+        ) from None
 
 
 @contextlib.contextmanager
@@ -170,19 +202,15 @@ class StagedWrites:
 @contextlib.contextmanager
 def locked_dir(folder: str | os.PathLike) -> Iterator[None]:
     """An exclusive inter-process lock on ``folder`` itself (``flock`` on the directory: no lock file is left
-    behind). Where that is not possible (not POSIX, some network file systems) it does nothing."""
+    behind). A folder that cannot be opened is not locked (nothing can be written in it either); a file system that
+    refuses the lock raises :class:`LockUnavailableError`."""
     try:
-        import fcntl
-
         fd = os.open(folder, os.O_RDONLY)
-    except (ImportError, OSError):
+    except OSError:
         yield
         return
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        except OSError:
-            pass
+        _flock(fd, folder)
         yield
     finally:
         os.close(fd)  # releases the lock
@@ -221,11 +249,10 @@ def _acquire(lock_file: Path) -> None:
     lock_file.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o666)
     try:
-        import fcntl
-
-        fcntl.flock(fd, fcntl.LOCK_EX)
-    except (ImportError, OSError):  # not POSIX, or a file system without flock: no lock, as locked_dir
-        pass
+        _flock(fd, lock_file)
+    except BaseException:
+        os.close(fd)
+        raise
     with _held_guard:
         _held[key] = [fd, 1]
 
@@ -280,6 +307,7 @@ def locked_files(*paths: str | os.PathLike | Iterable[str | os.PathLike]) -> Ite
 
 __all__ = [
     "LOCK_SUFFIX",
+    "LockUnavailableError",
     "StagedWrites",
     "atomic_open",
     "atomic_write_json",

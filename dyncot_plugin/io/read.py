@@ -14,11 +14,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from dyncot_plugin.io.errors import InputError  # defined there so io.files can raise it too; exported from here
 from dyncot_plugin.io.files import paused_gc
-
-
-class InputError(ValueError):
-    """Bad input (a file, a row, a flag value): the message names the file (and line or row) and what was expected."""
 
 
 def _line_of(data: bytes, offset: int) -> int:

@@ -140,9 +140,15 @@ class JsonlCache:
         if fcntl is not None:
             try:
                 fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
+            except BlockingIOError:  # EWOULDBLOCK: held by another process
                 fh.close()
                 raise CacheLockedError(f"another gen-cot run is using the cache {self.path}; wait for it to end")
+            except OSError as err:  # the file system refuses locks: two runs could interleave records unseen
+                fh.close()
+                raise CacheLockedError(
+                    f"{self.path}: cannot take the cache's lock ({err.strerror or err}); this file system does not "
+                    "support flock. Put the cache (--cache) on a local folder."
+                ) from None
         end = [0]
         self.states = {}
         for rec in iter_records(self.path, end):
