@@ -85,8 +85,9 @@ def completion(text: str, finish: str = "stop") -> dict:
 class Stub:
     """A threaded loopback server. ``script(request, n_for_sample) -> (status, body[, headers])`` or a reply str."""
 
-    def __init__(self, script=None):
+    def __init__(self, script=None, on_get=None):
         self.script = script or good
+        self.on_get = on_get  # called once per GET (the probe), before it is answered
         self.requests: list[dict] = []
         self.gets: list[str] = []  # GET /models: the endpoint probe
         self.auth: list[str] = []
@@ -110,6 +111,8 @@ class Stub:
             def do_GET(self):
                 with stub.lock:
                     stub.gets.append(self.path)
+                    if stub.on_get is not None:
+                        stub.on_get()
                 self._send(200, {"object": "list", "data": [{"id": "stub", "object": "model"}]})
 
             def do_POST(self):
@@ -149,8 +152,8 @@ class Stub:
 def stub_factory():
     stubs = []
 
-    def make(script=None):
-        s = Stub(script)
+    def make(script=None, on_get=None):
+        s = Stub(script, on_get)
         stubs.append(s)
         return s
 
@@ -538,6 +541,50 @@ def test_image_outside_the_media_dir_is_never_sent(tmp_path, stub_factory, key_e
     _set_images(data, {1: ["img1.png"]})
     assert gen_cot(data, stub.url, "--allow-images-in", str(outside)) == 0
     assert len(stub.requests) == 4 and len(stub.gets) == 1
+
+
+def _sent_images(request: dict) -> list[bytes]:
+    import base64
+
+    parts = [p for m in request["messages"] if isinstance(m["content"], list) for p in m["content"]]
+    return [base64.b64decode(p["image_url"]["url"].split(",", 1)[1]) for p in parts if p.get("type") == "image_url"]
+
+
+def test_a_link_swapped_after_the_check_is_not_followed(tmp_path, stub_factory, key_env, capsys):
+    """The check resolves links inside the media folder; hours may pass before a sample is sent. Here the links are
+    swapped when the endpoint is probed (after the check, before the first request): a file link (row 3) and a
+    folder on the real path (row 1). Row 3 sends the file that was checked; row 1's checked path now leads outside,
+    to another file: it is not sent, and the failure names it."""
+    from PIL import Image
+
+    data = make_dataset(tmp_path / "d", n=4)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    Image.new("RGB", (4, 4), (255, 0, 0)).save(outside / "secret.png")
+    Image.new("RGB", (4, 4), (255, 0, 0)).save(outside / "pic.png")
+    (data / "sub").mkdir()
+    Image.new("RGB", (4, 4), (0, 0, 255)).save(data / "sub" / "pic.png")
+    (data / "link.png").symlink_to(data / "img3.png")
+    _set_images(data, {1: ["sub/pic.png"], 3: ["link.png"]})
+    checked = {1: (data / "sub" / "pic.png").read_bytes(), 3: (data / "img3.png").read_bytes()}
+    secrets = {(outside / "secret.png").read_bytes(), (outside / "pic.png").read_bytes()}
+
+    def swap():
+        (data / "link.png").unlink()
+        (data / "link.png").symlink_to(outside / "secret.png")  # the row's own link, re-pointed
+        (data / "sub").rename(data / "sub_old")
+        (data / "sub").symlink_to(outside)  # a folder on the checked real path, now a link out
+
+    stub = stub_factory(on_get=swap)
+    assert gen_cot(data, stub.url) == 1  # one sample failed
+    sent = {sample_of(r): _sent_images(r) for r in stub.requests}
+    assert sorted(sent) == [0, 2, 3] and sent[3] == [checked[3]]
+    assert not any(image in secrets for images in sent.values() for image in images)
+    failure = next(f for f in report(data)["failures"] if f["id"] == "toy_train_000001")
+    assert failure["status"] == "error"
+    assert "is no longer the file that was checked" in failure["reason"] and str(data / "sub" / "pic.png") in failure["reason"]
+    assert rows(data)[1]["cot"] is None and rows(data)[3]["cot"] is not None
+    assert checked[1] != (outside / "pic.png").read_bytes()
 
 
 def test_missing_broken_or_unsupported_image_fails_before_any_request(tmp_path, stub_factory, key_env, capsys):

@@ -44,7 +44,7 @@ from dyncot_plugin.teacher.client import (
     TeacherClient,
     TeacherError,
 )
-from dyncot_plugin.teacher.prompts import PromptSet, describe_messages, image_data_url
+from dyncot_plugin.teacher.prompts import PromptSet, bytes_data_url, describe_messages
 from dyncot_plugin.teacher.validate import DEFAULT_MATCH, MATCH_RULES, validate_reply
 
 logger = logging.getLogger("dyncot_plugin.teacher")
@@ -74,6 +74,7 @@ class Sample:
     images: list[Path]
     raw_images: list[Any] = field(default_factory=list)  # the row's ``images`` entries, as written
     mimes: list[str] = field(default_factory=list)  # the media type of each image, from check_images
+    checked: list[CheckedImage] = field(default_factory=list)  # each image as check_images opened it
 
 
 IMAGE_FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "GIF": "image/gif", "WEBP": "image/webp", "BMP": "image/bmp"}
@@ -83,9 +84,45 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 _MAX_LISTED = 10
 
 
+@dataclass(frozen=True)
+class CheckedImage:
+    """The file an image path resolved to when it was checked: its real path and its (device, inode)."""
+
+    real: str
+    device: int
+    inode: int
+
+
+class ImageChangedError(OSError):
+    """The file at a checked image's real path is no longer the file that was checked."""
+
+
+def read_checked(image: CheckedImage) -> bytes:
+    """The bytes of exactly the file that was checked: the real path is opened and the open file's device and inode
+    compared with the checked ones, so a link swapped since (at the file or at any parent folder) is never
+    followed to another file; the bytes come from that same open file."""
+    fd = os.open(image.real, os.O_RDONLY)
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if (st.st_dev, st.st_ino) != (image.device, image.inode):
+            raise ImageChangedError(
+                f"{image.real} is no longer the file that was checked (a link or folder on its path was changed "
+                "since); not sent"
+            )
+        return f.read()
+
+
 def image_problem(path: Path, roots: list[Path], allow_outside: bool) -> tuple[str | None, str | None]:
     """``(mime, None)`` for an image that may be sent, else ``(None, reason)``. The location is checked first, so
     a file outside the allowed folders is never opened."""
+    mime, reason, _ = check_image(path, roots, allow_outside)
+    return mime, reason
+
+
+def check_image(
+    path: Path, roots: list[Path], allow_outside: bool
+) -> tuple[str | None, str | None, CheckedImage | None]:
+    """:func:`image_problem` plus, for an image that may be sent, the identity of the file that was decoded."""
     real = os.path.realpath(path)
     if not allow_outside:
         inside = False
@@ -99,37 +136,40 @@ def image_problem(path: Path, roots: list[Path], allow_outside: bool) -> tuple[s
             return None, (
                 f"{path}{where} lies outside the media folder {', '.join(str(r) for r in roots)}; not sent "
                 f"(widen it with --allow-images-in DIR, or pass --allow-images-outside-media-dir)"
-            )
+            ), None
     if not os.path.isfile(real):
-        return None, f"{path}: " + ("not a file" if os.path.exists(real) else "no such file")
+        return None, f"{path}: " + ("not a file" if os.path.exists(real) else "no such file"), None
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(real) as img:
-            fmt = img.format
-            img.verify()
+        with open(real, "rb") as f:  # one open file: what is decoded is what is identified
+            st = os.fstat(f.fileno())
+            with Image.open(f) as img:
+                fmt = img.format
+                img.verify()
     except UnidentifiedImageError:
-        return None, f"{path}: not an image PIL can decode"
+        return None, f"{path}: not an image PIL can decode", None
     except Exception as exc:  # noqa: BLE001 (PIL raises many kinds on a broken file)
-        return None, f"{path}: broken image ({type(exc).__name__}: {exc})"
+        return None, f"{path}: broken image ({type(exc).__name__}: {exc})", None
     if fmt not in IMAGE_FORMATS:
-        return None, f"{path}: {fmt} image; send one of {', '.join(IMAGE_FORMATS)}"
-    return IMAGE_FORMATS[fmt], None
+        return None, f"{path}: {fmt} image; send one of {', '.join(IMAGE_FORMATS)}", None
+    return IMAGE_FORMATS[fmt], None, CheckedImage(real, st.st_dev, st.st_ino)
 
 
 def check_images(
     samples: list[Sample], src_path: Path, roots: list[Path], allow_outside: bool
 ) -> list[dict[str, Any]]:
     """Check every image of ``samples`` (location, decodes with PIL, allowed type) and set each sample's
-    ``mimes``; returns one failure record per bad image (empty when all are fine)."""
+    ``mimes`` and ``checked`` (the files later read and sent, :func:`read_checked`); returns one failure record per
+    bad image (empty when all are fine)."""
     bad: list[dict[str, Any]] = []
     for s in samples:
-        s.mimes = []
+        s.mimes, s.checked = [], []
         for raw, path in zip(s.raw_images, s.images):
             if not isinstance(raw, str) or not raw:
-                mime, reason = None, f"{raw!r} is not a file path"
+                mime, reason, checked = None, f"{raw!r} is not a file path", None
             else:
-                mime, reason = image_problem(path, roots, allow_outside)
+                mime, reason, checked = check_image(path, roots, allow_outside)
             if reason is not None:
                 bad.append(
                     {
@@ -142,6 +182,7 @@ def check_images(
                 )
             else:
                 s.mimes.append(mime)
+                s.checked.append(checked)
     return bad
 
 
@@ -249,15 +290,13 @@ class GenCot:
         return params
 
     def first_messages(self, s: Sample) -> list[dict]:
-        mimes = s.mimes if len(s.mimes) == len(s.images) else [None] * len(s.images)
-        image = image_data_url(s.images[0], mimes[0]) if s.images else None
-        messages = self.prompts.first_messages(s.id, s.text, s.keyphrases, image)
+        if s.images and len(s.checked) != len(s.images):
+            raise RuntimeError(f"{s.id}: images not checked (check_images) before they are sent")
+        urls = [bytes_data_url(read_checked(c), m) for c, m in zip(s.checked, s.mimes)]
+        messages = self.prompts.first_messages(s.id, s.text, s.keyphrases, urls[0] if urls else None)
         if len(s.images) > 1:  # several images: all go before the text, in order
             user = messages[-1]
-            extra = [
-                {"type": "image_url", "image_url": {"url": image_data_url(p, m)}}
-                for p, m in zip(s.images[1:], mimes[1:])
-            ]
+            extra = [{"type": "image_url", "image_url": {"url": url}} for url in urls[1:]]
             if self.prompts.image_detail:
                 for part in extra:
                     part["image_url"]["detail"] = self.prompts.image_detail

@@ -83,7 +83,12 @@ def image_data_url(path: str | Path, mime: str | None = None) -> str:
     first), else guessed from the suffix."""
     path = Path(path)
     mime = mime or _MIME_BY_SUFFIX.get(path.suffix.lower()) or mimetypes.guess_type(path.name)[0] or "image/png"
-    return f"data:{mime};base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+    return bytes_data_url(path.read_bytes(), mime)
+
+
+def bytes_data_url(data: bytes, mime: str) -> str:
+    """Image bytes as a base64 data URL of media type ``mime``."""
+    return f"data:{mime};base64," + base64.b64encode(data).decode("ascii")
 
 
 class PromptSet:
