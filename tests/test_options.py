@@ -50,6 +50,11 @@ REFUSED = [
     ({"dyncot_strategy": "multitask"}, {"use_unsloth": True}, "`use_unsloth`"),
     ({"dyncot_strategy": "sft"}, {"template": "qwen3_vl"}, "use `template: qwen3_vl_nothink`"),
     ({"dyncot_strategy": "dynamic"}, {"template": "qwen3_vl", "enable_thinking": False}, "`template: qwen3_vl`"),
+    ({"dyncot_strategy": "dynamic"}, {"train_on_prompt": True}, "`train_on_prompt`"),
+    ({"dyncot_strategy": "multitask"}, {"train_on_prompt": True}, "`train_on_prompt`"),
+    ({"dyncot_strategy": "cot", "dyncot_eval_samples": 2}, {"train_on_prompt": True}, "`train_on_prompt`"),
+    ({"dyncot_strategy": "sft"}, {"predict_with_generate": True, "val_size": 0.5}, "`predict_with_generate`"),
+    ({"dyncot_strategy": "dynamic"}, {"predict_with_generate": True, "val_size": 0.5}, "`predict_with_generate`"),
 ]
 
 
@@ -68,6 +73,10 @@ HONOURED = [
     ({"dyncot_strategy": "dynamic"}, {"mask_history": True}),
     ({"dyncot_strategy": "dynamic"}, {"freeze_vision_tower": False}),
     ({"dyncot_strategy": "dynamic"}, {"template": "qwen3_vl_nothink"}),
+    ({"dyncot_strategy": "cot"}, {"train_on_prompt": True}),
+    ({"dyncot_strategy": "sft"}, {"train_on_prompt": True}),
+    ({"dyncot_strategy": "dynamic"}, {"do_train": False, "do_predict": True, "predict_with_generate": True,
+                                      "val_size": 0.5}),
 ]
 
 
@@ -87,6 +96,73 @@ def test_a_refusal_stops_the_cli_with_one_line_and_no_traceback(tiny_model_dir, 
     err = info.value.proc.stderr
     assert "[dyncot-plugin] error: dyncot-plugin cannot honour `use_dft_loss`" in err
     assert "Traceback" not in err and "trainable params" not in info.value.proc.stdout + err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("dyncot", "lf", "named"), [
+    ({"dyncot_strategy": "dynamic"}, {"train_on_prompt": True}, "`train_on_prompt`"),
+    ({"dyncot_strategy": "cot"}, {"predict_with_generate": True, "val_size": 0.5}, "`predict_with_generate`"),
+], ids=["train_on_prompt", "do_train+predict_with_generate"])
+def test_train_on_prompt_and_training_with_predict_with_generate_stop_the_cli(tiny_model_dir, tmp_path, dyncot, lf,
+                                                                              named):
+    write_plugin_dataset(tmp_path / "data", "toy", n=2)
+    config = tiny_sft_config(tiny_model_dir, tmp_path / "data", "toy", tmp_path / "out", **dyncot, **lf)
+    with pytest.raises(LlamaFactoryRunError) as info:
+        run_llamafactory("train", config, tmp_path)
+    err, out = info.value.proc.stderr, info.value.proc.stdout
+    assert info.value.proc.returncode == 2 and err.count("[dyncot-plugin] error:") == 1
+    assert f"[dyncot-plugin] error: dyncot-plugin cannot honour {named}" in err
+    assert "Traceback" not in err and "trainable params" not in out + err
+
+
+def _save_fake_cache(path, columns: dict) -> None:
+    from datasets import Dataset, DatasetDict
+
+    DatasetDict({"train": Dataset.from_dict(columns)}).save_to_disk(str(path))
+
+
+def test_a_tokenized_cache_without_cot_views_or_with_missing_cot_is_refused(tmp_path):
+    from dyncot_plugin.train.views import COT_MISSING, COT_OK, COT_STATUS
+    from dyncot_plugin.train.workflow import check_tokenized_cache
+
+    plain = {"input_ids": [[1, 2], [3, 4]], "labels": [[-100, 2], [-100, 4]]}
+    _save_fake_cache(tmp_path / "sft", plain)
+    with pytest.raises(DynCotConfigError, match="cannot honour `tokenized_path: .*sft`: that cache was tokenised without"):
+        check_tokenized_cache(str(tmp_path / "sft"), DynCotArguments(dyncot_strategy="cot"))
+    _save_fake_cache(tmp_path / "partial", {**plain, COT_STATUS: [COT_OK, COT_MISSING]})
+    with pytest.raises(DynCotConfigError, match="1 of its 2 training samples have no CoT text"):
+        check_tokenized_cache(str(tmp_path / "partial"), DynCotArguments(dyncot_strategy="dynamic"))
+    check_tokenized_cache(str(tmp_path / "partial"), DynCotArguments(dyncot_strategy="dynamic", dyncot_missing_cot="sft"))
+    check_tokenized_cache(str(tmp_path / "not_yet"), DynCotArguments(dyncot_strategy="cot"))  # this run writes it
+
+
+@pytest.mark.slow
+def test_an_sft_tokenized_cache_is_refused_by_cot_and_a_plugin_cache_trains_the_same(tiny_model_dir, tmp_path):
+    """LLaMA-Factory loads a `tokenized_path` cache instead of the datasets and skips alignment, so a cache an sft
+    run wrote would train plain targets under cot: refused before the model loads. A cache the plugin wrote holds
+    both views: a cot run reading it trains exactly what the run that wrote it trained."""
+    write_plugin_dataset(tmp_path / "data", "toy", n=8)
+
+    def run(name, cache, **extra):
+        config = tiny_sft_config(tiny_model_dir, tmp_path / "data", "toy", tmp_path / name / "out", max_steps=2,
+                                 tokenized_path=str(tmp_path / cache), overwrite_cache=False, **extra)
+        proc = run_llamafactory("train", config, tmp_path / name)
+        return read_losses(tmp_path / name / "out"), proc.stdout + proc.stderr
+
+    run("sft", "sft_cache", dyncot_strategy="sft")
+    assert (tmp_path / "sft_cache" / "dataset_dict.json").is_file()
+    with pytest.raises(LlamaFactoryRunError) as info:
+        run("cot_on_sft_cache", "sft_cache", dyncot_strategy="cot")
+    err = info.value.proc.stderr
+    assert info.value.proc.returncode == 2 and err.count("[dyncot-plugin] error:") == 1
+    assert f"cannot honour `tokenized_path: {tmp_path / 'sft_cache'}`: that cache was tokenised without CoT views" in err
+    assert "trainable params" not in info.value.proc.stdout + err
+
+    written, _ = run("cot_writes", "cot_cache", dyncot_strategy="cot")
+    read, output = run("cot_reads", "cot_cache", dyncot_strategy="cot")
+    assert "Loaded tokenized dataset from" in output
+    assert len(written) == 2 and read == written
+    assert read != run("sft_again", "sft_cache", dyncot_strategy="sft")[0]  # the cache's CoT targets were trained
 
 
 # ------------------------------------------------------------------------------------- honoured as in vanilla

@@ -237,10 +237,63 @@ def check_compatibility(
                     "multitask averages two losses), which these patched forwards fuse away",
                     "Use it with dyncot_strategy sft or cot.",
                 )
+    if getattr(data_args, "train_on_prompt", False):
+        why = {
+            "select": "the selection pass would score every prompt token (image tokens included) instead of the "
+            "answer, so γ would no longer threshold the plain answer's loss",
+            "stack": "both views would train the same prompt, counting it twice in the mean of the two answer losses",
+        }.get(strategy.batch)
+        if why is None and dyncot_args.dyncot_eval_samples > 0:
+            why = "the training-time evaluation generates from the prompt before the first target token, which " \
+                  "train_on_prompt makes empty"
+        if why is not None:
+            _refuse("train_on_prompt", why, "Set `train_on_prompt: false` (sft and cot train on prompts as LLaMA-Factory does).")
+    if training_args.do_train and training_args.predict_with_generate:
+        _refuse(
+            "predict_with_generate",
+            "with `do_train: true` LLaMA-Factory then builds the training collator without the model, so Qwen-VL "
+            "models train on 1-D positions and the plugin cannot tell the model family",
+            "Train with `predict_with_generate: false`, then predict in a run of its own (examples/qwen2vl_predict.yaml).",
+        )
     if data_args.tokenized_path is not None and strategy.needs_cot:
-        logger.warning_rank0(
-            "[dyncot] `tokenized_path`: a dataset tokenised without the plugin has no CoT views; "
-            "let the plugin tokenise it (remove the folder) if training fails."
+        check_tokenized_cache(data_args.tokenized_path, dyncot_args)
+
+
+def check_tokenized_cache(path: str, dyncot_args: DynCotArguments) -> None:
+    """A ``tokenized_path`` that LLaMA-Factory will load instead of the datasets must carry the CoT views (it skips
+    alignment, so nothing else would notice): refuse a cache without them, and one with samples lacking CoT text
+    when ``dyncot_missing_cot: error``. A path that does not hold a dataset yet is where this run saves its own."""
+    import os
+
+    from datasets import DatasetDict, load_from_disk
+
+    from dyncot_plugin.train.views import COT_MISSING, COT_STATUS
+
+    if not os.path.isdir(path) or not os.listdir(path):  # LLaMA-Factory's has_tokenized_data
+        return
+    try:
+        cached = load_from_disk(path)  # memory-mapped: columns are read, not the rows
+    except Exception as err:  # noqa: BLE001 (any unreadable cache is the same user error)
+        raise DynCotConfigError(f"`tokenized_path: {path}`: not a dataset saved by LLaMA-Factory ({err}).") from None
+    train = cached.get("train") if isinstance(cached, DatasetDict) else cached
+    if train is None:
+        return
+    name = dyncot_args.dyncot_strategy
+    if COT_STATUS not in train.column_names:
+        _refuse(
+            f"tokenized_path: {path}",
+            f"that cache was tokenised without CoT views (by an sft or vanilla run), so dyncot_strategy={name} would "
+            "train every sample on its plain target",
+            "Point `tokenized_path` to a new folder (the plugin then tokenises both views and saves them there) or "
+            "remove the folder.",
+        )
+    missing = sum(1 for status in train[COT_STATUS] if status == COT_MISSING)
+    if missing and dyncot_args.dyncot_missing_cot == "error":
+        _refuse(
+            f"tokenized_path: {path}",
+            f"{missing} of its {len(train)} training samples have no CoT text (the cache was written with "
+            "dyncot_missing_cot: sft) and dyncot_missing_cot is error",
+            "Set `dyncot_missing_cot: sft`, or tokenise again into a new folder.",
         )
 
 
@@ -277,6 +330,7 @@ __all__ = [
     "USER_ERRORS",
     "Run",
     "check_compatibility",
+    "check_tokenized_cache",
     "reported_errors",
     "run_dyncot_sft",
     "swapped",
