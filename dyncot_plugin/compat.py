@@ -25,6 +25,9 @@ tokenizer (``image_token``)                                                     
                                                                                 (:func:`set_model_specific_tokens`)
 RoPE settings of a config     ``rope_parameters={rope_type, rope_theta, ...}``  ``rope_theta=`` + ``rope_scaling=``
                                                                                 (:func:`rope_kwargs`)
+checkpoint keys of a legacy-  renamed by ``conversion_mapping``'s rules         renamed by the class's
+named model (full-FT resume)                                                    ``_checkpoint_conversion_mapping``
+                                                                                (:func:`checkpoint_key_renaming`)
 ============================  ================================================  =====================================
 
 Import-light: transformers is imported inside the functions that need it.
@@ -33,12 +36,15 @@ Import-light: transformers is imported inside the functions that need it.
 from __future__ import annotations
 
 import inspect
+import re
+from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
 
 __all__ = [
     "add_special_tokens",
     "bpe_tokenizer",
+    "checkpoint_key_renaming",
     "forward_accepts",
     "generate_accepts",
     "logits_to_keep_kwargs",
@@ -126,6 +132,40 @@ def set_model_specific_tokens(tokenizer: Any, tokens: dict[str, str]) -> None:
     tokenizer._set_model_specific_special_tokens(dict(tokens))
     if isinstance(getattr(tokenizer, "extra_special_tokens", None), dict):
         tokenizer.extra_special_tokens = {**tokenizer.extra_special_tokens, **tokens}
+
+
+def checkpoint_key_renaming(model: Any) -> Callable[[str], str] | None:
+    """How a key of a checkpoint ``save_pretrained`` wrote maps to the module's own key, for models saved under
+    legacy names (Qwen2-VL: ``model.layers.*`` for the module's ``model.language_model.layers.*``); None where
+    nothing is renamed. ``Trainer._load_from_checkpoint`` renames nothing, on either series.
+
+    5.x: transformers' conversion mapping (``WeightRenaming`` rules of ``transformers.conversion_mapping``); 4.57:
+    the class's ``_checkpoint_conversion_mapping`` (regex -> replacement, the first that matches, as its
+    ``from_pretrained`` applies it). Decided by which of the two the installed library has.
+    """
+    try:
+        from transformers.conversion_mapping import get_model_conversion_mapping
+        from transformers.core_model_loading import WeightRenaming, rename_source_key
+    except ImportError:
+        mapping = dict(getattr(model, "_checkpoint_conversion_mapping", None) or {})
+        if not mapping:
+            return None
+
+        def rename(key: str) -> str:
+            for pattern, replacement in mapping.items():
+                new_key, count = re.subn(pattern, replacement, key)
+                if count:
+                    return new_key
+            return key
+
+        return rename
+    try:
+        renamings = [t for t in get_model_conversion_mapping(model, add_legacy=False) if isinstance(t, WeightRenaming)]
+    except Exception:  # noqa: BLE001 - a model transformers does not know: nothing to rename
+        return None
+    if not renamings:
+        return None
+    return lambda key: rename_source_key(key, renamings, [])[0]
 
 
 def rope_kwargs(config_class: Any, rope_theta: float, **extra: Any) -> dict[str, Any]:

@@ -102,3 +102,20 @@ def test_bpe_tokenizer_and_model_specific_tokens_survive_save_and_load(tmp_path)
     assert loaded.image_token == "<image_x>"
     assert loaded.image_token_id == tokenizer.convert_tokens_to_ids("<image_x>") and loaded.image_token_id in ids
     assert set(before) | {"<image_x>"} <= set(loaded.all_special_tokens)  # added beside, nothing replaced
+
+
+def test_a_saved_checkpoints_keys_rename_to_the_modules_own(model_and_batch, tmp_path):
+    """What full fine-tuning resume loads (``train/checkpoint.py``): save_pretrained writes Qwen2-VL under its legacy
+    names on both series, and the renaming brings every key back to the module's."""
+    import safetensors.torch
+
+    from dyncot_plugin.train.checkpoint import to_model_keys
+
+    model, _, _ = model_and_batch
+    model.save_pretrained(tmp_path)
+    saved = safetensors.torch.load_file(str(tmp_path / "model.safetensors"))
+    own = model.state_dict()
+    assert set(saved) != set(own)  # the file's names are not the module's: a plain load_state_dict would miss them
+    renamed = to_model_keys(model, saved)
+    assert set(renamed) == set(own)
+    assert all(torch.equal(renamed[k], own[k]) for k in own)

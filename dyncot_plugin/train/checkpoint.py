@@ -1,44 +1,35 @@
 """Resuming full fine-tuning of models whose checkpoints are saved under legacy key names (Qwen2-VL).
 
-transformers 5.x saves Qwen2-VL as ``model.layers.*`` (the Hub layout) but the module is
+transformers saves Qwen2-VL as ``model.layers.*`` (the Hub layout) but the module is
 ``model.language_model.layers.*``; ``Trainer._load_from_checkpoint`` loads the file with ``strict=False`` and no
 renaming, so on resume every language-model weight is silently left at its *initial* value (vanilla LLaMA-Factory
-0.9.5 + transformers 5.5.4 show this too). Here the file is renamed with transformers' own conversion rules first.
+0.9.5 shows this with transformers 5.5.4 and with 4.57.6). Here the file is renamed with transformers' own rules
+first (:func:`dyncot_plugin.compat.checkpoint_key_renaming`: they differ between the two series).
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 
 import torch
 
+from dyncot_plugin.compat import checkpoint_key_renaming
 
-def weight_renamings(model: torch.nn.Module) -> list:
-    try:
-        from transformers.conversion_mapping import get_model_conversion_mapping
-        from transformers.core_model_loading import WeightRenaming
-    except ImportError:  # transformers 4.x: loading handles the mapping itself
-        return []
-    try:
-        return [t for t in get_model_conversion_mapping(model, add_legacy=False) if isinstance(t, WeightRenaming)]
-    except Exception:  # noqa: BLE001 - a model transformers does not know: nothing to rename
-        return []
+
+def weight_renamings(model: torch.nn.Module) -> Callable[[str], str] | None:
+    """The checkpoint-key -> module-key renaming of ``model``, or None where its checkpoints need none."""
+    return checkpoint_key_renaming(model)
 
 
 def to_model_keys(model: torch.nn.Module, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Rename checkpoint keys to the module's names; keys already in the module's layout stay as they are."""
-    from transformers.core_model_loading import rename_source_key
-
-    renamings = weight_renamings(model)
-    if not renamings:
+    rename = weight_renamings(model)
+    if rename is None:
         return state_dict
     own = set(model.state_dict().keys())
-    renamed = {}
-    for key, tensor in state_dict.items():
-        new_key = key if key in own else rename_source_key(key, renamings, [])[0]
-        renamed[new_key] = tensor
-    return renamed
+    return {key if key in own else rename(key): tensor for key, tensor in state_dict.items()}
 
 
 def read_full_checkpoint(folder: str) -> dict[str, torch.Tensor] | None:
