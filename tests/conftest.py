@@ -75,3 +75,20 @@ def qwen2vl_real_vocab_dir(real_vocab_model) -> str:
 def qwen3vl_real_vocab_dir(real_vocab_model) -> str:
     """Tiny random Qwen3-VL with Qwen's real vocabulary (``<think>`` = 151667); ``template: qwen3_vl_nothink``."""
     return real_vocab_model("qwen3_vl")
+
+
+# Selection at scale (issue 18) -----------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def warm_model(tiny_model_dir, tmp_path_factory) -> tuple[str, str]:
+    """(model dir, dataset dir): the tiny Qwen2-VL after 64 SFT steps on the 32-row ``spread`` plugin dataset (in the
+    dataset dir), so that its plain-answer losses (about 2.0) move slowly under a small learning rate, as a
+    fine-tuned model's do, instead of falling from log(vocab) within a few steps as the random model's do."""
+    from dyncot_plugin.testing.lf_runner import run_llamafactory, tiny_sft_config
+    from dyncot_plugin.testing.plugin_data import write_plugin_dataset
+
+    root = tmp_path_factory.mktemp("warm")
+    write_plugin_dataset(root / "data", "spread", n=32, image_size=(32, 32))
+    config = tiny_sft_config(tiny_model_dir, root / "data", "spread", root / "model", max_steps=64,
+                             per_device_train_batch_size=4, num_train_epochs=100, logging_steps=16)
+    run_llamafactory("train", config, root / "work")
+    return str(root / "model"), str(root / "data")

@@ -40,10 +40,18 @@ def answer_nll(logits: torch.Tensor, labels: torch.Tensor, positions: torch.Tens
     return torch.where(counts > 0, per_row, torch.full_like(per_row, float("inf")))
 
 
-def choose_views(losses: torch.Tensor, has_cot: torch.Tensor, gamma: float, when: str = "below") -> torch.Tensor:
+def choose_views(
+    losses: torch.Tensor, has_cot: torch.Tensor, gamma: float | torch.Tensor, when: str = "below"
+) -> torch.Tensor:
     """Rows trained on CoT: a usable CoT view, and a plain-answer loss strictly below γ (``when="below"``, the
-    paper's rule) or at or above it (``when="above"``, the reverse ablation)."""
-    chosen = losses < gamma if when == "below" else losses >= gamma
+    paper's rule) or at or above it (``when="above"``, the reverse ablation).
+
+    Compared in float64: a float32 tensor against a Python float would round γ to float32 first, so a γ between two
+    float32 values (the target-share tracker's, ``gamma.py``) would select differently from the rule it assumes.
+    ``gamma`` may also be a float64 tensor that broadcasts against ``losses`` (one γ per row of a [steps, rows] grid).
+    """
+    wide = losses.to(torch.float64)
+    chosen = wide < gamma if when == "below" else wide >= gamma
     return chosen & torch.isfinite(losses) & has_cot.to(losses.device)
 
 

@@ -166,8 +166,9 @@ class DynCotTrainer(CustomSeq2SeqTrainer):
         if self.gamma.adaptive:  # every rank, every step: the update gathers
             eligible = [losses[torch.isfinite(losses) & has_cot.to(losses.device)] for _, _, has_cot, losses in scored
                         if losses is not None]
-            self.gamma.update(self._padded(eligible, len(views)), device=self.args.device)
-        self._gamma_used = gamma = self.gamma.gamma
+            self._gamma_used = gamma = self.gamma.update(self._padded(eligible, len(views)), device=self.args.device)
+        else:
+            self._gamma_used = gamma = self.gamma.gamma
         out = []
         for plain, cot, has_cot, losses in scored:
             if losses is None:
