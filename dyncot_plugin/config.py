@@ -91,8 +91,11 @@ class DynCotArguments:
             The threshold of ``auto`` on ``think_prob``: a finite number >= 0; ``0`` is ``always``, above ``1`` is
             ``never``. Saved with the run's outputs (``dyncot_think.json``) as the model's threshold.
         dyncot_log_selection (`bool`, default ``False``):
-            Also write every selection decision (global step, per-sample plain-answer loss, CoT or not) to
-            ``<output_dir>/dyncot_selection/rank<N>.jsonl``, one file per rank: for analysing which samples think.
+            Also write every selection decision to ``<output_dir>/dyncot_selection/rank<N>.jsonl``, one file per
+            rank and one line per micro-batch: global step, epoch, γ, and per sample its id (the row's ``id``, else
+            ``<dataset>#<row index>``), plain-answer loss, CoT or not, and whether it has a usable CoT view.
+            ``python -m dyncot_plugin.train.report OUTPUT_DIR`` prints from them, per epoch, the share of samples
+            whose view changed since the previous epoch.
         dyncot_reuse_image_features (`bool`, default ``True``):
             ``dynamic`` only: the training forward reuses the image features the selection pass computed for the
             same batch instead of running the vision tower again. Applied only where it is exact (vision tower and

@@ -42,24 +42,36 @@ def test_zero3_two_ranks_selecting_differently_finish(tiny_model_dir, tmp_path):
     assert [e["cot_ratio"] for e in read_log(tmp_path / "out")] == [0.5, 0.5]
 
 
-def test_zero3_two_ranks_use_the_same_gamma_under_a_target_share(tiny_model_dir, tmp_path):
-    """γ is estimated from both ranks' losses and broadcast: every step's selection records agree on it."""
+def test_zero3_two_ranks_hold_the_target_share_with_the_same_gamma(warm_model, tmp_path):
+    """Target share 0.5, one row per rank per step (two rows per optimizer step): γ is tracked from both ranks'
+    losses in rank order and broadcast, so every step's records agree on it bit for bit; the share of CoT over the
+    second half (200 rows) is within 0.1 of 0.5; and the report's per-epoch view changes, merged over the ranks
+    (a sample moves between ranks from one epoch to the next), equal the hand count. Window 16 rows for the warm
+    tiny model, as in test_target_share.py."""
     pytest.importorskip("deepspeed")
-    write_plugin_dataset(tmp_path / "data", "toy", n=16)
+    from dyncot_plugin.testing.plugin_data import view_change_count
+    from dyncot_plugin.train.report import selection_records, view_changes
+
+    model, data = warm_model
     config = tiny_sft_config(
-        tiny_model_dir, tmp_path / "data", "toy", tmp_path / "out", max_steps=3, deepspeed=str(DS_Z3),
-        dyncot_strategy="dynamic", dyncot_target_cot_ratio=0.5, dyncot_log_selection=True,
+        model, data, "spread", tmp_path / "out", max_steps=200, per_device_train_batch_size=1, num_train_epochs=100,
+        learning_rate=1.0e-5, deepspeed=str(DS_Z3), logging_steps=10, dyncot_strategy="dynamic",
+        dyncot_target_cot_ratio=0.5, dyncot_target_window=16, dyncot_log_selection=True,
     )
     env = {"FORCE_TORCHRUN": "1", "NPROC_PER_NODE": "2", "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    run_llamafactory("train", config, tmp_path, env=env, timeout=900)
+    run_llamafactory("train", config, tmp_path, env=env, timeout=1800)
     records = {
         rank: [json.loads(line) for line in (tmp_path / "out" / "dyncot_selection" / f"rank{rank}.jsonl").read_text().splitlines()]
         for rank in (0, 1)
     }
-    assert [r["step"] for r in records[0]] == [r["step"] for r in records[1]] == [0, 1, 2]
+    assert [r["step"] for r in records[0]] == [r["step"] for r in records[1]] == list(range(200))
     assert [r["gamma"] for r in records[0]] == [r["gamma"] for r in records[1]]  # bit for bit
     log = read_log(tmp_path / "out")
-    assert [e["gamma"] for e in log] == pytest.approx([r["gamma"] for r in records[0]], abs=1e-6)
-    # the first step's γ splits the 4 losses of both ranks in half (its window is that step alone)
-    first = sorted(x for rank in (0, 1) for x in records[rank][0]["loss"])
-    assert sum(x < records[0][0]["gamma"] for x in first) == 2
+    assert [e["gamma"] for e in log] == pytest.approx([records[0][s]["gamma"] for s in range(9, 200, 10)], abs=1e-6)
+    second_half = [cot for rank in (0, 1) for r in records[rank][100:] for cot in r["cot"]]
+    assert len(second_half) == 200 and abs(sum(second_half) / 200 - 0.5) <= 0.1, sum(second_half) / 200
+    merged = selection_records(tmp_path / "out")
+    for epoch in range(12):  # 32 rows, 16 steps of 2 rows per epoch: each sample once per epoch, on either rank
+        assert len({s for r in merged if r["epoch"] == epoch for s in r["id"]}) == 32
+    rows, unnamed = view_changes(merged)
+    assert unnamed == 0 and {r["epoch"]: (r["samples"], r["changed"]) for r in rows} == view_change_count(merged)

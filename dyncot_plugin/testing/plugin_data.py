@@ -49,3 +49,22 @@ def read_log(output_dir: str | Path) -> list[dict[str, Any]]:
 
 def read_losses(output_dir: str | Path) -> list[float]:
     return [entry["loss"] for entry in read_log(output_dir)]
+
+
+def view_change_count(records: list[dict[str, Any]]) -> dict[int, tuple[int, int]]:
+    """A test oracle for ``train.report.view_changes``, counted the plain way: epoch -> (samples eligible in that
+    epoch and the one before, samples among them whose view changed), each sample's last decision per epoch, over
+    the records of every rank."""
+    decision: dict[int, dict[str, bool]] = {}
+    eligible: dict[int, set[str]] = {}
+    for record in sorted(records, key=lambda r: r["step"]):
+        for sample, ok, cot in zip(record["id"], record["eligible"], record["cot"]):
+            decision.setdefault(record["epoch"], {})[sample] = cot
+            if ok:
+                eligible.setdefault(record["epoch"], set()).add(sample)
+    out = {}
+    for epoch in sorted(decision):
+        if epoch - 1 in decision:
+            both = eligible.get(epoch, set()) & eligible.get(epoch - 1, set())
+            out[epoch] = (len(both), sum(decision[epoch][s] != decision[epoch - 1][s] for s in both))
+    return out

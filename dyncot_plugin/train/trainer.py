@@ -45,7 +45,7 @@ from dyncot_plugin.train.resume import (
     resuming,
 )
 from dyncot_plugin.train.selection import answer_nll, answer_positions, choose_views, merge_views, stack_views
-from dyncot_plugin.train.views import IS_COT_ROW, split_views
+from dyncot_plugin.train.views import IS_COT_ROW, SAMPLE_ID, split_views
 
 logger = logging.get_logger(f"llamafactory.{__name__}")  # under LLaMA-Factory's handler and verbosity
 
@@ -89,6 +89,10 @@ class DynCotTrainer(CustomSeq2SeqTrainer):
             if self.gamma.adaptive and self.gamma.load(checkpoint):
                 logger.info_rank0(f"[dyncot] gamma state restored from {checkpoint}: gamma={self.gamma.gamma:.6g}")
             keep_logs_until(self.args, checkpoint_step(checkpoint), self._log_before_init)
+        else:  # a fresh run: an earlier run's records in this output_dir would mix with this run's
+            stale = os.path.join(self.args.output_dir, SELECTION_DIR, f"rank{self.args.process_index}.jsonl")
+            if os.path.isfile(stale):
+                os.remove(stale)
         try:
             return super().train(resume_from_checkpoint, *args, **kwargs)
         finally:
@@ -124,7 +128,7 @@ class DynCotTrainer(CustomSeq2SeqTrainer):
                     )
                 check_batch_keys(self.family, plain, model_type_of(self.model))
         if self.strategy.batch == "select":
-            return self._select_step(views)
+            return self._select_step(views, [batch.get(SAMPLE_ID) for batch in batches])
         out = []
         for plain, cot, has_cot in views:
             if has_cot is None:  # sft, or a dataset without any CoT information
@@ -150,9 +154,12 @@ class DynCotTrainer(CustomSeq2SeqTrainer):
         self._count(cot_rows=int(has_cot.sum()), rows=has_cot.numel())
         return stacked
 
-    def _select_step(self, views: list[tuple[dict, dict | None, torch.Tensor | None]]) -> list[dict]:
+    def _select_step(
+        self, views: list[tuple[dict, dict | None, torch.Tensor | None]], ids: list[list[str] | None] | None = None
+    ) -> list[dict]:
         """``dynamic``: no-grad passes score each row's plain answer; γ for the step; rows on the chosen side of γ
-        train on their CoT view."""
+        train on their CoT view. ``ids``: each micro-batch's sample ids (for the selection records)."""
+        ids = ids if ids is not None else [None] * len(views)
         scored = []
         for plain, cot, has_cot in views:
             if has_cot is None:
@@ -170,7 +177,7 @@ class DynCotTrainer(CustomSeq2SeqTrainer):
         else:
             self._gamma_used = gamma = self.gamma.gamma
         out = []
-        for plain, cot, has_cot, losses in scored:
+        for (plain, cot, has_cot, losses), batch_ids in zip(scored, ids):
             if losses is None:
                 self._count(rows=plain["input_ids"].size(0))
                 out.append(plain)
@@ -182,7 +189,7 @@ class DynCotTrainer(CustomSeq2SeqTrainer):
                 scored=int(finite.sum()), eligible=int((finite & has_cot.to(losses.device)).sum()),
             )
             if self.dyncot_args.dyncot_log_selection:
-                self._record_selection(losses, select, gamma)
+                self._record_selection(losses, select, gamma, has_cot, batch_ids)
             out.append(merge_views(plain, cot, select, self.processing_class.pad_token_id, self.family))
         return out
 
@@ -207,14 +214,22 @@ class DynCotTrainer(CustomSeq2SeqTrainer):
             counts = self.accelerator.gather(counts).view(-1, 2).sum(dim=0)
         return counts[0], counts[1]
 
-    def _record_selection(self, losses: torch.Tensor, select: torch.Tensor, gamma: float) -> None:
+    def _record_selection(
+        self, losses: torch.Tensor, select: torch.Tensor, gamma: float, has_cot: torch.Tensor, ids: list[str] | None
+    ) -> None:
+        """One line per micro-batch: the step and epoch it trains in, γ, and per row its sample id (None for a cache
+        tokenised before ids were carried), plain-answer loss (the exact float32 value), CoT view or not, and whether
+        it has a usable CoT view (``eligible``). ``python -m dyncot_plugin.train.report`` reads them."""
         folder = os.path.join(self.args.output_dir, SELECTION_DIR)
         os.makedirs(folder, exist_ok=True)
         record = {
             "step": self.state.global_step,
+            "epoch": int(self.state.epoch or 0),  # the Trainer sets epoch + k/steps_in_epoch after each step
             "gamma": gamma,
-            "loss": [round(float(x), 6) if math.isfinite(float(x)) else None for x in losses],
+            "id": list(ids) if ids is not None else [None] * losses.numel(),
+            "loss": [float(x) if math.isfinite(float(x)) else None for x in losses],
             "cot": [bool(x) for x in select],
+            "eligible": [bool(x) for x in has_cot],
         }
         with open(os.path.join(folder, f"rank{self.args.process_index}.jsonl"), "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")

@@ -53,6 +53,8 @@ COT_OK, COT_MISSING, COT_TOO_LONG = 0, 1, 2  # values of the COT_STATUS column
 COT_PREFIX = "cot_"  # collated batch: the CoT view's tensors, e.g. ``cot_input_ids``, ``cot_position_ids``
 HAS_COT = "dyncot_has_cot"  # collated batch: [B] bool, the row has a usable CoT view
 IS_COT_ROW = "dyncot_is_cot_row"  # stacked (multitask) batch: [2B] bool, the row is a CoT row
+SAMPLE_ID_COLUMN = "_dyncot_id"  # aligned dataset: each row's sample id (see ``sample_ids``)
+SAMPLE_ID = "dyncot_sample_id"  # tokenised dataset column and collated batch key (a list of str): the sample ids
 
 
 class DynCotDataError(InputError):
@@ -63,6 +65,7 @@ def split_views(batch: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] |
     """(plain batch, CoT view or None, has_cot or None): the plugin's keys taken out of a collated batch."""
     plain = dict(batch)
     has_cot = plain.pop(HAS_COT, None)
+    plain.pop(SAMPLE_ID, None)  # read by the trainer before it splits (selection records); never a model input
     cot = {k[len(COT_PREFIX) :]: plain.pop(k) for k in list(plain) if k.startswith(COT_PREFIX)}
     return plain, (cot or None), has_cot
 
@@ -100,6 +103,13 @@ def _row_label(dataset: Any, index: int) -> str:
 
 def _no_rows(dataset_attr: Any, path: str) -> DynCotDataError:
     return DynCotDataError(f"Dataset `{_name(dataset_attr)}` ({path}) has no rows; nothing to train or evaluate on.")
+
+
+def sample_ids(dataset: Any, dataset_attr: Any) -> list[str]:
+    """Each row's name in selection records: its ``id`` where it has one, else ``<dataset>#<row index>``."""
+    name = _name(dataset_attr)
+    ids = dataset["id"] if "id" in dataset.column_names else [None] * len(dataset)
+    return [str(v) if v is not None and str(v) != "" else f"{name}#{i}" for i, v in enumerate(ids)]
 
 
 def check_dataset_file(dataset_attr: Any, dataset_dir: str) -> None:
@@ -242,6 +252,7 @@ class DualViewDatasetProcessor(SupervisedDatasetProcessor):
     def preprocess_dataset(self, examples: dict[str, list[Any]]) -> dict[str, list[Any]]:
         model_inputs = defaultdict(list)
         cots = examples.get(COT_COLUMN) or [None] * len(examples["_prompt"])
+        ids = examples.get(SAMPLE_ID_COLUMN)
         for i in range(len(examples["_prompt"])):
             if len(examples["_prompt"][i]) % 2 != 1 or len(examples["_response"][i]) != 1:
                 logger.warning_rank0(
@@ -276,6 +287,8 @@ class DualViewDatasetProcessor(SupervisedDatasetProcessor):
             model_inputs["images"].append(examples["_images"][i])
             model_inputs["videos"].append(examples["_videos"][i])
             model_inputs["audios"].append(examples["_audios"][i])
+            if ids is not None:
+                model_inputs[SAMPLE_ID].append(ids[i])
         return model_inputs
 
 
@@ -332,6 +345,13 @@ class DualViewDataCollator(SFTDataCollatorWith4DAttentionMask):
     family: ModelFamily | None = None
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        ids = [f.pop(SAMPLE_ID, None) for f in features]
+        batch = self._collate(features)
+        if any(i is not None for i in ids):
+            batch[SAMPLE_ID] = ids
+        return batch
+
+    def _collate(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         views = [(f.pop(COT_INPUT_IDS, None), f.pop(COT_LABELS, None), f.pop(COT_STATUS, None)) for f in features]
         has_cot = [status == COT_OK for _, _, status in views]
         kind = self.strategy.views if self.strategy is not None else "plain"

@@ -106,7 +106,14 @@ def _get_dataset_list(original: Callable, run: Run) -> Callable:
 
 
 def _align_dataset(original: Callable, run: Run) -> Callable:
-    from dyncot_plugin.train.views import COT_COLUMN, check_images, check_not_empty, collect_cot
+    from dyncot_plugin.train.views import (
+        COT_COLUMN,
+        SAMPLE_ID_COLUMN,
+        check_images,
+        check_not_empty,
+        collect_cot,
+        sample_ids,
+    )
 
     def align_dataset(dataset, dataset_attr, data_args, training_args):
         if data_args.streaming:  # only sft streams (check_compatibility): LLaMA-Factory's own path
@@ -116,7 +123,8 @@ def _align_dataset(original: Callable, run: Run) -> Callable:
         if not run.dyncot_args.needs_cot:
             return original(dataset, dataset_attr, data_args, training_args)
         cots = collect_cot(dataset, dataset_attr, run.dyncot_args)
-        return original(dataset, dataset_attr, data_args, training_args).add_column(COT_COLUMN, cots)
+        aligned = original(dataset, dataset_attr, data_args, training_args).add_column(COT_COLUMN, cots)
+        return aligned.add_column(SAMPLE_ID_COLUMN, sample_ids(dataset, dataset_attr))  # named in selection records
 
     return align_dataset
 
