@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from dyncot_plugin.compat import generate_accepts
+from dyncot_plugin.compat import generate_accepts, unwrap_model
 from dyncot_plugin.think import DEFAULT_THRESHOLD, THINK_MODES, TagTextBan, check_threshold, decide, think_tag_ids
 from dyncot_plugin.train.families import DEFAULT_FAMILY, ModelFamily
 
@@ -91,7 +91,7 @@ class ThinkControl(LogitsProcessor):
     def attach(self, model: Any) -> Iterator[None]:
         """Hook the module whose ``generate`` runs (PEFT and engine wrappers unwrapped) for one ``generate`` call."""
         self.reset()
-        module = generating_module(model)
+        module = unwrap_model(model)  # the module whose generate runs
         handle = module.register_forward_hook(self._after_forward, with_kwargs=True)
         self._hooked = True
         try:
@@ -202,13 +202,4 @@ def generate_with_think(model: Any, inputs: dict[str, Any], control: ThinkContro
         return model.generate(**inputs, logits_processor=processors, **kwargs)
 
 
-def generating_module(model: Any) -> Any:
-    """The module whose ``generate`` actually runs: DeepSpeed/DDP engines and PEFT models unwrapped."""
-    while hasattr(model, "module") and not hasattr(model, "generate"):
-        model = model.module
-    if hasattr(model, "get_base_model"):
-        model = model.get_base_model()
-    return model
-
-
-__all__ = ["TRAINING_ONLY_KEYS", "ThinkControl", "generate_with_think", "generating_module", "generation_inputs"]
+__all__ = ["TRAINING_ONLY_KEYS", "ThinkControl", "generate_with_think", "generation_inputs"]
