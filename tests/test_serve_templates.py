@@ -20,10 +20,17 @@ MESSAGES = [
 
 
 def _lf(template_name: str, tokenizer, default_system=None):
-    from llamafactory.data.template import get_template_and_fix_tokenizer
+    from llamafactory.data.template import TEMPLATES, get_template_and_fix_tokenizer
     from llamafactory.hparams import DataArguments
 
-    return get_template_and_fix_tokenizer(tokenizer, DataArguments(template=template_name, default_system=default_system))
+    registered = TEMPLATES[template_name]
+    kept = registered.default_system
+    try:  # LLaMA-Factory sets default_system on its registered template, for every later call: keep it intact
+        template = get_template_and_fix_tokenizer(tokenizer, DataArguments(template=template_name,
+                                                                           default_system=default_system))
+        return copy.copy(template)
+    finally:
+        registered.default_system = kept
 
 
 def _image(w, h, seed):
@@ -88,3 +95,126 @@ def test_preprocess_image_is_llamafactorys():
 def test_unknown_template_is_refused_by_name():
     with pytest.raises(KeyError, match="llava"):
         T.get_template("llava")
+
+
+# ------------------------------------------------------------------------- dyncot-serve --template (chat template)
+POST = "Post: Sunset at the beach with friends #summer\nGive keyphrases."
+IMAGE_PART = {"type": "image"}  # the form vLLM hands a chat template (content format "openai")
+
+
+def _rendered_ids(tokenizer, jinja: str, messages) -> list[int]:
+    text = tokenizer.apply_chat_template(messages, chat_template=jinja, tokenize=False, add_generation_prompt=True)
+    return tokenizer.encode(text, add_special_tokens=False)
+
+
+# (OpenAI-style chat as vLLM passes it, the same chat in LLaMA-Factory's form: system, user/assistant turns)
+CHATS = [
+    ([{"role": "user", "content": POST}], None, [POST]),
+    ([{"role": "system", "content": "You tag posts."}, {"role": "user", "content": [{"type": "text", "text": POST}]}],
+     "You tag posts.", [POST]),
+    ([{"role": "system", "content": ""}, {"role": "user", "content": POST}], None, [POST]),  # empty: the default
+    ([{"role": "user", "content": [IMAGE_PART, {"type": "text", "text": POST}]}], None, ["<image>" + POST]),
+    ([{"role": "user", "content": [{"type": "text", "text": "<image>" + POST}, IMAGE_PART]}], None, ["<image>" + POST]),
+    ([{"role": "user", "content": [{"type": "text", "text": "a "}, IMAGE_PART, {"type": "text", "text": " b"}]}],
+     None, ["a <image> b"]),
+    ([{"role": "user", "content": "first post"}, {"role": "assistant", "content": "beach; sun"},
+      {"role": "user", "content": [IMAGE_PART, {"type": "text", "text": POST}]}], None,
+     ["first post", "beach; sun", "<image>" + POST]),
+]
+
+
+@pytest.mark.parametrize("name", sorted(T.TEMPLATES))
+def test_served_chat_template_gives_llamafactorys_prompt_ids(name, tiny_model_dir):
+    """The Jinja template dyncot-serve --template passes to vLLM, rendered and tokenised as vLLM does, gives
+    LLaMA-Factory's own prompt ids (Template.encode_oneturn) on Qwen's real vocabulary and the tiny one, with the
+    images left as one image token each (vLLM's processor expands it; the expansion is tested above)."""
+    from transformers import AutoTokenizer
+
+    from dyncot_plugin.testing.qwen_vocab import qwen_tokenizer
+
+    for tokenizer in (qwen_tokenizer("qwen2_vl"), AutoTokenizer.from_pretrained(tiny_model_dir)):
+        for default_system in (None, "Be brief."):
+            template = T.get_template(name, default_system)
+            jinja = T.chat_template_jinja(template)
+            lf = _lf(name, tokenizer, default_system)
+            for chat, system, turns in CHATS:
+                if template.image_token is None and any("<image>" in t for t in turns):
+                    with pytest.raises(Exception, match="takes no images"):
+                        _rendered_ids(tokenizer, jinja, chat)
+                    continue
+                lf_messages = [{"role": "user" if k % 2 == 0 else "assistant", "content": t}
+                               for k, t in enumerate(turns + [""])]
+                lf_messages = T.expand_images(template, lf_messages, [1] * sum(t.count("<image>") for t in turns))
+                prompt, _ = lf.encode_oneturn(tokenizer, lf_messages, system)
+                assert _rendered_ids(tokenizer, jinja, chat) == prompt, (name, chat)
+
+
+def test_per_slot_tokenisation_differs_only_where_documented():
+    """LLaMA-Factory tokenises slot by slot, vLLM the rendered string: on Qwen's vocabulary they differ at the
+    user | assistant seam of a history's assistant turn starting with a whitespace run holding a line break (the
+    header's \\n and that run are one pre-token), and nowhere else in these chats."""
+    from dyncot_plugin.testing.qwen_vocab import qwen_tokenizer
+
+    tokenizer = qwen_tokenizer("qwen2_vl")
+    jinja = T.chat_template_jinja(T.TEMPLATES["qwen2_vl"])
+    lf = _lf("qwen2_vl", tokenizer)
+    nl, nl2 = tokenizer.encode("\n"), tokenizer.encode("\n\n")
+    assert len(nl) == len(nl2) == 1
+    for answer, same in (("beach", True), (" beach", True), ("  beach", True), ("\tbeach", True), ("\r\nbeach", True),
+                         ("\nbeach", False), (" \nbeach", False), ("\n\nbeach", False)):
+        chat = [{"role": "user", "content": "a"}, {"role": "assistant", "content": answer},
+                {"role": "user", "content": "b"}]
+        prompt, _ = lf.encode_oneturn(tokenizer, chat + [{"role": "assistant", "content": ""}])
+        ours = _rendered_ids(tokenizer, jinja, chat)
+        assert (ours == prompt) is same, answer
+        if answer == "\nbeach":  # one "\n\n" where LLaMA-Factory has "\n" "\n"
+            k = next(i for i, (x, y) in enumerate(zip(ours, prompt)) if x != y)
+            assert ours[k] == nl2[0] and prompt[k:k + 2] == nl * 2 and ours[k + 1:] == prompt[k + 2:]
+
+
+def test_served_chat_template_refuses_what_llamafactory_cannot_prompt():
+    from dyncot_plugin.testing.qwen_vocab import qwen_tokenizer
+
+    tokenizer = qwen_tokenizer("qwen2_vl")
+    jinja = T.chat_template_jinja(T.TEMPLATES["qwen2_vl"])
+    for chat, message in (
+        ([{"role": "user", "content": "an <image> mark without an image"}], "without an image part"),
+        ([{"role": "user", "content": [{"type": "text", "text": "<image><image>"}, IMAGE_PART]}], "2 <image> marks"),
+        ([{"role": "assistant", "content": "a"}], "turn 0 has role assistant"),
+        ([{"role": "user", "content": "a"}, {"role": "tool", "content": "x"}], "turn 1 has role tool"),
+        ([{"role": "user", "content": [{"type": "video"}]}], "type video"),
+        ([{"role": "system", "content": [IMAGE_PART]}, {"role": "user", "content": "a"}], "system message"),
+    ):
+        with pytest.raises(Exception, match=message):
+            _rendered_ids(tokenizer, jinja, chat)
+
+
+def test_dyncot_serve_template_option(tmp_path, monkeypatch):
+    """--template writes the rendered template into a fresh temp folder and passes it to vLLM; without it a line
+    says the model's own template is used; an unknown name (or both --template and --chat-template) is one error
+    line and exit 2, before anything loads."""
+    import subprocess
+    import sys
+    import tempfile
+
+    from dyncot_plugin.serve.server import ServeError, chat_template_args
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    argv, note = chat_template_args("qwen2_vl", "Be brief.", [])
+    path = argv[argv.index("--chat-template") + 1]
+    assert path.startswith(str(tmp_path)) and path.endswith("qwen2_vl.jinja") and path in note
+    assert argv[argv.index("--chat-template-content-format") + 1] == "openai"
+    with open(path, encoding="utf-8") as f:
+        assert f.read() == T.chat_template_jinja(T.get_template("qwen2_vl", "Be brief."))
+    argv, note = chat_template_args(None, None, ["--max-model-len", "512"])
+    assert argv == [] and "model's own chat template" in note
+    for args, expected in (((None, "x", []), "--default-system"), (("qwen2_vl", None, ["--chat-template", "t.j"]),
+                                                                      "--chat-template")):
+        with pytest.raises(ServeError, match=expected):
+            chat_template_args(*args)
+    proc = subprocess.run([sys.executable, "-m", "dyncot_plugin.serve.server", str(tmp_path / "no_model"),
+                           "--template", "llava"], capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 2
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("[dyncot-plugin] error:")]
+    assert len(errors) == 1 and "'llava'" in errors[0] and "qwen2_vl" in errors[0], proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -225,8 +225,9 @@ def test_bad_input_is_one_error_line(case, trained, vllm_python, tmp_path):
 # ----------------------------------------------------------------------------------------------------- the server
 @pytest.fixture(scope="module")
 def server(vllm_python, tmp_path_factory):
-    """dyncot-serve on loopback (a real vLLM OpenAI-compatible server) of a tiny Qwen2-VL with Qwen's real
-    vocabulary, where ``<think>`` is three tokens: the multi-token look-ahead and the text-level ban are exercised."""
+    """dyncot-serve --template qwen2_vl on loopback (a real vLLM OpenAI-compatible server) of a tiny Qwen2-VL with
+    Qwen's real vocabulary, where ``<think>`` is three tokens: the multi-token look-ahead and the text-level ban are
+    exercised. Yields (openai client, model path, base URL, server log)."""
     import socket
 
     from dyncot_plugin.testing.tiny_families import build_tiny_model
@@ -239,7 +240,7 @@ def server(vllm_python, tmp_path_factory):
     log = tmp_path_factory.mktemp("server") / "server.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(["nice", "-n", "10", vllm_python, "-m", "dyncot_plugin.serve.server", str(model),
-                                 "--port", str(port)], env=predict_env(), stdout=out, stderr=subprocess.STDOUT,
+                                 "--port", str(port), "--template", "qwen2_vl"], env=predict_env(), stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
     import urllib.request
 
@@ -257,7 +258,7 @@ def server(vllm_python, tmp_path_factory):
         pytest.fail("dyncot-serve did not start in 10 minutes: " + log.read_text()[-3000:])
     from openai import OpenAI
 
-    yield OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none"), str(model)
+    yield OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none"), str(model), f"http://127.0.0.1:{port}", log
     os.killpg(proc.pid, signal.SIGTERM)
     try:
         proc.wait(30)
@@ -277,7 +278,7 @@ def _chat(client, model, post, **extra):
 
 
 def test_server_enable_thinking_and_the_reasoning_parser(server):
-    client, model = server
+    client, model, _, _ = server
     for post in POSTS:
         off = _chat(client, model, post, chat_template_kwargs={"enable_thinking": False})
         assert "<think>" not in (off.content or "") and getattr(off, "reasoning_content", None) is None
@@ -288,18 +289,24 @@ def test_server_enable_thinking_and_the_reasoning_parser(server):
         forced = _chat(client, model, post, chat_template_kwargs={"enable_thinking": True},
                        vllm_xargs={"dyncot_think": "never"})
         assert forced.content == off.content and getattr(forced, "reasoning_content", None) is None
-    # streaming: the deltas add up to the non-streamed reasoning and content
+    # streaming: the deltas add up to the non-streamed reasoning and content, in vLLM's `reasoning` and in the
+    # `reasoning_content` the middleware adds to every delta that has it
     stream = client.chat.completions.create(model=model, messages=[{"role": "user", "content": POSTS[0]}],
                                             max_tokens=24, temperature=0.0, stream=True,
                                             extra_body={"chat_template_kwargs": {"enable_thinking": True}})
-    reasoning, content = "", ""
+    reasoning, reasoning_content, content, deltas = "", "", "", 0
     for chunk in stream:
         delta = chunk.choices[0].delta if chunk.choices else None
         if delta is not None:
-            reasoning += (delta.model_extra or {}).get("reasoning") or ""
+            extra = delta.model_extra or {}
+            assert extra.get("reasoning_content") == extra.get("reasoning")
+            deltas += extra.get("reasoning") is not None
+            reasoning += extra.get("reasoning") or ""
+            reasoning_content += extra.get("reasoning_content") or ""
             content += delta.content or ""
     on = _chat(client, model, POSTS[0], chat_template_kwargs={"enable_thinking": True})
-    assert (reasoning, content) == (on.reasoning_content, on.content or "")
+    assert deltas > 1 and on.reasoning_content
+    assert (reasoning, reasoning_content, content) == (on.reasoning_content, on.reasoning_content, on.content or "")
 
 
 def test_server_default_decision_follows_think_prob_and_threshold(server):
@@ -307,7 +314,7 @@ def test_server_default_decision_follows_think_prob_and_threshold(server):
     on the 3-token tag)."""
     import math
 
-    client, model = server
+    client, model, _, _ = server
     for post in POSTS:
         probe = client.chat.completions.create(model=model, messages=[{"role": "user", "content": post}],
                                                max_tokens=3, temperature=0.0, logprobs=True,  # <th ink >
@@ -319,3 +326,54 @@ def test_server_default_decision_follows_think_prob_and_threshold(server):
         above = _chat(client, model, post, vllm_xargs={"dyncot_think_threshold": p + 0.02})
         assert below.reasoning_content is not None
         assert getattr(above, "reasoning_content", None) is None and "<think>" not in (above.content or "")
+
+
+def test_server_template_prompts_are_llamafactorys(server):
+    """--template qwen2_vl: the prompt ids vLLM builds for a chat (its /tokenize endpoint runs the chat template and
+    the image processor as a chat completion does) equal ``templates``' own encoding of the same message, which
+    tests/test_serve_templates.py ties to LLaMA-Factory: text only, an image part before the text, and
+    LLaMA-Factory's ``<image>`` mark in the text with the image part after it; a chat completion with the image
+    prefills exactly as many tokens."""
+    import base64
+    import io
+    import urllib.request
+
+    from PIL import Image
+    from transformers import AutoProcessor
+
+    from dyncot_plugin.serve import templates as T
+
+    client, model, base, log = server
+    assert "prompts use LLaMA-Factory's qwen2_vl template: " in log.read_text(errors="replace")
+    processor = AutoProcessor.from_pretrained(model)
+    template = T.get_template("qwen2_vl")
+    image = Image.new("RGB", (56, 84))  # inside LLaMA-Factory's default pixel range, on Qwen-VL's 28-pixel grid
+    image.putdata([((x * 9) % 256, (y * 5) % 256, (x * y) % 256) for y in range(84) for x in range(56)])
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    url = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    post = POSTS[0]
+
+    def served(content) -> list[int]:
+        body = json.dumps({"model": model, "messages": [{"role": "user", "content": content}]}).encode()
+        request = urllib.request.Request(f"{base}/tokenize", data=body, headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as reply:
+            return json.loads(reply.read())["tokens"]
+
+    def ours(text: str, images: list) -> list[int]:
+        # LLaMA-Factory's default image_max_pixels / image_min_pixels
+        pre = [T.preprocess_image(i, template.mm_plugin, 768 * 768, 32 * 32) for i in images]
+        messages = T.expand_images(template, [{"role": "user", "content": text}, {"role": "assistant", "content": ""}],
+                                   T.image_seqlens(processor.image_processor, pre))
+        return T.encode_oneturn(template, processor.tokenizer, messages)[0]
+
+    assert served(post) == ours(post, [])
+    with_image = ours("<image>" + post, [image])
+    assert with_image.count(processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")) > 1
+    image_part = {"type": "image_url", "image_url": {"url": url}}
+    assert served([image_part, {"type": "text", "text": post}]) == with_image
+    assert served([{"type": "text", "text": "<image>" + post}, image_part]) == with_image
+    reply = client.chat.completions.create(model=model, messages=[{"role": "user", "content": [
+        {"type": "text", "text": "<image>" + post}, image_part]}], max_tokens=2, temperature=0.0,
+        extra_body={"chat_template_kwargs": {"enable_thinking": False}})
+    assert reply.usage.prompt_tokens == len(with_image)

@@ -6,7 +6,10 @@
   ignored or refused by name; the dataset's rows turned into prompts and labels;
 * :mod:`~dyncot_plugin.serve.logits`: the vLLM logits processor of ``dyncot_think`` (force the tag, ban it in text);
 * :mod:`~dyncot_plugin.serve.predict`: ``dyncot-predict``;
-* :mod:`~dyncot_plugin.serve.reasoning` and :mod:`~dyncot_plugin.serve.middleware`: the OpenAI-compatible server.
+* :mod:`~dyncot_plugin.serve.fields`: the per-request ``vllm_xargs`` keys (vLLM-free, shared by the two below);
+* :mod:`~dyncot_plugin.serve.reasoning` and :mod:`~dyncot_plugin.serve.middleware` (the mode, the look-ahead,
+  ``reasoning_content`` in replies and streamed deltas): the OpenAI-compatible server, started by
+  :mod:`~dyncot_plugin.serve.server` (``dyncot-serve``; ``--template`` formats chats with the rows of ``templates``).
 
 Nothing here imports :mod:`dyncot_plugin.train` or LLaMA-Factory.
 """

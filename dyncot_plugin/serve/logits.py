@@ -32,11 +32,10 @@ import torch
 from vllm import SamplingParams
 from vllm.v1.sample.logits_processor import AdapterLogitsProcessor
 
+from dyncot_plugin.serve.fields import DEFAULT_MODE_ENV, MODE_KEY, PROB_KEY, THRESHOLD_KEY
 from dyncot_plugin.think import DEFAULT_THRESHOLD, THINK_MODES, THINK_SETTINGS_FILE, TagTextBan, check_threshold, decide, \
     think_tag_ids
 
-MODE_KEY, THRESHOLD_KEY, PROB_KEY = "dyncot_think", "dyncot_think_threshold", "dyncot_think_prob"
-DEFAULT_MODE_ENV = "DYNCOT_THINK_DEFAULT"  # the server's default mode (dyncot-serve --think), else auto
 
 
 def model_think_settings(model_dir: str) -> dict[str, Any]:

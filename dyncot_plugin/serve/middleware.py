@@ -10,8 +10,15 @@ per-request think control of ``/v1/chat/completions``.
   the model's own), sums them, and passes the probability as ``dyncot_think_prob``. Cost per request: ``len(tag)``
   decode steps; prefix caching serves the real request's prompt from the probe's KV (only the last partial block
   is prefilled again). A one-token tag (Qwen3) needs no probe: the processor reads the first step's logits.
-* **reasoning_content.** vLLM 0.32 names the parsed rationale ``reasoning``; non-streamed replies also get it as
-  ``reasoning_content`` (the name most OpenAI-compatible reasoning servers use).
+* **reasoning_content.** vLLM 0.32 names the parsed rationale ``reasoning``; replies also get it as
+  ``reasoning_content`` (the name most OpenAI-compatible reasoning servers use): a non-streamed reply in its
+  ``message``, a streamed one in every delta that has ``reasoning`` (:class:`ReasoningContentStream`: the SSE
+  stream is rewritten event by event, an event split across ASGI body messages is buffered up to its blank line,
+  ``data: [DONE]`` and anything that is not a JSON object pass unchanged, headers are kept: a stream has no
+  content-length). Only ``200 text/event-stream`` responses are rewritten; an error reply to a streamed request
+  passes as vLLM wrote it.
+
+Imports nothing from vLLM (``tests/test_serve_middleware.py`` runs it on a plain ASGI app).
 """
 
 from __future__ import annotations
@@ -21,9 +28,8 @@ import math
 import os
 from typing import Any
 
-from dyncot_plugin.serve.logits import DEFAULT_MODE_ENV, MODE_KEY, PROB_KEY
+from dyncot_plugin.serve.fields import DEFAULT_MODE_ENV, MODE_KEY, PROB_KEY, TAG_LEN_ENV
 
-TAG_LEN_ENV = "DYNCOT_THINK_TAG_LEN"
 CHAT_PATH = "/v1/chat/completions"
 
 
@@ -92,7 +98,9 @@ class DyncotThinkMiddleware:
         request["vllm_xargs"] = xargs
         scope2, receive2 = _with_body(scope, json.dumps(request).encode(), receive)
         if request.get("stream"):
-            return await self.app(scope2, receive2, send)
+            stream = ReasoningContentStream(send)
+            await self.app(scope2, receive2, stream)
+            return await stream.flush()
         status, raw = await self._call(scope2, receive2)
         await self._send_json(send, status, raw)
 
@@ -139,4 +147,69 @@ class DyncotThinkMiddleware:
         return math.exp(sum(item["logprob"] for item in content))
 
 
-__all__ = ["DyncotThinkMiddleware", "think_mode"]
+def _add_reasoning_content(event: bytes) -> bytes:
+    """One SSE event (its lines, without the blank line ending it) with ``reasoning_content`` beside ``reasoning``
+    in every choice's delta; unchanged when it has no such delta or its data is not a JSON object."""
+    lines = event.split(b"\n")
+    changed = False
+    for k, line in enumerate(lines):
+        if not line.startswith(b"data:"):
+            continue
+        head = b"data: " if line.startswith(b"data: ") else b"data:"
+        try:
+            chunk = json.loads(line[len(head):])
+        except ValueError:  # [DONE], or not JSON
+            continue
+        if not isinstance(chunk, dict) or not isinstance(chunk.get("choices"), list):
+            continue
+        touched = False
+        for choice in chunk["choices"]:
+            delta = choice.get("delta") if isinstance(choice, dict) else None
+            if isinstance(delta, dict) and "reasoning" in delta and "reasoning_content" not in delta:
+                delta["reasoning_content"] = delta["reasoning"]
+                touched = True
+        if touched:
+            lines[k] = head + json.dumps(chunk, ensure_ascii=False, separators=(",", ":")).encode()
+            changed = True
+    return b"\n".join(lines) if changed else event
+
+
+class ReasoningContentStream:
+    """An ASGI ``send`` that adds ``reasoning_content`` to a streamed chat completion's deltas (see the module
+    docstring). Body bytes are passed on up to the last complete event (``\\n\\n``, as vLLM ends each); the rest
+    waits for the next body message, or for the last one (``more_body`` false), which flushes everything."""
+
+    def __init__(self, send: Any) -> None:
+        self.send = send
+        self.sse = False
+        self.buffer = b""
+
+    async def __call__(self, message: dict) -> None:
+        if message["type"] == "http.response.start":
+            headers = {k.lower(): v for k, v in message.get("headers", [])}
+            self.sse = message.get("status") == 200 and headers.get(b"content-type", b"").startswith(
+                b"text/event-stream")
+            return await self.send(message)
+        if message["type"] != "http.response.body" or not self.sse:
+            return await self.send(message)
+        self.buffer += message.get("body", b"")
+        more = message.get("more_body", False)
+        if more:
+            cut = self.buffer.rfind(b"\n\n")
+            if cut < 0:
+                return  # no complete event yet
+            ready, self.buffer = self.buffer[: cut + 2], self.buffer[cut + 2:]
+        else:
+            ready, self.buffer = self.buffer, b""
+        events = ready.split(b"\n\n")  # the last piece: b"" after a final blank line, else an unterminated event
+        body = b"\n\n".join(_add_reasoning_content(e) if e else e for e in events)
+        await self.send({**message, "body": body, "more_body": more})
+
+    async def flush(self) -> None:
+        """What an app that ended without a final ``more_body: false`` message left in the buffer."""
+        if self.buffer:
+            body, self.buffer = _add_reasoning_content(self.buffer), b""
+            await self.send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+__all__ = ["DyncotThinkMiddleware", "ReasoningContentStream", "think_mode"]

