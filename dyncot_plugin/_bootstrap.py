@@ -1,9 +1,10 @@
 """Interpreter start-up hook, imported by ``dyncot_plugin.pth`` in every Python process.
 
 It must stay cheap: it imports nothing but ``os``, ``sys`` and ``importlib`` machinery (no torch, transformers or
-llamafactory), and only registers a meta-path finder. When ``llamafactory.train.tuner`` is imported for the first
-time (by ``llamafactory-cli train`` in the main process, or by ``llamafactory/launcher.py`` in each torchrun worker),
-the finder lets the module load normally and then calls :func:`dyncot_plugin.patches.apply_patches`.
+llamafactory), and only registers one meta-path finder per seam module. When ``llamafactory.train.tuner`` is
+imported for the first time (by ``llamafactory-cli train`` in the main process, or by ``llamafactory/launcher.py`` in
+each torchrun worker), or ``llamafactory.chat.chat_model`` (``llamafactory-cli chat``, ``api``, ``webchat``), the
+finder lets the module load normally and then calls :func:`dyncot_plugin.patches.apply_patches` for that seam.
 
 ``DYNCOT_DISABLE=1`` turns the hook off entirely.
 """
@@ -11,7 +12,7 @@ the finder lets the module load normally and then calls :func:`dyncot_plugin.pat
 import os
 import sys
 
-TARGET_MODULE = "llamafactory.train.tuner"
+SEAM_MODULES = ("llamafactory.train.tuner", "llamafactory.chat.chat_model")  # = dyncot_plugin.patches.SEAMS' keys
 
 
 def is_disabled() -> bool:
@@ -21,8 +22,8 @@ def is_disabled() -> bool:
 class _PatchAfterExecLoader:
     """Wraps the real loader of the target module; runs the plugin's patches right after the module executes."""
 
-    def __init__(self, loader):
-        self._loader = loader
+    def __init__(self, loader, seam: str):
+        self._loader, self._seam = loader, seam
 
     def create_module(self, spec):
         return self._loader.create_module(spec)
@@ -33,17 +34,20 @@ class _PatchAfterExecLoader:
             return
         from dyncot_plugin.patches import apply_patches
 
-        apply_patches()
+        apply_patches(self._seam)
 
     def __getattr__(self, name):  # get_code, get_source, is_package ... for tools that inspect the loader
         return getattr(self._loader, name)
 
 
-class TunerImportHook:
-    """Meta-path finder that only answers for ``llamafactory.train.tuner`` and removes itself once used."""
+class SeamImportHook:
+    """Meta-path finder that only answers for one seam module and removes itself once used."""
+
+    def __init__(self, seam: str):
+        self.seam = seam
 
     def find_spec(self, fullname, path=None, target=None):
-        if fullname != TARGET_MODULE:
+        if fullname != self.seam:
             return None
         sys.meta_path.remove(self)  # one shot: also avoids recursing into ourselves below
         import importlib.util
@@ -51,15 +55,17 @@ class TunerImportHook:
         spec = importlib.util.find_spec(fullname)
         if spec is None or spec.loader is None:
             return None
-        spec.loader = _PatchAfterExecLoader(spec.loader)
+        spec.loader = _PatchAfterExecLoader(spec.loader, self.seam)
         return spec
 
 
 def register() -> None:
-    if is_disabled() or TARGET_MODULE in sys.modules:
+    if is_disabled():
         return
-    if not any(isinstance(finder, TunerImportHook) for finder in sys.meta_path):
-        sys.meta_path.insert(0, TunerImportHook())
+    hooked = {finder.seam for finder in sys.meta_path if isinstance(finder, SeamImportHook)}
+    for seam in SEAM_MODULES:
+        if seam not in sys.modules and seam not in hooked:
+            sys.meta_path.insert(0, SeamImportHook(seam))
 
 
 register()

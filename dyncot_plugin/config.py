@@ -263,12 +263,19 @@ def parse_dyncot_args(found: dict[str, Any]) -> DynCotArguments:
 # The arguments of the recipe this process is running; ``None`` when the recipe has no ``dyncot_*`` key
 # (then the plugin stays out of the way and LLaMA-Factory runs exactly as without it).
 _CURRENT: DynCotArguments | None = None
+_GIVEN: frozenset[str] = frozenset()  # the keys the recipe itself set (the rest are the dataclass's defaults)
 
 
-def set_current(args: DynCotArguments | None) -> None:
-    global _CURRENT
-    _CURRENT = args
+def set_current(args: DynCotArguments | None, given: Any = ()) -> None:
+    global _CURRENT, _GIVEN
+    _CURRENT, _GIVEN = args, frozenset(given if args is not None else ())
 
 
 def get_current() -> DynCotArguments | None:
     return _CURRENT
+
+
+def given_keys() -> frozenset[str]:
+    """The ``dyncot_*`` keys the current recipe sets (e.g. a chat recipe without ``dyncot_think_threshold`` takes
+    the model's saved threshold)."""
+    return _GIVEN

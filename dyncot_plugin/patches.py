@@ -1,21 +1,28 @@
 """The plugin's seam into LLaMA-Factory 0.9.5: every name it replaces for good, each by one named, idempotent function
 (Liger-Kernel's ``monkey_patch.py`` style). Wiring only: what a plugin run does lives in
-:mod:`dyncot_plugin.train.workflow`.
+:mod:`dyncot_plugin.train.workflow`, what a chat front end does in :mod:`dyncot_plugin.chat`.
 
-Applied when ``llamafactory.train.tuner`` is first imported (see :mod:`dyncot_plugin._bootstrap`):
+Applied when a seam module is first imported (see :mod:`dyncot_plugin._bootstrap`), per :data:`SEAMS`:
+``llamafactory.train.tuner`` (``llamafactory-cli train`` and ``export``, torchrun workers) and
+``llamafactory.chat.chat_model`` (``llamafactory-cli chat``, ``api``, ``webchat``):
 
-=================================================  =================================================================
-LLaMA-Factory name                                 why
-=================================================  =================================================================
-``llamafactory.hparams.parser.read_args``          take the recipe's ``dyncot_*`` keys out (YAML and ``key=value``
-                                                   overrides), validate them before anything loads, and remember them;
-                                                   LLaMA-Factory's parser then sees exactly the keys it knows.
-``llamafactory.train.tuner.run_sft``               route ``stage: sft`` through the plugin when the recipe has
-                                                   ``dyncot_*`` keys; otherwise call the original untouched.
-``llamafactory.train.callbacks.LogCallback.on_log`` copy the plugin's metrics (``cot_ratio``, ``selection_loss``,
-                                                   ``eval_f1@1`` & co.) into ``trainer_log.jsonl`` (it writes a fixed
-                                                   set of keys).
-=================================================  =================================================================
+======================================================  ===========================================================
+LLaMA-Factory name                                      why
+======================================================  ===========================================================
+``llamafactory.hparams.parser.read_args``               take the recipe's ``dyncot_*`` keys out (YAML and
+                                                        ``key=value`` overrides), validate them before anything
+                                                        loads, and remember them; LLaMA-Factory's parser then sees
+                                                        exactly the keys it knows.
+``llamafactory.train.tuner.run_sft``                    route ``stage: sft`` through the plugin when the recipe has
+                                                        ``dyncot_*`` keys; otherwise call the original untouched.
+``llamafactory.train.callbacks.LogCallback.on_log``     copy the plugin's metrics (``cot_ratio``,
+                                                        ``selection_loss``, ``eval_f1@1`` & co.) into
+                                                        ``trainer_log.jsonl`` (it writes a fixed set of keys).
+``llamafactory.chat.chat_model.get_infer_args``         a chat recipe with ``dyncot_*`` keys and a backend other
+                                                        than Hugging Face is refused by name before the model loads.
+``llamafactory.chat.hf_engine.HuggingfaceEngine``       with ``dyncot_*`` keys, the engine's model generates every
+``.__init__``                                           reply under the recipe's ``dyncot_think`` and threshold.
+======================================================  ===========================================================
 
 A recipe without any ``dyncot_*`` key therefore runs LLaMA-Factory's own code path, value for value.
 """
@@ -59,7 +66,7 @@ def patch_argument_reader() -> None:
     def read_args(args=None):
         with workflow.reported_errors():
             rest, found = dyncot_config.split_args(original(args))
-            dyncot_config.set_current(dyncot_config.parse_dyncot_args(found) if found else None)
+            dyncot_config.set_current(dyncot_config.parse_dyncot_args(found) if found else None, found)
         return rest
 
     parser.read_args = _wrap(original, read_args)
@@ -111,19 +118,76 @@ def patch_log_callback() -> None:
     LogCallback.on_log = _wrap(original, on_log)
 
 
+def patch_infer_args() -> None:
+    """Wrap ``llamafactory.chat.chat_model.get_infer_args``: a dyncot chat recipe must use the Hugging Face engine."""
+    from llamafactory.chat import chat_model
+
+    if is_patched(chat_model.get_infer_args):
+        return
+    original = chat_model.get_infer_args
+
+    def get_infer_args(args=None):
+        from llamafactory.hparams import parser
+
+        rest = parser.read_args(args)  # the patched reader: validates and records the dyncot_* keys
+        if dyncot_config.get_current() is not None:
+            from dyncot_plugin import chat
+
+            with workflow.reported_errors():
+                chat.check_backend(rest)
+        return original(args)  # reads the recipe again, the same way
+
+    chat_model.get_infer_args = _wrap(original, get_infer_args)
+
+
+def patch_hf_engine() -> None:
+    """Wrap ``HuggingfaceEngine.__init__``: with ``dyncot_*`` keys, its model generates under the think decision."""
+    from llamafactory.chat.hf_engine import HuggingfaceEngine
+
+    if is_patched(HuggingfaceEngine.__init__):
+        return
+    original = HuggingfaceEngine.__init__
+
+    def __init__(self, model_args, data_args, finetuning_args, generating_args):
+        dyncot_args, think = dyncot_config.get_current(), None
+        if dyncot_args is not None:
+            from dyncot_plugin import chat
+
+            with workflow.reported_errors():  # reads only dyncot_think.json: before the model loads
+                think = chat.chat_think(dyncot_args, dyncot_config.given_keys(), model_args)
+        original(self, model_args, data_args, finetuning_args, generating_args)
+        if think is not None and self.can_generate:
+            chat.think_in_generate(self.model, self.tokenizer, think)
+
+    HuggingfaceEngine.__init__ = _wrap(original, __init__)
+
+
+SEAMS: dict[str, tuple[Callable[[], None], ...]] = {
+    "llamafactory.train.tuner": (patch_argument_reader, patch_sft_entry, patch_log_callback),
+    "llamafactory.chat.chat_model": (patch_argument_reader, patch_infer_args, patch_hf_engine),
+}
+"""Seam module -> the patches its first import applies (the keys are what :mod:`dyncot_plugin._bootstrap` watches)."""
+
+
 def _targets() -> list[tuple[Any, str]]:
     from llamafactory.hparams import parser
     from llamafactory.train import callbacks, tuner
 
-    return [(parser, "read_args"), (tuner, "run_sft"), (callbacks.LogCallback, "on_log")]
+    targets = [(parser, "read_args"), (tuner, "run_sft"), (callbacks.LogCallback, "on_log")]
+    chat_model, hf_engine = (sys.modules.get(f"llamafactory.chat.{m}") for m in ("chat_model", "hf_engine"))
+    if chat_model is not None:
+        targets.append((chat_model, "get_infer_args"))
+    if hf_engine is not None:
+        targets.append((hf_engine.HuggingfaceEngine, "__init__"))
+    return targets
 
 
-def apply_patches() -> None:
-    """Apply all permanent patches (idempotent)."""
+def apply_patches(seam: str | None = None) -> None:
+    """Apply the patches of ``seam`` (a key of :data:`SEAMS`), or of every seam (idempotent)."""
     global _APPLIED
-    patch_argument_reader()
-    patch_sft_entry()
-    patch_log_callback()
+    for name in [seam] if seam else list(SEAMS):
+        for patch in SEAMS[name]:
+            patch()
     if not _APPLIED:
         _APPLIED = True
         rank = os.environ.get("RANK", "0")

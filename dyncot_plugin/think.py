@@ -44,6 +44,7 @@ __all__ = [
     "TagTextBan",
     "decide",
     "encode_segments",
+    "prob_for_file",
     "think_tag_ids",
 ]
 
@@ -52,6 +53,12 @@ THINK_MODES = ("auto", "always", "never", "greedy")
 DEFAULT_THRESHOLD = 0.5
 THINK_SETTINGS_FILE = "dyncot_think.json"
 """Written next to a trained model and a prediction run: ``{"think", "threshold", "tag", "tag_ids"}``."""
+
+
+def prob_for_file(p: float) -> float:
+    """A ``think_prob`` as prediction files store it: 8 significant digits (not 8 decimals, which turn a weakly
+    trained model's 1e-11 into 0 and lose the order the frontier sorts by)."""
+    return float(f"{float(p):.8g}")
 
 
 def encode_segments(tokenizer: Any, text: str, tag: str = THINK_OPEN) -> list[int]:

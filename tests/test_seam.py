@@ -42,6 +42,27 @@ def test_disable_leaves_llamafactory_untouched():
     assert "dyncot-plugin" not in proc.stderr
 
 
+CHAT_PROBE = """
+import json, sys, llamafactory.chat.chat_model as chat_model
+from llamafactory.chat.hf_engine import HuggingfaceEngine
+from llamafactory.hparams import parser
+from dyncot_plugin.patches import is_patched
+print(json.dumps({"read_args": is_patched(parser.read_args), "get_infer_args": is_patched(chat_model.get_infer_args),
+                  "engine": is_patched(HuggingfaceEngine.__init__),
+                  "tuner_imported": "llamafactory.train.tuner" in sys.modules}))
+"""
+
+
+@pytest.mark.parametrize("disabled", [False, True])
+def test_importing_the_chat_model_applies_the_chat_patches_only(disabled):
+    """``llamafactory-cli chat``/``api``/``webchat`` import ``llamafactory.chat.chat_model``, never the tuner."""
+    proc = _python(CHAT_PROBE, **({"DYNCOT_DISABLE": "1"} if disabled else {}))
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == {
+        "read_args": not disabled, "get_infer_args": not disabled, "engine": not disabled, "tuner_imported": False
+    }
+    assert ("[dyncot-plugin] active in pid" in proc.stderr) == (not disabled)
+
+
 def test_explicit_install_works_even_when_disabled_and_is_idempotent():
     code = """
 import json, dyncot_plugin

@@ -33,7 +33,7 @@ from typing import Any
 from dyncot_plugin.cot_format import THINK_OPEN
 from dyncot_plugin.serve import templates as T
 from dyncot_plugin.serve.recipe import PredictConfig, RecipeError, Row, check_recipe, load_rows, read_recipe
-from dyncot_plugin.think import THINK_MODES, THINK_SETTINGS_FILE, check_threshold, decide, think_tag_ids
+from dyncot_plugin.think import THINK_MODES, THINK_SETTINGS_FILE, check_threshold, decide, prob_for_file, think_tag_ids
 
 PARTIAL = ".partial"
 
@@ -255,7 +255,7 @@ def run(config: PredictConfig, modes: list[str], chunk_size: int, kv_cache_gib: 
                     "prompt": tokenizer.decode(b["prompt_ids"], skip_special_tokens=False),
                     "predict": tokenizer.decode(generated[mode][i], skip_special_tokens=skip),
                     "label": tokenizer.decode(b["label_ids"], skip_special_tokens=skip),
-                    "think_prob": round(probs[i], 8),
+                    "think_prob": prob_for_file(probs[i]),
                 }, ensure_ascii=False) + "\n"
                 for i, b in enumerate(built)
             ]

@@ -21,6 +21,8 @@ cache back (a look-ahead of ``len(tag) - 1`` tokens; never a second pass over th
 
 from __future__ import annotations
 
+import copy
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -67,7 +69,9 @@ class ThinkControl(LogitsProcessor):
 
     Use: ``with control.attach(model): model.generate(..., logits_processor=LogitsProcessorList([control]))``;
     afterwards ``control.think_prob`` (per row, float64) and ``control.thinks`` (per row, bool; always False under
-    ``greedy``) describe the batch. One instance serves many ``generate`` calls, one ``attach`` each.
+    ``greedy``) describe the batch. One instance serves many ``generate`` calls, one ``attach`` each, one at a time;
+    concurrent calls (a chat server's threads) each take a :meth:`fresh` copy (the text ban is shared). The prefill
+    hook only listens to the thread that attached it, so concurrent generations on one model never cross.
     """
 
     def __init__(self, mode: str, tokenizer: Any, threshold: float = DEFAULT_THRESHOLD,
@@ -85,6 +89,22 @@ class ThinkControl(LogitsProcessor):
         self._states: list[str] = []
         self._hooked = False
         self._in_lookahead = False
+        self._thread: int | None = None
+
+    @classmethod
+    def for_model(cls, mode: str, tokenizer: Any, threshold: float, model: Any) -> "ThinkControl":
+        """A control whose text ban covers the model's whole output width (a vocabulary padded past the tokenizer's
+        length: those ids decode to nothing)."""
+        config = _config(model)
+        vocab = getattr(config, "vocab_size", None) or getattr(getattr(config, "text_config", None), "vocab_size", None)
+        return cls(mode, tokenizer, threshold, vocab_size=vocab)
+
+    def fresh(self) -> "ThinkControl":
+        """A copy for one more concurrent ``generate``: same mode, threshold, tag and text ban, no batch state."""
+        other = copy.copy(self)
+        other.reset()
+        other._hooked, other._in_lookahead, other._thread = False, False, None
+        return other
 
     # ------------------------------------------------------------------------------------------ the prefill hook
     @contextmanager
@@ -93,16 +113,16 @@ class ThinkControl(LogitsProcessor):
         self.reset()
         module = unwrap_model(model)  # the module whose generate runs
         handle = module.register_forward_hook(self._after_forward, with_kwargs=True)
-        self._hooked = True
+        self._hooked, self._thread = True, threading.get_ident()
         try:
             yield
         finally:
             handle.remove()
-            self._hooked = False
+            self._hooked, self._thread = False, None
 
     def _after_forward(self, module: Any, args: tuple, kwargs: dict, outputs: Any) -> None:
-        if self._in_lookahead or self._prompt_len is not None:
-            return  # a decode step, or the look-ahead's own forward
+        if self._in_lookahead or self._prompt_len is not None or threading.get_ident() != self._thread:
+            return  # a decode step, the look-ahead's own forward, or another thread's generation on this model
         logits = outputs.logits[:, -1].to(torch.float64)
         logprob = torch.log_softmax(logits, dim=-1)[:, self.tag[0]]
         if len(self.tag) > 1:
@@ -194,12 +214,14 @@ class ThinkControl(LogitsProcessor):
         self._prompt_len, self.think_logprob, self.think_prob, self.thinks, self._states = None, None, None, None, []
 
 
-def generate_with_think(model: Any, inputs: dict[str, Any], control: ThinkControl, **kwargs: Any) -> torch.Tensor:
-    """``model.generate(**inputs, **kwargs)`` under ``control`` (its processor and its prefill hook); afterwards
-    ``control.think_prob`` and ``control.thinks`` describe the batch."""
+def generate_with_think(model: Any, inputs: dict[str, Any], control: ThinkControl, generate: Any = None,
+                        **kwargs: Any) -> torch.Tensor:
+    """``model.generate(**inputs, **kwargs)`` (or ``generate(...)``, the same model's generate under another name)
+    under ``control`` (its processor and its prefill hook); afterwards ``control.think_prob`` and ``control.thinks``
+    describe the batch."""
     processors = LogitsProcessorList([*(kwargs.pop("logits_processor", None) or []), control])
     with control.attach(model):
-        return model.generate(**inputs, logits_processor=processors, **kwargs)
+        return (generate or model.generate)(**inputs, logits_processor=processors, **kwargs)
 
 
 __all__ = ["TRAINING_ONLY_KEYS", "ThinkControl", "generate_with_think", "generation_inputs"]

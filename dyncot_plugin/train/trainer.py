@@ -30,7 +30,7 @@ from dyncot_plugin.compat import logits_to_keep_kwargs
 from dyncot_plugin.config import DynCotArguments
 from dyncot_plugin.cot_format import THINK_OPEN
 from dyncot_plugin.io.files import atomic_write_text
-from dyncot_plugin.think import THINK_SETTINGS_FILE, think_tag_ids
+from dyncot_plugin.think import THINK_SETTINGS_FILE, prob_for_file, think_tag_ids
 from dyncot_plugin.train.families import IGNORE_INDEX, check_batch_keys, family_of, model_type_of
 from dyncot_plugin.train.gamma import GammaController
 from dyncot_plugin.train.generation import ThinkControl, generation_inputs
@@ -335,10 +335,8 @@ class DynCotTrainer(CustomSeq2SeqTrainer):
         """The run's :class:`ThinkControl` (built once: its text ban reads the whole vocabulary)."""
         if getattr(self, "_think_control", None) is None:
             args = self.dyncot_args
-            vocab = getattr(getattr(self.model, "config", None), "vocab_size", None)
-            vocab = vocab or getattr(getattr(getattr(self.model, "config", None), "text_config", None), "vocab_size", None)
-            self._think_control = ThinkControl(args.dyncot_think, self.processing_class, args.dyncot_think_threshold,
-                                               vocab_size=vocab)
+            self._think_control = ThinkControl.for_model(args.dyncot_think, self.processing_class,
+                                                         args.dyncot_think_threshold, self.model)
         return self._think_control
 
     def save_predictions(self, dataset, predict_results, skip_special_tokens: bool = True) -> None:
@@ -363,7 +361,7 @@ class DynCotTrainer(CustomSeq2SeqTrainer):
             raise RuntimeError(f"{path}: {len(rows)} predictions but {len(think_prob)} think_prob values")
         # Under several processes the gathered arrays may end with the sampler's padding rows; LLaMA-Factory pairs
         # predictions with the dataset's rows in order and drops the rest, and so does this.
-        text = "".join(json.dumps({**row, "think_prob": round(float(p), 8)}, ensure_ascii=False) + "\n"
+        text = "".join(json.dumps({**row, "think_prob": prob_for_file(p)}, ensure_ascii=False) + "\n"
                        for row, p in zip(rows, think_prob))
         atomic_write_text(path, text)
 

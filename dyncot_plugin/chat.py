@@ -1,0 +1,138 @@
+"""LLaMA-Factory's own front ends with the think decision: ``llamafactory-cli chat``, ``api`` and ``webchat``.
+
+They never import the training entry point, so the seam (:mod:`dyncot_plugin.patches`) also hooks
+``llamafactory.chat.chat_model``: a recipe's ``dyncot_*`` keys are taken out before LLaMA-Factory's parser sees them
+(as for ``train``), and the Hugging Face engine generates every reply under the recipe's decision:
+
+* ``dyncot_think`` (default ``auto``) and ``dyncot_think_threshold`` are honoured for every reply, non-streamed
+  (``api``) and streamed (``chat``, ``webchat``, ``api`` with ``stream``), with the same
+  :class:`~dyncot_plugin.train.generation.ThinkControl` prediction runs use: ``never`` keeps ``<think>`` out of the
+  decoded reply however it is spelled in tokens, ``always`` opens every reply with the tag, ``auto`` thinks where the
+  model's ``think_prob`` reaches the threshold (a multi-token tag costs a look-ahead of ``len(tag) - 1`` tokens on
+  the prompt's KV cache per reply).
+* The threshold: the recipe's ``dyncot_think_threshold`` where it sets one, else the model's own (the
+  ``dyncot_think.json`` its training run saved: the last adapter of ``adapter_name_or_path``, else
+  ``model_name_or_path``), else 0.5. The chosen value and where it came from are logged once.
+* Every other ``dyncot_*`` key is training-only: validated as for training, then ignored (named in the log).
+* A request's own fields cannot change the mode: LLaMA-Factory's request model drops unknown fields (per-request
+  control is ``dyncot-serve``'s, on vLLM).
+* LLaMA-Factory's vLLM and SGLang backends (``infer_backend``) generate outside Hugging Face ``generate``: a recipe
+  with ``dyncot_*`` keys that picks one is refused by name before the model loads.
+* The model's position inputs: for the Qwen-VL families the reply is generated with the per-token type ids
+  ``generate`` computes M-RoPE positions from (as prediction runs do; LLaMA-Factory's engine does not pass them, and
+  transformers 5 then falls back to 1-D positions on image prompts), so a chat reply equals the prediction run's.
+
+A recipe without ``dyncot_*`` keys changes nothing: the engine is LLaMA-Factory's own, untouched.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import logging
+
+from llamafactory.extras import logging as lf_logging
+
+from dyncot_plugin.config import DynCotArguments, DynCotConfigError
+from dyncot_plugin.think import DEFAULT_THRESHOLD, THINK_SETTINGS_FILE, check_threshold
+from dyncot_plugin.train.families import family_of
+from dyncot_plugin.train.generation import ThinkControl, generate_with_think, generation_inputs
+
+logger = lf_logging.get_logger(f"llamafactory.{__name__}")
+
+INFERENCE_KEYS = ("dyncot_think", "dyncot_think_threshold")
+"""The keys a chat front end honours; every other ``dyncot_*`` key is training-only there."""
+_WRAPPED = "__dyncot_think__"
+
+
+@dataclass(frozen=True)
+class ChatThink:
+    """The think decision of one chat engine."""
+
+    mode: str
+    threshold: float
+    threshold_from: str  # "the recipe", a dyncot_think.json path, or "the default"
+
+
+def check_backend(args: dict[str, Any] | list[str]) -> None:
+    """Only the Hugging Face engine generates through ``generate`` (where the decision runs): refuse the others.
+    ``args`` is the recipe as LLaMA-Factory's ``read_args`` returns it (a dict, or a ``--key value`` list); checked
+    before LLaMA-Factory's own parser, which would first ask for the backend's package."""
+    if isinstance(args, dict):
+        backend = args.get("infer_backend", "huggingface")
+    else:
+        backend = "huggingface"
+        for i, item in enumerate(args):
+            if item == "--infer_backend" and i + 1 < len(args):
+                backend = args[i + 1]
+            elif str(item).startswith("--infer_backend="):
+                backend = str(item).split("=", 1)[1]
+    if str(backend) != "huggingface":
+        raise DynCotConfigError(
+            f"dyncot-plugin cannot honour `infer_backend: {backend}` with dyncot_think: LLaMA-Factory's {backend} "
+            "engine generates outside Hugging Face generate. Use infer_backend: huggingface, or serve the model "
+            "with dyncot-serve (vLLM, per-request control; README 'Predicting and serving on vLLM')."
+        )
+
+
+def _saved_threshold(model_args: Any) -> tuple[float, str] | None:
+    """The threshold in the ``dyncot_think.json`` of the last adapter, else of the model folder, if any."""
+    folders = list(reversed(getattr(model_args, "adapter_name_or_path", None) or []))
+    folders.append(getattr(model_args, "model_name_or_path", None))
+    for folder in folders:
+        path = os.path.join(str(folder), THINK_SETTINGS_FILE) if folder else None
+        if path and os.path.isfile(path):
+            try:
+                with open(path, encoding="utf-8") as f:
+                    value = json.load(f)["threshold"]
+                return check_threshold(value, f"{path}: threshold"), path
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                raise DynCotConfigError(f"{path}: expected a JSON object with a numeric threshold ({e})") from None
+    return None
+
+
+def chat_think(dyncot_args: DynCotArguments, given: frozenset[str], model_args: Any) -> ChatThink:
+    """The engine's decision: the recipe's mode; its threshold, else the model's saved one, else the default."""
+    if "dyncot_think_threshold" in given:
+        threshold, source = dyncot_args.dyncot_think_threshold, "the recipe"
+    else:
+        threshold, source = _saved_threshold(model_args) or (DEFAULT_THRESHOLD, "the default")
+    ignored = sorted(set(given) - set(INFERENCE_KEYS))
+    note = f"; training-only keys ignored: {', '.join(ignored)}" if ignored else ""
+    logger.info_rank0(f"[dyncot] chat replies: dyncot_think={dyncot_args.dyncot_think}, threshold {threshold} "
+                      f"(from {source}){note}")
+    return ChatThink(dyncot_args.dyncot_think, threshold, source)
+
+
+def think_in_generate(model: Any, tokenizer: Any, think: ChatThink) -> None:
+    """Make ``model.generate`` (this model object only) generate under ``think``: each call gets a fresh
+    :class:`ThinkControl` (concurrent requests never share batch state), and the family's position inputs.
+    Idempotent."""
+    if getattr(model.generate, _WRAPPED, False):
+        return
+    base = ThinkControl.for_model(think.mode, tokenizer, think.threshold, model)
+    original = model.generate
+    family = family_of(model)
+
+    @functools.wraps(original)
+    def generate(**kwargs: Any) -> Any:
+        if "inputs" in kwargs:  # the engine's call: model.generate(inputs=prompt ids, attention_mask=..., ...)
+            kwargs = generation_inputs(model, {"input_ids": kwargs.pop("inputs"), **kwargs}, family)
+        processors = kwargs.pop("logits_processor", None)
+        control = base.fresh()
+        out = generate_with_think(model, kwargs, control, original, logits_processor=processors)
+        if logger.isEnabledFor(logging.DEBUG) and control.think_prob is not None:  # LLAMAFACTORY_VERBOSITY=DEBUG
+            for prob, thinks in zip(control.think_prob.tolist(), control.thinks.tolist()):
+                logger.debug(f"[dyncot] think_prob {prob:.8g}, threshold {think.threshold}: "
+                             f"{'thinks' if thinks else 'plain'} ({think.mode})")
+        return out
+
+    setattr(generate, _WRAPPED, True)
+    model.generate = generate
+
+
+__all__ = ["INFERENCE_KEYS", "ChatThink", "chat_think", "check_backend", "think_in_generate"]
