@@ -43,11 +43,12 @@ def log(message: str) -> None:
 
 
 class Prompts:
-    """Builds each row's prompt the LLaMA-Factory way: ids (images expanded, then cut by ``cutoff_len``), the
-    label ids, and the vLLM input (one image token per image, which vLLM expands)."""
+    """Builds each row's prompt the LLaMA-Factory way: ids (images expanded by the template's mm plugin, then cut by
+    ``cutoff_len``), the label ids, and the vLLM input (each image in the form vLLM's processor expands itself:
+    :attr:`~dyncot_plugin.serve.templates.PromptTemplate.engine_image_text`)."""
 
-    def __init__(self, config: PredictConfig, tokenizer: Any, image_processor: Any):
-        self.config, self.tokenizer, self.image_processor = config, tokenizer, image_processor
+    def __init__(self, config: PredictConfig, tokenizer: Any, processor: Any):
+        self.config, self.tokenizer, self.processor = config, tokenizer, processor
         try:
             self.template = T.get_template(config.template, config.default_system)
         except KeyError as e:
@@ -69,38 +70,26 @@ class Prompts:
             except OSError as e:
                 raise RecipeError(f"{where}: cannot read image {path} ({e})") from None
         try:
-            seqlens = T.image_seqlens(self.image_processor, images) if images else []
+            seqlens = T.image_seqlens(self.processor, images, self.template.mm_plugin) if images else []
             messages = T.expand_images(self.template, row.messages, seqlens)
+            engine_messages = T.expand_images(self.template, row.messages, seqlens, expand=False)
         except ValueError as e:
             raise RecipeError(f"{where}: {e}") from None
         prompt, label = T.encode_oneturn(self.template, self.tokenizer, messages, row.system)
         if self.template.efficient_eos:
             label = label + [self.tokenizer.eos_token_id]
         source_len, target_len = T.infer_seqlen(len(prompt), len(label), int(self.config.cutoff_len))
-        prompt, label = prompt[:source_len], label[:target_len]
-        return {"prompt_ids": prompt, "label_ids": label, "images": images,
-                "engine_ids": self._collapse(prompt, seqlens, where)}
-
-    def _collapse(self, ids: list[int], seqlens: list[int], where: str) -> list[int]:
-        """The expanded prompt with each image's run of image tokens back to one token (vLLM expands it)."""
-        if not seqlens:
-            return list(ids)
-        out, runs, i = [], [], 0
-        while i < len(ids):
-            if ids[i] == self.image_id:
-                j = i
-                while j < len(ids) and ids[j] == self.image_id:
-                    j += 1
-                runs.append(j - i)
-                out.append(self.image_id)
-                i = j
-            else:
-                out.append(ids[i])
-                i += 1
-        if runs != list(seqlens):
-            raise RecipeError(f"{where}: cutoff_len {self.config.cutoff_len} cuts into the prompt's image tokens; "
-                              f"raise cutoff_len")
-        return out
+        cut = len(prompt) - source_len  # cutoff_len removes the prompt's last tokens
+        engine = prompt
+        if images:
+            last_image = max(i for i, t in enumerate(prompt) if t == self.image_id)
+            if cut and source_len <= last_image + 1:
+                raise RecipeError(f"{where}: cutoff_len {self.config.cutoff_len} cuts into the prompt's image "
+                                  "tokens; raise cutoff_len")
+            engine, _ = T.encode_oneturn(self.template, self.tokenizer, engine_messages, row.system)
+            engine = engine[:len(engine) - cut]  # after the last image both tokenise alike (vLLM checks: run())
+        return {"prompt_ids": prompt[:source_len], "label_ids": label[:target_len], "images": images,
+                "engine_ids": engine}
 
 
 def _sampling(config: PredictConfig, stop_ids: list[int], max_tokens: int, mode: str, seed: int,
@@ -158,7 +147,7 @@ def engine_memory(kv_cache_gib: float | None) -> dict[str, Any]:
 
 
 def run(config: PredictConfig, modes: list[str], chunk_size: int, kv_cache_gib: float | None = None) -> dict[str, str]:
-    from transformers import AutoImageProcessor, AutoTokenizer
+    from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer
     from vllm import LLM
     from vllm.inputs import TokensPrompt
 
@@ -170,10 +159,12 @@ def run(config: PredictConfig, modes: list[str], chunk_size: int, kv_cache_gib: 
     if not rows:
         raise RecipeError(f"eval_dataset {config.eval_dataset!r}: no rows")
     tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=bool(config.trust_remote_code))
-    image_processor = None
-    if any(r.images for r in rows):
-        image_processor = AutoImageProcessor.from_pretrained(model, trust_remote_code=bool(config.trust_remote_code))
-    prompts = Prompts(config, tokenizer, image_processor)
+    processor = None
+    if any(r.images for r in rows):  # the Qwen-VL counts need the image processor only; the others the processor's
+        qwen = T.get_template(str(config.template)).mm_plugin in T.QWEN_PLUGINS
+        loader = AutoImageProcessor if qwen else AutoProcessor
+        processor = loader.from_pretrained(model, trust_remote_code=bool(config.trust_remote_code))
+    prompts = Prompts(config, tokenizer, processor)
     for row in rows:  # every row's images and prompt are checked before the engine loads
         prompts.build(row)
     tag = think_tag_ids(tokenizer)

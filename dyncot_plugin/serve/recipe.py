@@ -13,6 +13,8 @@ from typing import Any
 
 import yaml
 
+from dyncot_plugin.serve.templates import get_template
+
 HONOURED = {
     "model_name_or_path": None, "template": None, "dataset_dir": "data", "eval_dataset": None, "media_dir": None,
     "cutoff_len": 2048, "max_samples": None, "default_system": None, "image_max_pixels": 768 * 768,
@@ -20,6 +22,7 @@ HONOURED = {
     "do_sample": True, "temperature": 0.95, "top_p": 0.7, "top_k": 50, "max_new_tokens": 1024, "max_length": 1024,
     "repetition_penalty": 1.0, "skip_special_tokens": True, "seed": 42, "bf16": False, "fp16": False,
     "pure_bf16": False, "dyncot_think": "auto", "dyncot_think_threshold": 0.5,
+    "image_do_pan_and_scan": False, "crop_to_patches": False,  # only their default (checked: NOT_REPRODUCED)
 }
 """Keys that change what is written, with LLaMA-Factory's defaults (``do_sample`` is true unless the recipe says
 otherwise, as in LLaMA-Factory's GeneratingArguments)."""
@@ -45,6 +48,14 @@ REFUSED = {
     "quantization_bit": "quantized loading is not reproduced", "enable_thinking": "reasoning templates are refused",
     "packing": "", "streaming": "", "mix_strategy": "", "tool_format": "", "eval_on_each_dataset": "",
 }
+
+
+NOT_REPRODUCED = {
+    "image_do_pan_and_scan": "Gemma 3's pan-and-scan crops: LLaMA-Factory's crop prompt is not reproduced",
+    "crop_to_patches": ("InternVL's forced 1-12 patches: vLLM's processor would crop by the checkpoint's own "
+                        "setting; leave it false, which uses that setting on both sides"),
+}
+"""LLaMA-Factory model arguments honoured at their default only (``true`` is refused, with this reason)."""
 
 
 class RecipeError(ValueError):
@@ -119,6 +130,13 @@ def check_recipe(recipe: dict[str, Any], source: str = "recipe") -> PredictConfi
     for key in ("model_name_or_path", "template", "eval_dataset", "output_dir"):
         if not values.get(key):
             raise RecipeError(f"{source}: `{key}` is required")
+    try:  # a template dyncot-predict cannot reproduce (or vLLM cannot run) is refused here, by name, with why
+        get_template(str(values["template"]))
+    except KeyError as e:
+        raise RecipeError(f"{source}: {e.args[0]}") from None
+    for key in ("image_do_pan_and_scan", "crop_to_patches"):
+        if values[key]:
+            raise RecipeError(f"{source}: `{key}: true` is not supported by dyncot-predict ({NOT_REPRODUCED[key]})")
     if values["media_dir"] is None:
         values["media_dir"] = values["dataset_dir"]
     if values["image_max_pixels"] < values["image_min_pixels"]:

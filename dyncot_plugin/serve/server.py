@@ -13,16 +13,16 @@ with prefix caching on (the look-ahead's prompt KV is reused) and, on CPU, a 1 G
 Requests then choose per call: ``extra_body={"vllm_xargs": {"dyncot_think": "never"}}``, ``{"dyncot_think_threshold":
 0.3}``, or ``{"chat_template_kwargs": {"enable_thinking": False}}``; the default is the model's saved threshold.
 
-**Prompts.** ``--template NAME`` (a row of :data:`dyncot_plugin.serve.templates.TEMPLATES`: the recipe's LLaMA-Factory
-``template``; ``--default-system`` replaces its default system as the recipe's ``default_system`` does) formats chats
-with LLaMA-Factory's slots: :func:`~dyncot_plugin.serve.templates.chat_template_jinja` renders a Jinja template from
-the row, written to ``NAME.jinja`` in a fresh directory of the system's temp folder (``tempfile.mkdtemp``, prefix
-``dyncot-serve-``; printed at start; nothing is written next to the model or anywhere else) and passed to vLLM as
+**Prompts.** ``--template NAME`` (one of :data:`dyncot_plugin.serve.templates.SERVED_TEMPLATES`, the recipe's
+LLaMA-Factory ``template``; ``--default-system`` replaces its default system as the recipe's ``default_system`` does)
+formats chats with LLaMA-Factory's slots: :func:`~dyncot_plugin.serve.templates.chat_template_jinja` renders a Jinja
+template from the row, written to ``NAME.jinja`` in a fresh directory of the system's temp folder (``tempfile.mkdtemp``,
+prefix ``dyncot-serve-``; printed at start; nothing is written next to the model or anywhere else) and passed to vLLM as
 ``--chat-template FILE --chat-template-content-format openai``. The file stays after the server exits (the process
-becomes vLLM's, which owns no clean-up hook of ours); it is a few kB. An unknown NAME, or ``--template`` with vLLM's
-own ``--chat-template``, is refused (one ``[dyncot-plugin] error:`` line, exit 2). Without ``--template`` the model's
-own chat template is used (``chat_template.jinja`` / ``tokenizer_config.json``; for LLaMA-Factory's ``qwen2_vl`` that
-is the base model's, not LLaMA-Factory's slots), and a line says so.
+becomes vLLM's, which owns no clean-up hook of ours); it is a few kB. An unknown NAME, or ``--template`` with vLLM's own
+``--chat-template``, is refused (one ``[dyncot-plugin] error:`` line, exit 2). Without ``--template`` the model's own
+chat template is used (``chat_template.jinja`` / ``tokenizer_config.json``; for LLaMA-Factory's ``qwen2_vl`` that is the
+base model's, not LLaMA-Factory's slots), and a line says so.
 
 One difference from LLaMA-Factory remains, by construction: LLaMA-Factory tokenises each slot on its own, vLLM the
 rendered string. On Qwen's vocabulary the two agree wherever slots meet at a special token (system | user,
@@ -54,7 +54,7 @@ def chat_template_args(template: str | None, default_system: str | None, extra: 
     """(vLLM arguments, the line printed at start) for ``--template`` (see the module docstring)."""
     import tempfile
 
-    from dyncot_plugin.serve.templates import TEMPLATES, chat_template_jinja, get_template
+    from dyncot_plugin.serve.templates import SERVED_TEMPLATES, TEMPLATES, chat_template_jinja, get_template
 
     own = any(a == "--chat-template" or a.startswith("--chat-template=") for a in extra)
     if template is None:
@@ -64,9 +64,11 @@ def chat_template_args(template: str | None, default_system: str | None, extra: 
             return [], "[dyncot-plugin] prompts use the chat template given to vLLM (--chat-template)"
         return [], ("[dyncot-plugin] no --template: prompts use the model's own chat template (chat_template.jinja / "
                     "tokenizer_config.json), not LLaMA-Factory's slots (for qwen2_vl it is the base model's)")
-    if template not in TEMPLATES:
-        raise ServeError(f"--template: {template!r} is not supported by dyncot-serve (supported: "
-                         f"{', '.join(TEMPLATES)})")
+    if template not in SERVED_TEMPLATES:
+        why = (" (its BOS/EOS id slots, system-in-user turn or image form are not rendered as a Jinja template yet: "
+               "serve it with the model's own chat template, without --template)" if template in TEMPLATES else "")
+        raise ServeError(f"--template: {template!r} is not supported by dyncot-serve{why} (supported: "
+                         f"{', '.join(SERVED_TEMPLATES)})")
     if own:
         raise ServeError("--template and vLLM's --chat-template both given: keep one")
     folder = tempfile.mkdtemp(prefix="dyncot-serve-")

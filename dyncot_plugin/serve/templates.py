@@ -26,6 +26,7 @@ from typing import Any, Sequence
 
 IMAGE_PLACEHOLDER = "<image>"
 VIDEO_PLACEHOLDER = "<video>"
+QWEN_PLUGINS = ("qwen2_vl", "qwen3_vl")  # the mm plugins with a 28-pixel short side and image grids
 
 
 @dataclass(frozen=True)
@@ -41,10 +42,21 @@ class PromptTemplate:
     stop_words: tuple[str, ...] = ()
     replace_eos: bool = False
     efficient_eos: bool = False
-    mm_plugin: str = "base"  # "qwen2_vl" (Qwen2-VL, Qwen2.5-VL), "qwen3_vl", "base" (text only)
+    mm_plugin: str = "base"  # "qwen2_vl" (Qwen2-VL, Qwen2.5-VL), "qwen3_vl", "llava", "gemma3", "intern_vl", "base"
     image_token: str | None = None
     vision_bos: str = "<|vision_start|>"
     vision_eos: str = "<|vision_end|>"
+    bos_prefix: bool = False  # format_prefix is {"bos_token"}: the tokenizer's BOS id opens turn 0 (if it has one)
+    assistant_eos: bool = False  # the default assistant slot ["{{content}}", {"eos_token"}]: EOS id after a response
+    system_in_user: bool = False  # Llama2Template: the system slot's text opens the first user slot's content
+    engine_image: str | None = None  # what vLLM's processor expands for one image (None: vision_bos+token+vision_eos)
+
+    @property
+    def engine_image_text(self) -> str:
+        """One image as vLLM's multimodal processor wants it in a prompt (the target of its prompt replacement)."""
+        if self.engine_image is not None:
+            return self.engine_image
+        return f"{self.vision_bos}{self.image_token}{self.vision_eos}"
 
 
 _CHATML_USER = "<|im_start|>user\n{{content}}<|im_end|>\n<|im_start|>assistant\n"
@@ -63,12 +75,42 @@ TEMPLATES: dict[str, PromptTemplate] = {
         PromptTemplate("qwen", _CHATML_USER, _CHATML_ASSISTANT, _CHATML_SYSTEM,
                        default_system="You are Qwen, created by Alibaba Cloud. You are a helpful assistant.",
                        stop_words=("<|im_end|>",), replace_eos=True),
+        # LLaVA-1.5: no assistant slot of its own (LLaMA-Factory's default: the response, then the EOS id), the
+        # system slot is the bare text; LlavaPlugin: <image> -> <image> * n (n from the first processed image).
+        PromptTemplate("llava", "USER: {{content}} ASSISTANT:", "{{content}}", "{{content}}",
+                       default_system=("A chat between a curious user and an artificial intelligence assistant. "
+                                       "The assistant gives helpful, detailed, and polite answers to the user's "
+                                       "questions."),
+                       assistant_eos=True, mm_plugin="llava", image_token="<image>", vision_bos="", vision_eos=""),
+        # Gemma 3 (Llama2Template: the system text + "\n\n" opens the first user turn; BOS prefix);
+        # Gemma3Plugin without pan-and-scan: <image> -> processor.full_image_sequence; vLLM expands the BOI token.
+        PromptTemplate("gemma3", "<start_of_turn>user\n{{content}}<end_of_turn>\n<start_of_turn>model\n",
+                       "{{content}}<end_of_turn>\n", "{{content}}\n\n", stop_words=("<end_of_turn>",),
+                       replace_eos=True, bos_prefix=True, system_in_user=True, mm_plugin="gemma3",
+                       image_token="<image_soft_token>", vision_bos="\n\n<start_of_image>",
+                       vision_eos="<end_of_image>\n\n", engine_image="<start_of_image>"),
+        # InternVL (the transformers-native -hf checkpoints): ChatML with a BOS prefix, EOS kept (<|im_end|> is an
+        # extra stop word); InternVLPlugin: <image> -> <img> + <IMG_CONTEXT> * image_seq_length * patches + </img>.
+        PromptTemplate("intern_vl", _CHATML_USER, _CHATML_ASSISTANT, _CHATML_SYSTEM,
+                       default_system=("你是书生·万象，英文名是InternVL，是由上海人工智能实验室、清华大学及多家合作单位联合开发的"
+                                       "多模态大语言模型。"),
+                       stop_words=("<|im_end|>",), bos_prefix=True, mm_plugin="intern_vl",
+                       image_token="<IMG_CONTEXT>", vision_bos="<img>", vision_eos="</img>",
+                       engine_image="<IMG_CONTEXT>"),
     )
 }
 """The templates ``dyncot-predict`` reproduces (``qwen2_vl`` serves Qwen2-VL and Qwen2.5-VL)."""
 
+REFUSED_TEMPLATES: dict[str, str] = {
+    "mllama": ("vLLM removed Mllama (MllamaForConditionalGeneration, an encoder-decoder model) after 0.10.2, so "
+               "vLLM cannot run it; predict with llamafactory-cli (the plugin does not train mllama either)"),
+}
+"""LLaMA-Factory templates of the plugin's families that ``dyncot-predict`` refuses by name, with the reason."""
+
 
 def get_template(name: str, default_system: str | None = None) -> PromptTemplate:
+    if name in REFUSED_TEMPLATES:
+        raise KeyError(f"template: {name!r} is not supported by dyncot-predict: {REFUSED_TEMPLATES[name]}")
     if name not in TEMPLATES:
         raise KeyError(f"template: {name!r} is not supported by dyncot-predict (supported: {', '.join(TEMPLATES)})")
     template = TEMPLATES[name]
@@ -93,14 +135,24 @@ def encode_oneturn(template: PromptTemplate, tokenizer: Any, messages: Sequence[
     encoded: list[list[int]] = []
     for i, message in enumerate(messages):
         ids: list[int] = []
+        system_text = ""  # Llama2Template: the formatted system text, put in front of the first user's content
         if i == 0:
+            if template.bos_prefix and tokenizer.bos_token_id is not None:
+                ids.append(tokenizer.bos_token_id)
             ids += _encode(tokenizer, template.prefix)
             if system:
-                ids += _encode(tokenizer, _slot(template.system, system))
+                if template.system_in_user:
+                    system_text = _slot(template.system, system)
+                else:
+                    ids += _encode(tokenizer, _slot(template.system, system))
         if message["role"] == "user":
-            ids += _encode(tokenizer, _slot(template.user, message["content"]))
+            ids += _encode(tokenizer, _slot(template.user, system_text + message["content"]))
         elif message["role"] == "assistant":
             ids += _encode(tokenizer, _slot(template.assistant, message["content"]))
+            if template.assistant_eos:  # the EOS as fix_special_tokens left it (the first stop word if replaced)
+                eos = (tokenizer.convert_tokens_to_ids(template.stop_words[0]) if template.replace_eos
+                       else tokenizer.eos_token_id)
+                ids += [eos] if eos is not None else []
         else:
             raise ValueError(f"unsupported role {message['role']!r} (dyncot-predict takes user/assistant turns)")
         encoded.append(ids)
@@ -109,14 +161,21 @@ def encode_oneturn(template: PromptTemplate, tokenizer: Any, messages: Sequence[
 
 def stop_token_ids(template: PromptTemplate, tokenizer: Any) -> list[int]:
     """The ``eos_token_id`` list of LLaMA-Factory's prediction run: the (replaced) EOS, then the tokenizer's extra
-    special tokens (``sft/workflow.py``), to which ``fix_special_tokens`` added the remaining stop words."""
+    special tokens (``sft/workflow.py``) as ``fix_special_tokens`` left them with the remaining stop words."""
     eos = tokenizer.convert_tokens_to_ids(template.stop_words[0]) if template.replace_eos else tokenizer.eos_token_id
     if eos is None:
         eos = tokenizer.convert_tokens_to_ids("<|endoftext|>")
     extra = getattr(tokenizer, "additional_special_tokens_ids", None)
     if not isinstance(extra, list):
-        extra = [tokenizer.convert_tokens_to_ids(t) for t in getattr(tokenizer, "_extra_special_tokens", [])]
-    extra = extra + [tokenizer.convert_tokens_to_ids(w) for w in template.stop_words[1 if template.replace_eos else 0:]]
+        extra = [tokenizer.convert_tokens_to_ids(str(t)) for t in getattr(tokenizer, "_extra_special_tokens", [])]
+    rest = template.stop_words[1 if template.replace_eos else 0:]
+    if rest:  # fix_special_tokens adds them with replace_additional_special_tokens=False; transformers 5 has no such
+        # argument, and LLaMA-Factory's fallback call then replaces the extra special tokens by the stop words
+        import inspect
+
+        if "replace_additional_special_tokens" not in inspect.signature(tokenizer.add_special_tokens).parameters:
+            extra = []
+        extra = extra + [tokenizer.convert_tokens_to_ids(w) for w in rest]
     return list(dict.fromkeys([eos] + [i for i in extra if i is not None and i != -1]))
 
 
@@ -124,6 +183,17 @@ def stop_token_ids(template: PromptTemplate, tokenizer: Any) -> list[int]:
 def _literal(text: str) -> str:
     """A Jinja string literal of ``text`` (JSON escapes, ASCII: Jinja reads them as Python's unicode escapes)."""
     return json.dumps(text)
+
+
+def servable(template: PromptTemplate) -> bool:
+    """Whether :func:`chat_template_jinja` renders the row exactly: string slots only (no BOS/EOS id slots, no
+    system text inside the user slot) and an image whose served form is ``vision_bos + image_token + vision_eos``."""
+    return not (template.bos_prefix or template.assistant_eos or template.system_in_user
+                or template.engine_image is not None)
+
+
+SERVED_TEMPLATES = tuple(name for name, t in TEMPLATES.items() if servable(t))
+"""The rows ``dyncot-serve --template`` renders (the others are served with the model's own chat template)."""
 
 
 def chat_template_jinja(template: PromptTemplate) -> str:
@@ -141,6 +211,10 @@ def chat_template_jinja(template: PromptTemplate) -> str:
     ``raise_exception`` (vLLM answers HTTP 400 with the message).
     ``add_generation_prompt`` changes nothing: the user slot already ends with the assistant header, as in
     LLaMA-Factory's prompts; a chat ending on an assistant message ends with its closed assistant slot."""
+    if not servable(template):
+        raise ValueError(f"template {template.name!r} is not rendered as a chat template (rendered: "
+                         f"{', '.join(SERVED_TEMPLATES)})")
+
     def halves(slot: str) -> tuple[str, str]:
         before, sep, after = slot.partition("{{content}}")
         if not sep:
@@ -207,8 +281,9 @@ def chat_template_jinja(template: PromptTemplate) -> str:
 # ------------------------------------------------------------------------------------------------------ images
 def preprocess_image(image: Any, plugin: str, max_pixels: int, min_pixels: int) -> Any:
     """The mm plugin's ``_preprocess_image``: LLaMA-Factory resizes (PIL's default filter) into
-    [``image_min_pixels``, ``image_max_pixels``] and converts to RGB before the processor sees the image; the Qwen-VL
-    plugins then enforce a 28-pixel short side and an aspect ratio of at most 200."""
+    [``image_min_pixels``, ``image_max_pixels``] and converts to RGB before the processor sees the image (all plugins:
+    ``BasePlugin._preprocess_image``); the Qwen-VL plugins then enforce a 28-pixel short side and an aspect ratio of
+    at most 200."""
     if image.width * image.height > max_pixels:
         factor = math.sqrt(max_pixels / (image.width * image.height))
         image = image.resize((int(image.width * factor), int(image.height * factor)))
@@ -217,7 +292,7 @@ def preprocess_image(image: Any, plugin: str, max_pixels: int, min_pixels: int) 
         image = image.resize((int(image.width * factor), int(image.height * factor)))
     if image.mode != "RGB":
         image = image.convert("RGB")
-    if plugin in ("qwen2_vl", "qwen3_vl"):
+    if plugin in QWEN_PLUGINS:
         if min(image.width, image.height) < 28:
             image = image.resize((max(image.width, 28), max(image.height, 28)))
         if image.width / image.height > 200:
@@ -227,19 +302,45 @@ def preprocess_image(image: Any, plugin: str, max_pixels: int, min_pixels: int) 
     return image
 
 
-def image_seqlens(image_processor: Any, images: Sequence[Any]) -> list[int]:
-    """How many ``image_token`` an image becomes: ``grid_t * grid_h * grid_w // merge_size**2`` (Qwen-VL)."""
+def image_seqlens(processor: Any, images: Sequence[Any], plugin: str = "qwen2_vl",
+                  crop_to_patches: bool = False) -> list[int]:
+    """How many ``image_token`` each (preprocessed) image becomes in LLaMA-Factory's prompt, per mm plugin.
+
+    ``processor``: the model's processor (``AutoProcessor``; the Qwen-VL plugins also take its image processor).
+    Qwen-VL: ``grid_t * grid_h * grid_w // merge_size**2``; LLaVA: the first processed image's
+    ``(H // patch_size) * (W // patch_size) + num_additional_image_tokens`` (minus 1 for the ``default`` feature
+    strategy), for every image, as ``LlavaPlugin`` does; Gemma 3: ``processor.image_seq_length``; InternVL:
+    ``image_seq_length`` times the image's patch count (``crop_to_patches``: LLaMA-Factory's model argument, which
+    sets 1..12 patches; else the image processor's own setting)."""
     if not images:
         return []
-    grid = image_processor(images=list(images), return_tensors="np")["image_grid_thw"]
-    merge = getattr(image_processor, "merge_size", 2) ** 2
-    return [int(math.prod(int(v) for v in row)) // merge for row in grid]
+    image_processor = getattr(processor, "image_processor", processor)
+    if plugin in QWEN_PLUGINS:
+        grid = image_processor(images=list(images), return_tensors="np")["image_grid_thw"]
+        merge = getattr(image_processor, "merge_size", 2) ** 2
+        return [int(math.prod(int(v) for v in row)) // merge for row in grid]
+    if plugin == "llava":
+        pixels = image_processor(images=list(images), return_tensors="np")["pixel_values"][0]
+        height, width = (int(v) for v in pixels.shape[-2:])  # channels first (LLaMA-Factory's get_image_size)
+        patch = int(processor.patch_size)
+        n = (height // patch) * (width // patch) + int(processor.num_additional_image_tokens)
+        if processor.vision_feature_select_strategy == "default":
+            n -= 1
+        return [n] * len(images)
+    if plugin == "gemma3":
+        return [int(processor.image_seq_length)] * len(images)
+    if plugin == "intern_vl":
+        kwargs = {"crop_to_patches": True, "max_patches": 12, "min_patches": 1} if crop_to_patches else {}
+        patches = image_processor(images=list(images), return_tensors="np", **kwargs)["num_patches"]
+        return [int(processor.image_seq_length) * int(p) for p in patches]
+    raise ValueError(f"mm plugin {plugin!r} takes no images")
 
 
 def expand_images(template: PromptTemplate, messages: Sequence[dict[str, str]], seqlens: Sequence[int],
                   expand: bool = True) -> list[dict[str, str]]:
-    """``process_messages`` of the Qwen-VL plugins: every ``<image>`` becomes ``vision_bos + image_token * n +
-    vision_eos`` in order (``expand=False``: one ``image_token`` each, the form vLLM expands itself)."""
+    """``process_messages`` of the mm plugin: every ``<image>`` becomes ``vision_bos + image_token * n +
+    vision_eos`` in order (``expand=False``: :attr:`PromptTemplate.engine_image_text`, the form vLLM's processor
+    expands itself)."""
     count = sum(m["content"].count(IMAGE_PLACEHOLDER) for m in messages)
     if count != len(seqlens):
         raise ValueError(f"the number of images ({len(seqlens)}) does not match the number of {IMAGE_PLACEHOLDER} "
@@ -249,12 +350,12 @@ def expand_images(template: PromptTemplate, messages: Sequence[dict[str, str]], 
     if count and template.image_token is None:
         raise ValueError(f"template {template.name!r} has no image slot, but a row has {IMAGE_PLACEHOLDER}")
     out, k = [], 0
-    for message in messages:
-        content = message["content"]
-        while IMAGE_PLACEHOLDER in content:
-            n = seqlens[k] if expand else 1
-            content = content.replace(IMAGE_PLACEHOLDER,
-                                      f"{template.vision_bos}{template.image_token * n}{template.vision_eos}", 1)
+    for message in messages:  # split, not replace in a loop: LLaVA's expansion is <image> itself
+        pieces = message["content"].split(IMAGE_PLACEHOLDER)
+        content = pieces[0]
+        for piece in pieces[1:]:
+            content += (f"{template.vision_bos}{template.image_token * seqlens[k]}{template.vision_eos}" if expand
+                        else template.engine_image_text) + piece
             k += 1
         out.append({**message, "content": content})
     return out
@@ -273,5 +374,6 @@ def infer_seqlen(source_len: int, target_len: int, cutoff_len: int) -> tuple[int
     return min(max_source_len, source_len), new_target_len
 
 
-__all__ = ["IMAGE_PLACEHOLDER", "PromptTemplate", "TEMPLATES", "chat_template_jinja", "encode_oneturn", "expand_images",
-           "get_template", "image_seqlens", "infer_seqlen", "preprocess_image", "stop_token_ids"]
+__all__ = ["IMAGE_PLACEHOLDER", "PromptTemplate", "REFUSED_TEMPLATES", "SERVED_TEMPLATES", "TEMPLATES",
+           "chat_template_jinja", "encode_oneturn", "expand_images", "get_template", "image_seqlens", "infer_seqlen",
+           "preprocess_image", "servable", "stop_token_ids"]
