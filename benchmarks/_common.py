@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import platform
+import subprocess
+import sys
 from pathlib import Path
 
 
@@ -23,3 +25,17 @@ def emit_json(report: dict, path: Path | None) -> None:
     print("BENCH_JSON " + json.dumps(report))
     if path:
         path.write_text(json.dumps(report, indent=2) + "\n")
+
+
+def best_child_run(code: str, args: list[str], runs: int, key: str) -> dict:
+    """Run ``python -c code *args`` ``runs`` times, each in a fresh interpreter (cold imports and caches), and return
+    the JSON of its last stdout line from the run with the smallest ``key`` (the least disturbed by other load)."""
+    best = None
+    for _ in range(runs):
+        proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            raise RuntimeError(proc.stderr)
+        result = json.loads(proc.stdout.strip().splitlines()[-1])
+        if best is None or result[key] < best[key]:
+            best = result
+    return best

@@ -22,13 +22,12 @@ import json
 import os
 import platform
 import random
-import subprocess
 import sys
 import tempfile
 from collections import Counter
 from pathlib import Path
 
-from _common import cpu_model
+from _common import best_child_run, cpu_model
 
 DEFAULT_SRC = "/work/shared/cmkp/tw_mm_s1/test_src.txt"
 
@@ -87,15 +86,7 @@ def synth_predictions(src_lines: list[str], seed: int = 0, n_pred: int = 5) -> l
 
 
 def _time_child(pred: Path, src: Path, runs: int) -> dict:
-    best = None
-    for _ in range(runs):
-        proc = subprocess.run([sys.executable, "-c", _CHILD, str(pred), str(src)], capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise RuntimeError(proc.stderr)
-        r = json.loads(proc.stdout.strip().splitlines()[-1])
-        if best is None or r["cold_s"] < best["cold_s"]:
-            best = r
-    return best
+    return best_child_run(_CHILD, [str(pred), str(src)], runs, "cold_s")
 
 
 def main(argv: list[str] | None = None) -> int:

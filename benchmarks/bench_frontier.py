@@ -26,12 +26,11 @@ import json
 import os
 import platform
 import random
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from _common import cpu_model, emit_json
+from _common import best_child_run, cpu_model, emit_json
 from bench_eval import DEFAULT_SRC, synth_predictions
 
 _CHILD = r"""
@@ -76,16 +75,7 @@ print(json.dumps(out))
 
 
 def _child(kind: str, src: Path, a: Path, n: Path, auto: Path, runs: int) -> dict:
-    best = None
-    for _ in range(runs):
-        proc = subprocess.run([sys.executable, "-c", _CHILD, kind, str(src), str(a), str(n), str(auto)],
-                              capture_output=True, text=True, check=False)
-        if proc.returncode != 0:
-            raise RuntimeError(proc.stderr)
-        r = json.loads(proc.stdout.strip().splitlines()[-1])
-        if best is None or r["eval_s"] < best["eval_s"]:
-            best = r
-    return best
+    return best_child_run(_CHILD, [kind, str(src), str(a), str(n), str(auto)], runs, "eval_s")
 
 
 def _write(path: Path, predicts: list[str], probs: list[float] | None) -> None:

@@ -29,11 +29,10 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 from dataclasses import dataclass
 from typing import Any
-
-import logging
 
 from llamafactory.extras import logging as lf_logging
 

@@ -32,7 +32,8 @@ from __future__ import annotations
 import functools
 import os
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from dyncot_plugin import config as dyncot_config
 from dyncot_plugin.train import workflow

@@ -2,25 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+from fixtures.scienceqa import raw
 
 from dyncot_plugin.cli.data import main as data_main
 from dyncot_plugin.tasks.scienceqa import convert as sqa
-
-
-def _load_raw():
-    path = Path(__file__).parent / "fixtures" / "scienceqa" / "raw.py"
-    spec = importlib.util.spec_from_file_location("scienceqa_fixture_raw", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-raw = _load_raw()
 
 
 @pytest.fixture

@@ -12,23 +12,13 @@ import json
 from pathlib import Path
 
 import pytest
+from fixtures.scienceqa import raw
 
 from dyncot_plugin.cli.data import main as data_main
 from dyncot_plugin.cli.eval import main as eval_main
 from dyncot_plugin.tasks.scienceqa.convert import clean_rationale
 from dyncot_plugin.tasks.scienceqa.evaluate import CATEGORY_NAMES
 from dyncot_plugin.testing.lf_runner import run_llamafactory, tiny_sft_config
-
-
-def _load_raw():
-    path = Path(__file__).parent / "fixtures" / "scienceqa" / "raw.py"
-    spec = importlib.util.spec_from_file_location("scienceqa_fixture_raw", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-raw = _load_raw()
 
 # Kept small: the whole test (4 llamafactory-cli runs) takes about a minute on 2 CPU cores.
 COMMON = {"cutoff_len": 512, "max_steps": 1, "per_device_train_batch_size": 2}

@@ -2,26 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+from fixtures.scienceqa import raw
 
 from dyncot_plugin.cli.eval import main as eval_main
 from dyncot_plugin.io.predictions import PredictionsError
 from dyncot_plugin.tasks.scienceqa import evaluate as E
 
-
-def _load_raw():
-    path = Path(__file__).parent / "fixtures" / "scienceqa" / "raw.py"
-    spec = importlib.util.spec_from_file_location("scienceqa_fixture_raw", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-raw = _load_raw()
 PROBLEMS = raw.HERE / "problems.json"
 SPLITS = raw.HERE / "pid_splits.json"
 

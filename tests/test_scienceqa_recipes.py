@@ -4,12 +4,12 @@ LLaMA-Factory, predictions carry only `dyncot_think`, and every dataset they nam
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 import yaml
+from fixtures.scienceqa import raw
 
 from dyncot_plugin.config import parse_dyncot_args, split_args
 from dyncot_plugin.tasks.scienceqa import convert as sqa
@@ -17,14 +17,6 @@ from dyncot_plugin.tasks.scienceqa.stage2 import build_stage2
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted((ROOT / "examples").glob("scienceqa_*.yaml"))
-
-
-def _load_raw():
-    path = Path(__file__).parent / "fixtures" / "scienceqa" / "raw.py"
-    spec = importlib.util.spec_from_file_location("scienceqa_fixture_raw", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_the_recipes_exist():
@@ -54,7 +46,6 @@ def test_recipe_parses(recipe):
 
 
 def test_recipe_datasets_are_the_ones_the_tools_write(tmp_path):
-    raw = _load_raw()
     paths = raw.build_raw(tmp_path / "raw")
     data = tmp_path / "data"
     sqa.convert(paths["problems"], paths["splits"], data, image_dir=paths["image_dir"], captions_path=paths["captions"])
