@@ -32,6 +32,7 @@ from typing import Any
 
 from dyncot_plugin.cot_format import THINK_OPEN
 from dyncot_plugin.serve import templates as T
+from dyncot_plugin.serve.checkpoint import vllm_checkpoint
 from dyncot_plugin.serve.recipe import PredictConfig, RecipeError, Row, check_recipe, load_rows, read_recipe
 from dyncot_plugin.think import THINK_MODES, THINK_SETTINGS_FILE, check_threshold, decide, prob_for_file, think_tag_ids
 
@@ -187,7 +188,7 @@ def run(config: PredictConfig, modes: list[str], chunk_size: int, kv_cache_gib: 
     max_new = int(config.max_new_tokens) if int(config.max_new_tokens or 0) > 0 else None
     max_len = int(config.cutoff_len) + (max_new or int(config.max_length))
     engine_kwargs: dict[str, Any] = dict(
-        model=model, dtype=dtype, seed=int(config.seed), enable_prefix_caching=True, max_model_len=max_len,
+        model=vllm_checkpoint(model, log), dtype=dtype, seed=int(config.seed), enable_prefix_caching=True, max_model_len=max_len,
         trust_remote_code=bool(config.trust_remote_code), logits_processors=[DyncotThinkLogitsProcessor],
         generation_config="vllm",
     )

@@ -64,8 +64,8 @@ __all__ = ["FAMILIES", "QWEN_SIZED", "Family", "build_tiny_model"]
 HIDDEN = 64  # text hidden size (4 heads of 16)
 VISION = 32  # vision tower width (2 heads of 16)
 
-# (tokenizer, model vocab size, token -> id) -> (config, model class, processor); the Qwen families' builders also
-# take hidden_size= and num_layers= (QWEN_SIZED).
+# (tokenizer, model vocab size, token -> id) -> (config, model class, processor); the Qwen families' and LLaVA's
+# builders also take hidden_size= and num_layers= (SIZED).
 Builder = Callable[..., tuple[Any, type, Any]]
 
 
@@ -240,7 +240,10 @@ LLAVA_CHAT_TEMPLATE = (
 _CLIP_IMAGE_SIZE, _CLIP_PATCH = 32, 16  # 2x2 patches + CLS; "default" strategy drops CLS -> 4 image tokens
 
 
-def _build_llava(tokenizer: Any, model_vocab: int, token_id: Callable[[str], int]) -> tuple[Any, type, Any]:
+def _build_llava(tokenizer: Any, model_vocab: int, token_id: Callable[[str], int], hidden_size: int = HIDDEN,
+                 num_layers: int = 2) -> tuple[Any, type, Any]:
+    """LLaVA-1.5 layout; 4 query heads whatever ``hidden_size`` (64: heads of 16, as the other families; 128: heads
+    of 32, the least vLLM's CPU attention takes)."""
     from transformers import (
         CLIPImageProcessor,
         CLIPVisionConfig,
@@ -253,6 +256,10 @@ def _build_llava(tokenizer: Any, model_vocab: int, token_id: Callable[[str], int
     text = LlamaConfig(
         **_text_sizes(
             model_vocab,
+            hidden_size,
+            num_layers,
+            num_attention_heads=4,
+            num_key_value_heads=2,
             **rope_kwargs(LlamaConfig, 10000.0),
             bos_token_id=token_id("<s>"),
             eos_token_id=token_id("</s>"),
@@ -524,6 +531,7 @@ def _family_tokenizer(spec: Family, vocab_size: int, seed: int) -> Any:
 
 # Families whose builders take hidden_size / num_layers, and that tokenizer="qwen" (their real vocabulary) is for.
 QWEN_SIZED = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+SIZED = (*QWEN_SIZED, "llava")  # builders that take hidden_size / num_layers (llava: for vLLM's CPU attention)
 
 
 def build_tiny_model(
@@ -547,7 +555,7 @@ def build_tiny_model(
     151,643 BPE ranks and the family's added tokens at their published ids, model vocab 151,936
     (:mod:`~dyncot_plugin.testing.qwen_vocab`); on qwen2_vl and qwen2_5_vl ``<think>`` is then three tokens, and
     there is no ``<answer>`` token. ``hidden_size`` (a multiple of 16; default 64) and ``num_layers`` (default 2)
-    size the text decoder of the Qwen families.
+    size the text decoder of the Qwen families and LLaVA (:data:`SIZED`; LLaVA keeps 4 heads).
     """
     import torch
     from transformers import GenerationConfig
@@ -557,9 +565,10 @@ def build_tiny_model(
     if tokenizer not in ("tiny", "qwen"):
         raise ValueError(f"unknown tokenizer {tokenizer!r}; known: tiny, qwen")
     sizes = {k: v for k, v in (("hidden_size", hidden_size), ("num_layers", num_layers)) if v is not None}
-    if (sizes or tokenizer == "qwen") and family not in QWEN_SIZED:
-        what = "tokenizer='qwen'" if tokenizer == "qwen" else "hidden_size / num_layers"
-        raise ValueError(f"{what} is for the families {', '.join(QWEN_SIZED)}, not {family!r}")
+    if tokenizer == "qwen" and family not in QWEN_SIZED:
+        raise ValueError(f"tokenizer='qwen' is for the families {', '.join(QWEN_SIZED)}, not {family!r}")
+    if sizes and family not in SIZED:
+        raise ValueError(f"hidden_size / num_layers is for the families {', '.join(SIZED)}, not {family!r}")
     if hidden_size is not None and (hidden_size < 16 or hidden_size % 16):
         raise ValueError(f"hidden_size must be a positive multiple of 16 (heads of 16), got {hidden_size}")
     if num_layers is not None and num_layers < 1:
