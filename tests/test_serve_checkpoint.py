@@ -62,3 +62,16 @@ def test_other_checkpoints_are_used_in_place(tiny_model_dir, tmp_path, monkeypat
     assert not C.needs_renaming(tiny_model_dir)
     assert C.vllm_checkpoint(tiny_model_dir) == tiny_model_dir
     assert not (tmp_path / "cache").exists()
+
+
+def test_dyncot_serve_loads_the_copy_under_the_name_the_user_gave(tiny_model_dir, tmp_path, monkeypatch):
+    """dyncot-serve hands vLLM the renamed copy, and requests keep naming the model folder (--served-model-name)."""
+    from dyncot_plugin.serve.server import served_model
+    from dyncot_plugin.testing.tiny_families import build_tiny_model
+
+    monkeypatch.setenv("DYNCOT_VLLM_CACHE", str(tmp_path / "cache"))
+    model = str(build_tiny_model(tmp_path / "model", "llava", seed=0))
+    loaded, naming = served_model(model, [])
+    assert loaded == C.vllm_checkpoint(model) != model and naming == ["--served-model-name", model]
+    assert served_model(model, ["--served-model-name", "mine"]) == (loaded, [])  # the user's own name wins
+    assert served_model(tiny_model_dir, []) == (tiny_model_dir, [])  # Qwen2-VL: in place, vLLM's default name

@@ -40,6 +40,7 @@ import argparse
 import os
 import sys
 
+from dyncot_plugin.serve.checkpoint import vllm_checkpoint
 from dyncot_plugin.serve.fields import DEFAULT_MODE_ENV, TAG_LEN_ENV
 from dyncot_plugin.think import THINK_MODES, think_tag_ids
 
@@ -92,6 +93,16 @@ def server_argv(model: str, think: str, host: str, port: int, extra: list[str], 
     return argv + extra
 
 
+def served_model(model: str, extra: list[str]) -> tuple[str, list[str]]:
+    """The folder vLLM loads (the renamed copy of a transformers-5 LLaVA / Gemma 3 / InternVL checkpoint, see
+    :mod:`dyncot_plugin.serve.checkpoint`; else ``model`` itself) and the extra server arguments that keep requests'
+    ``model`` field the folder the user named (``--served-model-name``, unless given)."""
+    loaded = vllm_checkpoint(model, lambda note: print(f"[dyncot-plugin] {note}", file=sys.stderr, flush=True))
+    if loaded == model or any(a == "--served-model-name" or a.startswith("--served-model-name=") for a in extra):
+        return loaded, []
+    return loaded, ["--served-model-name", model]
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     extra: list[str] = []
@@ -123,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{ERROR} {args.model}: cannot load the tokenizer ({e})", file=sys.stderr)
         return 2
     env = {**os.environ, TAG_LEN_ENV: str(len(think_tag_ids(tokenizer))), DEFAULT_MODE_ENV: args.think}
-    command = server_argv(args.model, args.think, args.host, args.port, template_argv + extra,
+    model, naming = served_model(args.model, extra)
+    command = server_argv(model, args.think, args.host, args.port, template_argv + naming + extra,
                           current_platform.is_cpu())
     os.execve(sys.executable, command, env)
     return 0  # not reached
