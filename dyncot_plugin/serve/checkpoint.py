@@ -49,9 +49,12 @@ def _weight_files(model_dir: str) -> list[str]:
 
 
 def needs_renaming(model_dir: str) -> bool:
-    """Whether a weight file of ``model_dir`` names a tensor under a prefix of :data:`RENAMES`."""
-    return any(_renamed(name) != name for f in _weight_files(model_dir)
-               for name in _header(os.path.join(model_dir, f))[0] if name != "__metadata__")
+    """Whether ``model_dir`` holds transformers 5's mix: a tensor under ``model.language_model.model.``. A checkpoint
+    saved with the legacy names throughout (``language_model.model.*`` and ``language_model.lm_head.*``, as
+    transformers 4.57 and most checkpoints on the Hub write them) is one vLLM maps: used in place."""
+    marker = RENAMES[0][0]
+    return any(name.startswith(marker) for f in _weight_files(model_dir)
+               for name in _header(os.path.join(model_dir, f))[0])
 
 
 def _copy_renamed(src: str, dst: str) -> None:
