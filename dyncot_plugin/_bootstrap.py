@@ -2,9 +2,10 @@
 
 It must stay cheap: it imports nothing but ``os``, ``sys`` and ``importlib`` machinery (no torch, transformers or
 llamafactory), and only registers one meta-path finder per seam module. When ``llamafactory.train.tuner`` is
-imported for the first time (by ``llamafactory-cli train`` in the main process, or by ``llamafactory/launcher.py`` in
-each torchrun worker), or ``llamafactory.chat.chat_model`` (``llamafactory-cli chat``, ``api``, ``webchat``), the
-finder lets the module load normally and then calls :func:`dyncot_plugin.patches.apply_patches` for that seam.
+imported for the first time (by ``llamafactory-cli train`` in the main process, or by ``llamafactory/launcher.py``
+in each torchrun worker), ``llamafactory.chat.chat_model`` (``llamafactory-cli chat``, ``api``, ``webchat``) or
+``llamafactory.chat.hf_engine`` (their Hugging Face engine), the finder lets the module load normally and then calls
+:func:`dyncot_plugin.patches.apply_patches` for that seam.
 
 ``DYNCOT_DISABLE=1`` turns the hook off entirely.
 """
@@ -12,7 +13,8 @@ finder lets the module load normally and then calls :func:`dyncot_plugin.patches
 import os
 import sys
 
-SEAM_MODULES = ("llamafactory.train.tuner", "llamafactory.chat.chat_model")  # = dyncot_plugin.patches.SEAMS' keys
+SEAM_MODULES = ("llamafactory.train.tuner", "llamafactory.chat.chat_model", "llamafactory.chat.hf_engine")
+"""= the keys of :data:`dyncot_plugin.patches.SEAMS`."""
 
 
 def is_disabled() -> bool:

@@ -31,6 +31,7 @@ import functools
 import json
 import logging
 import os
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,13 +64,13 @@ def check_backend(args: dict[str, Any] | list[str]) -> None:
     before LLaMA-Factory's own parser, which would first ask for the backend's package."""
     if isinstance(args, dict):
         backend = args.get("infer_backend", "huggingface")
-    else:
+    else:  # as HfArgumentParser reads it: --infer_backend, --infer-backend, an unambiguous prefix, "=value" or not
         backend = "huggingface"
-        for i, item in enumerate(args):
-            if item == "--infer_backend" and i + 1 < len(args):
-                backend = args[i + 1]
-            elif str(item).startswith("--infer_backend="):
-                backend = str(item).split("=", 1)[1]
+        for i, item in enumerate(map(str, args)):
+            key, sep, value = item.partition("=")
+            key = key[2:].replace("-", "_") if key.startswith("--") else ""
+            if len(key) >= len("infer_b") and "infer_backend".startswith(key):
+                backend = value if sep else (args[i + 1] if i + 1 < len(args) else backend)
     if str(backend) != "huggingface":
         raise DynCotConfigError(
             f"dyncot-plugin cannot honour `infer_backend: {backend}` with dyncot_think: LLaMA-Factory's {backend} "
@@ -109,21 +110,29 @@ def chat_think(dyncot_args: DynCotArguments, given: frozenset[str], model_args: 
 
 def think_in_generate(model: Any, tokenizer: Any, think: ChatThink) -> None:
     """Make ``model.generate`` (this model object only) generate under ``think``: each call gets a fresh
-    :class:`ThinkControl` (concurrent requests never share batch state), and the family's position inputs.
-    Idempotent."""
+    :class:`ThinkControl` and the family's position inputs. Calls on one model run one at a time (a lock): the
+    control's prefill hook is added to and removed from the shared model per call, and torch's hook tables must not
+    change under another thread's forward (LLaMA-Factory's Hugging Face engine runs one request at a time by default,
+    ``MAX_CONCURRENT=1``, but a streamed reply whose client left keeps generating in its thread). Idempotent."""
     if getattr(model.generate, _WRAPPED, False):
         return
     base = ThinkControl.for_model(think.mode, tokenizer, think.threshold, model)
     original = model.generate
     family = family_of(model)
+    one_at_a_time = threading.Lock()
 
     @functools.wraps(original)
-    def generate(**kwargs: Any) -> Any:
+    def generate(*args: Any, **kwargs: Any) -> Any:
+        if args:  # generate(input_ids, ...): LLaMA-Factory passes everything by name
+            kwargs["inputs"], args = args[0], args[1:]
+        if args:
+            raise TypeError("dyncot chat: generate takes the prompt ids as its only positional argument")
         if "inputs" in kwargs:  # the engine's call: model.generate(inputs=prompt ids, attention_mask=..., ...)
             kwargs = generation_inputs(model, {"input_ids": kwargs.pop("inputs"), **kwargs}, family)
         processors = kwargs.pop("logits_processor", None)
         control = base.fresh()
-        out = generate_with_think(model, kwargs, control, original, logits_processor=processors)
+        with one_at_a_time:
+            out = generate_with_think(model, kwargs, control, original, logits_processor=processors)
         if logger.isEnabledFor(logging.DEBUG) and control.think_prob is not None:  # LLAMAFACTORY_VERBOSITY=DEBUG
             for prob, thinks in zip(control.think_prob.tolist(), control.thinks.tolist()):
                 logger.debug(f"[dyncot] think_prob {prob:.8g}, threshold {think.threshold}: "

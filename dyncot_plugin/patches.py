@@ -3,8 +3,9 @@
 :mod:`dyncot_plugin.train.workflow`, what a chat front end does in :mod:`dyncot_plugin.chat`.
 
 Applied when a seam module is first imported (see :mod:`dyncot_plugin._bootstrap`), per :data:`SEAMS`:
-``llamafactory.train.tuner`` (``llamafactory-cli train`` and ``export``, torchrun workers) and
-``llamafactory.chat.chat_model`` (``llamafactory-cli chat``, ``api``, ``webchat``):
+``llamafactory.train.tuner`` (``llamafactory-cli train`` and ``export``, torchrun workers),
+``llamafactory.chat.chat_model`` (``llamafactory-cli chat``, ``api``, ``webchat``) and
+``llamafactory.chat.hf_engine`` (their Hugging Face engine):
 
 ======================================================  ===========================================================
 LLaMA-Factory name                                      why
@@ -165,7 +166,9 @@ def patch_hf_engine() -> None:
 
 SEAMS: dict[str, tuple[Callable[[], None], ...]] = {
     "llamafactory.train.tuner": (patch_argument_reader, patch_sft_entry, patch_log_callback),
-    "llamafactory.chat.chat_model": (patch_argument_reader, patch_infer_args, patch_hf_engine),
+    "llamafactory.chat.chat_model": (patch_argument_reader, patch_infer_args),
+    # its own seam: LLaMA-Factory imports the engine only for infer_backend huggingface, and so does the plugin
+    "llamafactory.chat.hf_engine": (patch_hf_engine,),
 }
 """Seam module -> the patches its first import applies (the keys are what :mod:`dyncot_plugin._bootstrap` watches)."""
 

@@ -134,6 +134,10 @@ def replies(model_dir) -> dict:
         assert hasattr(chat_model.engine.model.generate, "__dyncot_think__") == (name != "vanilla")
         with _decision_log() as logged:
             runs[name] = (_replies(chat_model), _replies(chat_model, stream=True))
+            # a streamed reply's generate thread logs right after its last token reached the reader: wait for it
+            deadline = time.time() + 30
+            while name != "vanilla" and len(logged) < 2 * len(POSTS) and time.time() < deadline:
+                time.sleep(0.05)
         runs[f"{name}_logged"] = logged
     return runs
 
@@ -169,6 +173,20 @@ def test_the_threshold_defaults_to_the_models_saved_one(model_dir, replies, tmp_
     assert _replies(_engine(saved, dyncot_think="auto")) == replies["auto_mid"][0]
     # the recipe's own threshold wins over the saved one
     assert _replies(_engine(saved, dyncot_think_threshold=0.0)) == replies["always"][0]
+
+
+@pytest.mark.parametrize("args", [
+    {"infer_backend": "vllm"}, ["--infer_backend", "vllm"], ["--infer-backend", "vllm"], ["--infer_backend=sglang"],
+    ["--infer-back", "vllm"], ["--model_name_or_path", "m", "--infer_b=vllm"],
+])
+def test_every_spelling_of_another_backend_is_refused(args):
+    from dyncot_plugin.chat import check_backend
+    from dyncot_plugin.config import DynCotConfigError
+
+    with pytest.raises(DynCotConfigError, match="cannot honour `infer_backend: (vllm|sglang)`"):
+        check_backend(args)
+    check_backend(["--infer-backend", "huggingface", "--infer_dtype", "auto"])  # and the Hugging Face one passes
+    check_backend({"model_name_or_path": "m"})
 
 
 def test_a_backend_that_cannot_honour_the_decision_is_refused_by_name(model_dir, capsys):
@@ -240,6 +258,10 @@ def test_llamafactory_cli_api_with_never(model_dir, replies, tmp_path):
         log.close()
     assert texts[:2] == replies["never"][0][:2] and streamed == replies["never"][0][0]
     assert not any(THINK in t for t in texts)
+    # the image post as the API got it (base64) is the reply the engine gives the same image from its file
+    in_process = _engine(model_dir, dyncot_think="never").chat([{"role": "user", "content": POSTS[2]}],
+                                                               images=[str(tmp_path / "post.png")], **GEN)
+    assert texts[2] == in_process[0].response_text
 
 
 def test_webchat_builds_its_engine_from_the_recipe(model_dir, replies, tmp_path, monkeypatch):

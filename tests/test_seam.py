@@ -44,11 +44,12 @@ def test_disable_leaves_llamafactory_untouched():
 
 CHAT_PROBE = """
 import json, sys, llamafactory.chat.chat_model as chat_model
+engine_imported = "llamafactory.chat.hf_engine" in sys.modules  # LLaMA-Factory imports it for its HF backend only
 from llamafactory.chat.hf_engine import HuggingfaceEngine
 from llamafactory.hparams import parser
 from dyncot_plugin.patches import is_patched
 print(json.dumps({"read_args": is_patched(parser.read_args), "get_infer_args": is_patched(chat_model.get_infer_args),
-                  "engine": is_patched(HuggingfaceEngine.__init__),
+                  "engine": is_patched(HuggingfaceEngine.__init__), "engine_imported_first": engine_imported,
                   "tuner_imported": "llamafactory.train.tuner" in sys.modules}))
 """
 
@@ -58,7 +59,8 @@ def test_importing_the_chat_model_applies_the_chat_patches_only(disabled):
     """``llamafactory-cli chat``/``api``/``webchat`` import ``llamafactory.chat.chat_model``, never the tuner."""
     proc = _python(CHAT_PROBE, **({"DYNCOT_DISABLE": "1"} if disabled else {}))
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == {
-        "read_args": not disabled, "get_infer_args": not disabled, "engine": not disabled, "tuner_imported": False
+        "read_args": not disabled, "get_infer_args": not disabled, "engine": not disabled,
+        "engine_imported_first": False, "tuner_imported": False,
     }
     assert ("[dyncot-plugin] active in pid" in proc.stderr) == (not disabled)
 

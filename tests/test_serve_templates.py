@@ -306,7 +306,8 @@ def test_served_chat_template_gives_llamafactorys_prompt_ids(name, tiny_model_di
     from dyncot_plugin.testing.qwen_vocab import qwen_tokenizer
 
     for tokenizer in (qwen_tokenizer("qwen2_vl"), AutoTokenizer.from_pretrained(tiny_model_dir)):
-        for default_system in (None, "Be brief."):
+        # the last: characters outside the BMP, quotes, a backslash, a new line survive the Jinja literal
+        for default_system in (None, "Be brief.", 'Be brief \U0001F600 "ok" \\ é\nnow'):
             template = T.get_template(name, default_system)
             jinja = T.chat_template_jinja(template)
             lf = _lf(name, tokenizer, default_system)

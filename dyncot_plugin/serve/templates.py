@@ -181,8 +181,10 @@ def stop_token_ids(template: PromptTemplate, tokenizer: Any) -> list[int]:
 
 # ------------------------------------------------------------------------------------------------ chat template
 def _literal(text: str) -> str:
-    """A Jinja string literal of ``text`` (JSON escapes, ASCII: Jinja reads them as Python's unicode escapes)."""
-    return json.dumps(text)
+    """A Jinja string literal of ``text``: JSON's escapes for quotes, backslashes and control characters, other
+    characters as they are (Jinja reads a literal as Python's unicode escapes; an ASCII-escaped character outside the
+    BMP would come back as two lone surrogates)."""
+    return json.dumps(text, ensure_ascii=False)
 
 
 def servable(template: PromptTemplate) -> bool:

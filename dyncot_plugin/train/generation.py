@@ -70,8 +70,10 @@ class ThinkControl(LogitsProcessor):
     Use: ``with control.attach(model): model.generate(..., logits_processor=LogitsProcessorList([control]))``;
     afterwards ``control.think_prob`` (per row, float64) and ``control.thinks`` (per row, bool; always False under
     ``greedy``) describe the batch. One instance serves many ``generate`` calls, one ``attach`` each, one at a time;
-    concurrent calls (a chat server's threads) each take a :meth:`fresh` copy (the text ban is shared). The prefill
-    hook only listens to the thread that attached it, so concurrent generations on one model never cross.
+    other calls take a :meth:`fresh` copy (the text ban is shared). The prefill hook only listens to the thread that
+    attached it; ``attach`` adds and removes a hook on the model, which must not happen while another thread runs
+    a forward on it (torch's hook tables are not thread-safe): run generations on one model one at a time
+    (:func:`dyncot_plugin.chat.think_in_generate` holds a lock).
     """
 
     def __init__(self, mode: str, tokenizer: Any, threshold: float = DEFAULT_THRESHOLD,
