@@ -41,7 +41,12 @@ CLIENT = textwrap.dedent("""
 
 def _client(tmp_path: Path, sleep: float, steps: int = 1) -> subprocess.Popen:
     script = tmp_path / "client.py"
-    script.write_text(CLIENT.format(tests=str(TESTS), base=str(tmp_path / "base"), count=str(tmp_path / "count")))
+    if not script.exists():
+        # written once, atomically: rewriting it for every client let a client that had just started read a
+        # truncated file, run nothing and exit 0 with no output (seen once in CI)
+        partial = tmp_path / "client.py.tmp"
+        partial.write_text(CLIENT.format(tests=str(TESTS), base=str(tmp_path / "base"), count=str(tmp_path / "count")))
+        partial.replace(script)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTEST_XDIST_WORKER", "DYNCOT_TEST_CACHE")}
     return subprocess.Popen([sys.executable, str(script), str(sleep), str(steps)], stdout=subprocess.PIPE, text=True,
                             env=env)
