@@ -33,7 +33,7 @@ from typing import Any
 from dyncot_plugin.cot_format import THINK_OPEN
 from dyncot_plugin.serve import templates as T
 from dyncot_plugin.serve.adapters import AdapterError, adapter_settings, check_adapter, check_vocabulary
-from dyncot_plugin.serve.checkpoint import vllm_checkpoint
+from dyncot_plugin.serve.checkpoint import CheckpointError, vllm_checkpoint
 from dyncot_plugin.serve.recipe import PredictConfig, RecipeError, Row, check_recipe, load_rows, read_recipe
 from dyncot_plugin.think import THINK_MODES, THINK_SETTINGS_FILE, check_threshold, decide, prob_for_file, think_tag_ids
 
@@ -322,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
         if config.ignored:
             log(f"ignored keys (they do not change predictions): {', '.join(config.ignored)}")
         run(config, modes, args.chunk_size, args.kv_cache_gib)
-    except RecipeError as e:
+    except (RecipeError, CheckpointError) as e:
         print(f"[dyncot-plugin] error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -44,7 +44,7 @@ from typing import Any
 
 from dyncot_plugin.serve.adapters import AdapterError, adapter_settings, check_adapter, check_vocabulary, \
     lora_modules, max_lora_rank
-from dyncot_plugin.serve.checkpoint import vllm_checkpoint
+from dyncot_plugin.serve.checkpoint import CheckpointError, vllm_checkpoint
 from dyncot_plugin.serve.fields import ADAPTERS_ENV, DEFAULT_MODE_ENV, TAG_LEN_ENV
 from dyncot_plugin.think import THINK_MODES, think_tag_ids
 
@@ -161,7 +161,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(note, file=sys.stderr, flush=True)
     from transformers import AutoTokenizer
-    from vllm.platforms import current_platform
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(args.model)
@@ -177,7 +176,13 @@ def main(argv: list[str] | None = None) -> int:
     for line in [f"[dyncot-plugin] {args.model}: threshold {base.threshold} (from {base.source})", *lines]:
         print(line, file=sys.stderr, flush=True)
     env = {**os.environ, TAG_LEN_ENV: str(len(think_tag_ids(tokenizer))), DEFAULT_MODE_ENV: args.think, **lora_env}
-    model, naming = served_model(args.model, extra)
+    try:
+        model, naming = served_model(args.model, extra)
+    except CheckpointError as e:
+        print(f"{ERROR} {e}", file=sys.stderr)
+        return 2
+    from vllm.platforms import current_platform
+
     command = server_argv(model, args.think, args.host, args.port, template_argv + naming + lora_argv + extra,
                           current_platform.is_cpu())
     os.execve(sys.executable, command, env)
