@@ -12,8 +12,15 @@ import shutil
 import pytest
 import yaml
 
-from dyncot_plugin.serve.adapters import (AdapterError, adapter_xargs, check_adapter, check_vocabulary, lora_modules,
-                                          max_lora_rank, one_adapter)
+from dyncot_plugin.serve.adapters import (
+    AdapterError,
+    adapter_xargs,
+    check_adapter,
+    check_vocabulary,
+    lora_modules,
+    max_lora_rank,
+    one_adapter,
+)
 from dyncot_plugin.testing.adapters import write_lora_adapter
 
 
@@ -155,9 +162,8 @@ def test_dyncot_serve_checks_each_adapter_and_passes_its_threshold(adapters, tin
     argv, env, lines = lora_args(tiny_model_dir, extra, tokenizer)
     assert argv == ["--enable-lora", "--max-lora-rank", "16"]
     assert json.loads(env[ADAPTERS_ENV]) == {"dyn": 0.0, "wide": 0.5}
-    assert lines == [f"[dyncot-plugin] LoRA adapter dyn ({adapters['lm']}): threshold 0.0 (from "
-                     f"{adapters['lm']}/dyncot_think.json)",
-                     f"[dyncot-plugin] LoRA adapter wide ({adapters['ranked']}): threshold 0.5 (from the default)"]
+    dyn = f"[dyncot-plugin] LoRA adapter dyn ({adapters['lm']}): threshold 0.0 (from {adapters['lm']}/dyncot_think.json)"
+    assert lines == [dyn, f"[dyncot-plugin] LoRA adapter wide ({adapters['ranked']}): threshold 0.5 (from the default)"]
     assert lora_args(tiny_model_dir, ["--enable-lora", "--max-lora-rank=64", *extra], tokenizer)[0] == []
     assert lora_args(tiny_model_dir, [], tokenizer) == ([], {}, [])
     with pytest.raises(ServeError, match=r"modules_to_save \['embed_tokens'\]"):

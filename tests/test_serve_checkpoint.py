@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -127,7 +128,7 @@ def _use(model, cache, **extra) -> str:
     import sys
 
     proc = subprocess.run([sys.executable, "-c", USE, str(model)], env=_env(cache, **extra), capture_output=True,
-                          text=True, timeout=120)
+                          text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc.stdout.strip()
 
@@ -165,7 +166,7 @@ def test_a_file_added_to_the_model_appears_in_its_copy(llava, tmp_path):
     assert not os.path.exists(os.path.join(first, "dyncot_think.json"))
     (llava / "dyncot_think.json").write_text('{"think": "auto", "threshold": 0.25}')
     second = _use(llava, cache)
-    assert second != first and json.loads(open(os.path.join(second, "dyncot_think.json")).read())["threshold"] == 0.25
+    assert second != first and json.loads(Path(second, "dyncot_think.json").read_text())["threshold"] == 0.25
     # the weights did not change: the new copy links the renamed weights of the first, no second copy of them
     assert os.stat(os.path.join(second, "model.safetensors")).st_ino == os.stat(
         os.path.join(first, "model.safetensors")).st_ino
@@ -275,15 +276,15 @@ def test_a_full_disk_is_one_error_line_and_no_partial_copy(llava, tmp_path):
     mount = (f'mount -t tmpfs -o size={max(size // 2 // 1024, 64)}k tmpfs "{cache}" && {" ".join(serve)}; rc=$?; '
              f'ls -A "{cache}/checkpoints"; exit $rc')
     probe = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", f'mount -t tmpfs tmpfs "{cache}"'],
-                           capture_output=True) if shutil.which("unshare") else None
+                           capture_output=True, check=False) if shutil.which("unshare") else None
     if probe is not None and probe.returncode == 0:
         proc = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", mount], env=_env(cache),
-                              capture_output=True, text=True, timeout=300)
+                              capture_output=True, text=True, timeout=300, check=False)
         listing = proc.stdout.split()
         how = "tmpfs"
     else:
         proc = subprocess.run([sys.executable, "-c", FULL_DISK, *serve[3:]], env=_env(cache), capture_output=True,
-                              text=True, timeout=300)
+                              text=True, timeout=300, check=False)
         listing = os.listdir(cache / "checkpoints")
         how = "injected"
     assert proc.returncode == 2, (how, proc.stderr[-2000:])

@@ -14,6 +14,10 @@ How each post is generated (the think decision of :mod:`dyncot_plugin.think`):
    ``always`` or ``never`` generates (their rows when those modes run too, else it generates the chosen branch).
    Prefix caching keeps the prompt's KV from the probe, so the prompt is prefilled once.
 
+A LoRA adapter (``adapter_name_or_path``, :mod:`dyncot_plugin.serve.adapters`) runs on vLLM's LoRA for the probe and
+every generation alike; the threshold of ``auto`` is the recipe's, else the adapter's saved one, else the model's,
+else 0.5 (:func:`think_threshold`).
+
 Resume: posts go in chunks; a chunk's rows are appended to ``generated_predictions.jsonl.partial`` of every mode
 (then flushed) only once all modes have them, so a killed run restarts at the first unfinished chunk; sampling uses a
 per-post seed (``seed`` + row), so a resumed file equals an uninterrupted one. The final file replaces the partial

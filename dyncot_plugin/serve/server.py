@@ -42,8 +42,14 @@ import os
 import sys
 from typing import Any
 
-from dyncot_plugin.serve.adapters import AdapterError, adapter_settings, check_adapter, check_vocabulary, \
-    lora_modules, max_lora_rank
+from dyncot_plugin.serve.adapters import (
+    AdapterError,
+    adapter_settings,
+    check_adapter,
+    check_vocabulary,
+    lora_modules,
+    max_lora_rank,
+)
 from dyncot_plugin.serve.checkpoint import CheckpointError, vllm_checkpoint
 from dyncot_plugin.serve.fields import ADAPTERS_ENV, DEFAULT_MODE_ENV, TAG_LEN_ENV
 from dyncot_plugin.think import THINK_MODES, think_tag_ids
