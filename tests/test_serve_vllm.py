@@ -256,6 +256,33 @@ def lora_sides(qwen2vl_lora_adapter, vllm_python, tmp_path_factory):
     return lf, ours, proc, work
 
 
+def _hf_think_probs(lora: dict[str, str], rows_: list[dict], tag_id: int, n: int = 2) -> tuple[list, list]:
+    """P(tag | prompt) of the first ``n`` posts by transformers: the base model alone, then with the adapter (PEFT)."""
+    import re
+
+    import torch
+    from peft import PeftModel
+    from PIL import Image
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    data = json.loads(Path(lora["data"], "toy_eval.json").read_text(encoding="utf-8"))
+    processor = AutoProcessor.from_pretrained(lora["base"])
+    model = AutoModelForImageTextToText.from_pretrained(lora["base"], dtype=torch.float32).eval()
+
+    def probs(m):
+        out = []
+        for row, post in list(zip(rows_, data))[:n]:
+            text = re.sub(r"(<\|image_pad\|>)+", "<|image_pad|>", row["prompt"])  # the processor expands it again
+            inputs = processor(text=[text], images=[Image.open(post["images"][0]).convert("RGB")], return_tensors="pt")
+            assert inputs["input_ids"].shape[1] == len(processor.tokenizer(row["prompt"])["input_ids"])
+            with torch.no_grad():
+                out.append(torch.softmax(m(**inputs).logits[0, -1].float(), -1)[tag_id].item())
+        return out
+
+    base = probs(model)
+    return base, probs(PeftModel.from_pretrained(model, lora["adapter"]).eval())
+
+
 def test_lora_adapter_parity_with_llamafactory_at_the_adapters_threshold(lora_sides, qwen2vl_lora_adapter):
     lf, ours, proc, work = lora_sides
     adapter = qwen2vl_lora_adapter["adapter"]
@@ -277,6 +304,12 @@ def test_lora_adapter_parity_with_llamafactory_at_the_adapters_threshold(lora_si
     settings = json.loads((work / "pred_vllm" / "auto" / "dyncot_think.json").read_text())
     assert (settings["threshold"], settings["threshold_from"], settings["adapter"]) == (
         0.0, f"{adapter}/dyncot_think.json", adapter)
+    # vLLM ran the adapter (not only the base model): its think_prob is the adapter's by transformers + PEFT, and the
+    # base model's differs by more than the bound (a run that dropped the LoRARequest fails here)
+    (tag_id,) = settings["tag_ids"]
+    base, with_adapter = _hf_think_probs(qwen2vl_lora_adapter, ours["auto"], tag_id)
+    for b, a, row in zip(base, with_adapter, ours["auto"]):
+        assert abs(a - row["think_prob"]) <= 1e-3 < abs(b - row["think_prob"]), (b, a, row["think_prob"])
 
 
 def test_an_adapter_carrying_embed_tokens_is_refused_before_the_engine_starts(qwen2vl_lora_adapter, vllm_python,
