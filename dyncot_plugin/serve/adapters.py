@@ -12,7 +12,8 @@ else than the adapter LLaMA-Factory trained, or would stop later with a tracebac
 * **a resized vocabulary**: the adapter's tokenizer has other tokens than the model's;
 * **the vision tower or the projector** (LLaMA-Factory's ``freeze_vision_tower: false`` /
   ``freeze_multi_modal_projector: false`` with LoRA targets there): vLLM applies LoRA to the language model only
-  unless ``enable_tower_connector_lora``, which Qwen2-VL / Qwen2.5-VL do not support in vLLM 0.32;
+  unless ``enable_tower_connector_lora`` is set (vLLM 0.32 offers it for Qwen2-VL, Qwen2.5-VL, Qwen3-VL, LLaVA and
+  InternVL); dyncot-predict does not set it, as tower LoRA on vLLM is untested here against LLaMA-Factory;
 * PEFT features vLLM does not implement (DoRA, LoRA bias, PiSSA-style inits, ...), and non-LoRA PEFT methods;
 * several adapters at once (vLLM applies one adapter per request; LLaMA-Factory merges all of them for inference):
   merge the first ones with ``llamafactory-cli export``.
@@ -154,8 +155,9 @@ def check_adapter(path: str) -> Adapter:
         if parts & set(VISION_MODULES):
             raise AdapterError(
                 f"{path}: weight {name}: LoRA on the vision tower or the projector (freeze_vision_tower / "
-                "freeze_multi_modal_projector false) is not applied by vLLM 0.32 to these models; train with both "
-                "frozen (LLaMA-Factory's default), or merge the adapter first (llamafactory-cli export)")
+                "freeze_multi_modal_projector false) is not applied by vLLM 0.32 unless enable_tower_connector_lora, "
+                "which dyncot-predict does not use; train with both frozen (LLaMA-Factory's default), or merge the "
+                "adapter first (llamafactory-cli export)")
     try:
         ranks = [int(config["r"])] + [int(r) for r in (config.get("rank_pattern") or {}).values()]
     except (KeyError, TypeError, ValueError):
