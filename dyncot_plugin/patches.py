@@ -1,6 +1,7 @@
 """The plugin's seam into LLaMA-Factory 0.9.5: every name it replaces for good, each by one named, idempotent function
 (Liger-Kernel's ``monkey_patch.py`` style). Wiring only: what a plugin run does lives in
-:mod:`dyncot_plugin.train.workflow`, what a chat front end does in :mod:`dyncot_plugin.chat`.
+:mod:`dyncot_plugin.train.workflow`, what a chat front end does in :mod:`dyncot_plugin.chat`, what export adds in
+:mod:`dyncot_plugin.export`.
 
 Applied when a seam module is first imported (see :mod:`dyncot_plugin._bootstrap`), per :data:`SEAMS`:
 ``llamafactory.train.tuner`` (``llamafactory-cli train`` and ``export``, torchrun workers),
@@ -16,6 +17,9 @@ LLaMA-Factory name                                      why
                                                         exactly the keys it knows.
 ``llamafactory.train.tuner.run_sft``                    route ``stage: sft`` through the plugin when the recipe has
                                                         ``dyncot_*`` keys; otherwise call the original untouched.
+``llamafactory.train.tuner.export_model``               copy the model's ``dyncot_think.json`` (the last adapter's,
+                                                        else the model's) next to the exported model
+                                                        (``llamafactory-cli export`` and LlamaBoard's Export tab).
 ``llamafactory.train.callbacks.LogCallback.on_log``     copy the plugin's metrics (``cot_ratio``,
                                                         ``selection_loss``, ``eval_f1@1`` & co.) into
                                                         ``trainer_log.jsonl`` (it writes a fixed set of keys).
@@ -95,6 +99,23 @@ def patch_sft_entry() -> None:
     tuner.run_sft = _wrap(original, run_sft)
 
 
+def patch_export_model() -> None:
+    """Wrap ``llamafactory.train.tuner.export_model`` by :func:`dyncot_plugin.export.export_with_think_settings`."""
+    from llamafactory.train import tuner
+
+    if is_patched(tuner.export_model):
+        return
+    original = tuner.export_model
+
+    def export_model(args=None):
+        from dyncot_plugin import export
+
+        with workflow.reported_errors():
+            return export.export_with_think_settings(original, args)
+
+    tuner.export_model = _wrap(original, export_model)
+
+
 def patch_log_callback() -> None:
     """Wrap ``LogCallback.on_log`` so the plugin's metrics also reach ``trainer_log.jsonl``."""
     from llamafactory.train.callbacks import LogCallback
@@ -165,7 +186,7 @@ def patch_hf_engine() -> None:
 
 
 SEAMS: dict[str, tuple[Callable[[], None], ...]] = {
-    "llamafactory.train.tuner": (patch_argument_reader, patch_sft_entry, patch_log_callback),
+    "llamafactory.train.tuner": (patch_argument_reader, patch_sft_entry, patch_export_model, patch_log_callback),
     "llamafactory.chat.chat_model": (patch_argument_reader, patch_infer_args),
     # its own seam: LLaMA-Factory imports the engine only for infer_backend huggingface, and so does the plugin
     "llamafactory.chat.hf_engine": (patch_hf_engine,),
@@ -177,7 +198,7 @@ def _targets() -> list[tuple[Any, str]]:
     from llamafactory.hparams import parser
     from llamafactory.train import callbacks, tuner
 
-    targets = [(parser, "read_args"), (tuner, "run_sft"), (callbacks.LogCallback, "on_log")]
+    targets = [(parser, "read_args"), (tuner, "run_sft"), (tuner, "export_model"), (callbacks.LogCallback, "on_log")]
     chat_model, hf_engine = (sys.modules.get(f"llamafactory.chat.{m}") for m in ("chat_model", "hf_engine"))
     if chat_model is not None:
         targets.append((chat_model, "get_infer_args"))

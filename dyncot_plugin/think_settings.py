@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from dyncot_plugin.think import DEFAULT_THRESHOLD, THINK_SETTINGS_FILE, check_threshold
 

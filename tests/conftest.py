@@ -99,3 +99,30 @@ def warm_model(tiny_model_dir, tmp_path_factory) -> tuple[str, str]:
 
     root = build_once(tmp_path_factory, "warm", build)
     return str(root / "model"), str(root / "data")
+
+
+# LoRA adapters (issue 30) ----------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def qwen2vl_lora_adapter(tmp_path_factory) -> dict[str, str]:
+    """A LoRA adapter of a tiny Qwen2-VL (hidden 128, so vLLM's CPU attention can run it), trained by
+    ``llamafactory-cli train`` with ``finetuning_type: lora`` (``lora_target: all``, rank 8, vision tower frozen),
+    ``dyncot_strategy: dynamic`` and a target share of 0.5, saved with ``dyncot_think_threshold: 0.0`` (its
+    ``dyncot_think.json`` says 0.0: served with it, ``auto`` thinks on every post). Returns ``{"base", "adapter",
+    "data"}``: the base model, the adapter folder and the dataset folder (``toy``: 16 training posts, ``toy_eval``:
+    8 held-out posts with 72x60 images). Read-only: write outputs elsewhere."""
+    from dyncot_plugin.testing.lf_runner import run_llamafactory, tiny_sft_config
+    from dyncot_plugin.testing.plugin_data import write_plugin_dataset
+    from dyncot_plugin.testing.tiny_model import build_tiny_qwen2vl
+
+    def build(root):
+        base = build_tiny_qwen2vl(root / "base", seed=0, hidden_size=128)
+        write_plugin_dataset(root / "data", "toy", n=16)
+        write_plugin_dataset(root / "data", "toy_eval", n=8, image_size=(72, 60))
+        config = tiny_sft_config(base, root / "data", "toy", root / "adapter", finetuning_type="lora",
+                                 lora_target="all", lora_rank=8, freeze_vision_tower=True, dyncot_strategy="dynamic",
+                                 dyncot_target_cot_ratio=0.5, dyncot_think_threshold=0.0, max_steps=24,
+                                 num_train_epochs=3, learning_rate=1e-2)
+        run_llamafactory("train", config, root / "work")
+
+    root = build_once(tmp_path_factory, "qwen2vl_lora_adapter", build)
+    return {"base": str(root / "base"), "adapter": str(root / "adapter"), "data": str(root / "data")}

@@ -22,22 +22,38 @@ from llamafactory.hparams import parser
 from llamafactory.train.callbacks import LogCallback
 from dyncot_plugin.patches import is_patched
 print(json.dumps({"read_args": is_patched(parser.read_args), "run_sft": is_patched(tuner.run_sft),
-                  "on_log": is_patched(LogCallback.on_log), "run_sft_is_original": tuner.run_sft is sft.run_sft}))
+                  "on_log": is_patched(LogCallback.on_log), "run_sft_is_original": tuner.run_sft is sft.run_sft,
+                  "export_model": is_patched(tuner.export_model)}))
 """
 
 
 def test_importing_the_tuner_applies_every_patch():
     proc = _python(PROBE)
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == {
-        "read_args": True, "run_sft": True, "on_log": True, "run_sft_is_original": False
+        "read_args": True, "run_sft": True, "on_log": True, "run_sft_is_original": False, "export_model": True
     }
     assert "[dyncot-plugin] active in pid" in proc.stderr
+
+
+@pytest.mark.parametrize("disabled", [False, True])
+def test_llamaboard_export_tab_calls_the_patched_export(disabled):
+    """LlamaBoard's Export tab binds ``export_model`` at import (``from ...train.tuner import export_model``): it gets
+    the wrapped one, as ``llamafactory-cli export`` does (the patch runs right after the tuner module executes)."""
+    code = """
+import json
+from llamafactory.webui.components import export as tab
+import llamafactory.train.tuner as tuner
+from dyncot_plugin.patches import is_patched
+print(json.dumps({"same": tab.export_model is tuner.export_model, "patched": is_patched(tab.export_model)}))
+"""
+    proc = _python(code, **({"DYNCOT_DISABLE": "1"} if disabled else {}))
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"same": True, "patched": not disabled}
 
 
 def test_disable_leaves_llamafactory_untouched():
     proc = _python(PROBE, DYNCOT_DISABLE="1")
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == {
-        "read_args": False, "run_sft": False, "on_log": False, "run_sft_is_original": True
+        "read_args": False, "run_sft": False, "on_log": False, "run_sft_is_original": True, "export_model": False
     }
     assert "dyncot-plugin" not in proc.stderr
 

@@ -222,25 +222,142 @@ def test_bad_input_is_one_error_line(case, trained, vllm_python, tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+# ----------------------------------------------------------------------------------------------- a LoRA adapter
+N_LORA = 8
+
+
+@pytest.fixture(scope="module")
+def lora_sides(qwen2vl_lora_adapter, vllm_python, tmp_path_factory):
+    """The LoRA adapter (trained by llamafactory-cli, saved with threshold 0.0) predicted by LLaMA-Factory in
+    always, never and auto (its prediction run takes the recipe's threshold: 0.0 given), and by dyncot-predict in the
+    three modes from one engine load, its recipe giving no threshold: the adapter's dyncot_think.json decides."""
+    import yaml
+
+    lora = qwen2vl_lora_adapter
+    work = tmp_path_factory.mktemp("lora_predict")
+    recipe = tiny_sft_config(lora["base"], lora["data"], None, work / "pred_vllm", do_train=False, do_predict=True,
+                             predict_with_generate=True, eval_dataset="toy_eval", max_new_tokens=16, do_sample=False,
+                             per_device_eval_batch_size=8, finetuning_type="lora", adapter_name_or_path=lora["adapter"],
+                             dyncot_think="auto")
+    for key in ("logging_steps", "save_strategy", "per_device_train_batch_size", "gradient_accumulation_steps",
+                "learning_rate", "num_train_epochs", "max_steps", "lr_scheduler_type", "plot_loss"):
+        recipe.pop(key, None)
+    lf = {}
+    for mode in ("always", "never", "auto"):
+        cfg = {**recipe, "dyncot_think": mode, "dyncot_think_threshold": 0.0, "output_dir": str(work / f"lf_{mode}")}
+        run_llamafactory("train", cfg, workdir=work, config_name=f"lf_lora_{mode}.yaml")
+        lf[mode] = rows(work / f"lf_{mode}" / "generated_predictions.jsonl")
+    vrecipe = work / "vllm_lora.yaml"
+    vrecipe.write_text(yaml.safe_dump(recipe), encoding="utf-8")
+    proc = subprocess.run(predict_cmd(vllm_python, vrecipe, "--modes", "auto,always,never"), cwd=work,
+                          env=predict_env(), capture_output=True, text=True, timeout=900, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ours = {m: rows(work / "pred_vllm" / m / "generated_predictions.jsonl") for m in ("auto", "always", "never")}
+    return lf, ours, proc, work
+
+
+def _hf_think_probs(lora: dict[str, str], rows_: list[dict], tag_id: int, n: int = 2) -> tuple[list, list]:
+    """P(tag | prompt) of the first ``n`` posts by transformers: the base model alone, then with the adapter (PEFT)."""
+    import re
+
+    import torch
+    from peft import PeftModel
+    from PIL import Image
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    data = json.loads(Path(lora["data"], "toy_eval.json").read_text(encoding="utf-8"))
+    processor = AutoProcessor.from_pretrained(lora["base"])
+    model = AutoModelForImageTextToText.from_pretrained(lora["base"], dtype=torch.float32).eval()
+
+    def probs(m):
+        out = []
+        for row, post in list(zip(rows_, data))[:n]:
+            text = re.sub(r"(<\|image_pad\|>)+", "<|image_pad|>", row["prompt"])  # the processor expands it again
+            inputs = processor(text=[text], images=[Image.open(post["images"][0]).convert("RGB")], return_tensors="pt")
+            assert inputs["input_ids"].shape[1] == len(processor.tokenizer(row["prompt"])["input_ids"])
+            with torch.no_grad():
+                out.append(torch.softmax(m(**inputs).logits[0, -1].float(), -1)[tag_id].item())
+        return out
+
+    base = probs(model)
+    return base, probs(PeftModel.from_pretrained(model, lora["adapter"]).eval())
+
+
+def test_lora_adapter_parity_with_llamafactory_at_the_adapters_threshold(lora_sides, qwen2vl_lora_adapter):
+    lf, ours, proc, work = lora_sides
+    adapter = qwen2vl_lora_adapter["adapter"]
+    assert f"threshold 0.0 (from {adapter}/dyncot_think.json); LoRA adapter {adapter}" in proc.stderr
+    for mode in ("auto", "always", "never"):
+        assert len(ours[mode]) == len(lf[mode]) == N_LORA
+        same = 0
+        for a, b in zip(lf[mode], ours[mode]):
+            assert a["prompt"] == b["prompt"] and a["label"] == b["label"]
+            assert abs(a["think_prob"] - b["think_prob"]) <= 1e-3, (mode, a["think_prob"], b["think_prob"])
+            same += a["predict"] == b["predict"]
+        assert same >= 0.95 * N_LORA, (mode, same)
+    assert all(r["predict"].startswith("<think>") for r in ours["always"])
+    assert not any("<think>" in r["predict"] for r in ours["never"])
+    # the adapter's threshold 0.0: auto thinks on every post, exactly as always ...
+    assert [r["predict"] for r in ours["auto"]] == [r["predict"] for r in ours["always"]]
+    # ... where the model's default 0.5 would not have (so the test fails if the adapter's file were ignored)
+    assert any(r["think_prob"] < 0.5 for r in ours["auto"])
+    settings = json.loads((work / "pred_vllm" / "auto" / "dyncot_think.json").read_text())
+    assert (settings["threshold"], settings["threshold_from"], settings["adapter"]) == (
+        0.0, f"{adapter}/dyncot_think.json", adapter)
+    # vLLM ran the adapter (not only the base model): its think_prob is the adapter's by transformers + PEFT, and the
+    # base model's differs by more than the bound (a run that dropped the LoRARequest fails here)
+    (tag_id,) = settings["tag_ids"]
+    base, with_adapter = _hf_think_probs(qwen2vl_lora_adapter, ours["auto"], tag_id)
+    for b, a, row in zip(base, with_adapter, ours["auto"]):
+        assert abs(a - row["think_prob"]) <= 1e-3 < abs(b - row["think_prob"]), (b, a, row["think_prob"])
+
+
+def test_an_adapter_carrying_embed_tokens_is_refused_before_the_engine_starts(qwen2vl_lora_adapter, vllm_python,
+                                                                               tmp_path):
+    import yaml
+
+    lora = qwen2vl_lora_adapter
+    adapter = tmp_path / "adapter"
+    shutil.copytree(lora["adapter"], adapter)
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    (adapter / "adapter_config.json").write_text(json.dumps({**config, "modules_to_save": ["embed_tokens"]}))
+    recipe = {"model_name_or_path": lora["base"], "adapter_name_or_path": str(adapter), "template": "qwen2_vl",
+              "dataset_dir": lora["data"], "eval_dataset": "toy_eval", "output_dir": str(tmp_path / "out"),
+              "stage": "sft", "do_predict": True, "predict_with_generate": True, "finetuning_type": "lora"}
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    proc = subprocess.run(predict_cmd(vllm_python, path), cwd=tmp_path, env=predict_env(), capture_output=True,
+                          text=True, timeout=300, check=False)
+    assert proc.returncode == 2
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("[dyncot-plugin] error:")]
+    assert len(errors) == 1 and "modules_to_save ['embed_tokens']" in errors[0], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and "engine ready" not in proc.stderr and not (tmp_path / "out").exists()
+
+
 # ----------------------------------------------------------------------------------------------------- the server
 @pytest.fixture(scope="module")
 def server(vllm_python, tmp_path_factory):
     """dyncot-serve --template qwen2_vl on loopback (a real vLLM OpenAI-compatible server) of a tiny Qwen2-VL with
     Qwen's real vocabulary, where ``<think>`` is three tokens: the multi-token look-ahead and the text-level ban are
-    exercised. Yields (openai client, model path, base URL, server log)."""
+    exercised. It also serves a LoRA adapter of that model (PEFT's own files, random B, saved with threshold 0.0) as
+    ``dyn`` (``-- --lora-modules dyn=PATH``). Yields (openai client, model path, base URL, server log)."""
     import socket
 
+    from dyncot_plugin.testing.adapters import write_lora_adapter
     from dyncot_plugin.testing.tiny_families import build_tiny_model
 
     model = build_tiny_model(tmp_path_factory.mktemp("served") / "model", "qwen2_vl", seed=0, tokenizer="qwen",
                              hidden_size=128)
+    adapter = write_lora_adapter(model, tmp_path_factory.mktemp("served_adapter") / "dyn", think_threshold=0.0,
+                                 target_modules=["q_proj", "v_proj", "gate_proj", "down_proj"])
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     log = tmp_path_factory.mktemp("server") / "server.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(["nice", "-n", "10", vllm_python, "-m", "dyncot_plugin.serve.server", str(model),
-                                 "--port", str(port), "--template", "qwen2_vl"], env=predict_env(), stdout=out, stderr=subprocess.STDOUT,
+                                 "--port", str(port), "--template", "qwen2_vl", "--", "--lora-modules", f"{LORA_NAME}={adapter}"],
+                                env=predict_env(), stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
     import urllib.request
 
@@ -266,6 +383,7 @@ def server(vllm_python, tmp_path_factory):
         os.killpg(proc.pid, signal.SIGKILL)
 
 
+LORA_NAME = "dyn"
 POSTS = ["Post: Sunset at the beach with friends #summer\nGive keyphrases.",
          "Post: Morning coffee and a good book\nGive keyphrases.",
          "Post: What a comeback in the game last night #nba\nGive keyphrases."]
@@ -377,3 +495,32 @@ def test_server_template_prompts_are_llamafactorys(server):
         {"type": "text", "text": "<image>" + post}, image_part]}], max_tokens=2, temperature=0.0,
         extra_body={"chat_template_kwargs": {"enable_thinking": False}})
     assert reply.usage.prompt_tokens == len(with_image)
+
+
+def _probe(client, model, post) -> float:
+    """P(whole <think> tag | prompt) as the middleware's look-ahead measures it: the tag forced, raw logprobs."""
+    import math
+
+    reply = client.chat.completions.create(model=model, messages=[{"role": "user", "content": post}], max_tokens=3,
+                                           temperature=0.0, logprobs=True,
+                                           extra_body={"vllm_xargs": {"dyncot_think": "always"}})
+    return math.exp(sum(t.logprob for t in reply.choices[0].logprobs.content))
+
+
+def test_server_a_request_naming_the_adapter_uses_its_threshold_and_its_look_ahead(server):
+    """``model: dyn`` (--lora-modules): the adapter's dyncot_think.json (threshold 0.0) makes auto think on every
+    post, where the base model at its default 0.5 does not; and the look-ahead runs on the adapter: at a threshold
+    between the base's and the adapter's think_prob, the decision follows the adapter's."""
+    import math
+
+    client, model, _, log = server
+    text = log.read_text(errors="replace")
+    assert f"LoRA adapter {LORA_NAME} (" in text and "): threshold 0.0 (from " in text
+    for post in POSTS:
+        base, dyn = _probe(client, model, post), _probe(client, LORA_NAME, post)
+        assert dyn < 0.5 and abs(math.log(dyn / base)) > 0.1, (base, dyn)  # the adapter is applied, and 0.5 would not think
+        assert getattr(_chat(client, LORA_NAME, post), "reasoning_content", None) is not None  # the adapter's 0.0
+        assert getattr(_chat(client, model, post), "reasoning_content", None) is None  # the base: 0.5
+        between = math.sqrt(base * dyn)
+        reply = _chat(client, LORA_NAME, post, vllm_xargs={"dyncot_think_threshold": between})
+        assert (getattr(reply, "reasoning_content", None) is not None) == (dyn >= between), (base, dyn)

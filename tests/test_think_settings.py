@@ -8,8 +8,13 @@ from types import SimpleNamespace
 
 import pytest
 
-from dyncot_plugin.think_settings import (DEFAULT_SOURCE, ThinkSettingsError, adapter_list, read_think_settings,
-                                          resolve_think_settings)
+from dyncot_plugin.think_settings import (
+    DEFAULT_SOURCE,
+    ThinkSettingsError,
+    adapter_list,
+    read_think_settings,
+    resolve_think_settings,
+)
 
 
 def _save(folder, threshold, **extra):

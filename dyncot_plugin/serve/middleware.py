@@ -10,6 +10,9 @@ per-request think control of ``/v1/chat/completions``.
   the model's own), sums them, and passes the probability as ``dyncot_think_prob``. Cost per request: ``len(tag)``
   decode steps; prefix caching serves the real request's prompt from the probe's KV (only the last partial block
   is prefilled again). A one-token tag (Qwen3) needs no probe: the processor reads the first step's logits.
+* **LoRA adapters.** A request naming an adapter (``model: dyn`` of ``--lora-modules dyn=PATH``) runs the look-ahead
+  on that adapter (the probe is the same request) and, without its own ``dyncot_think_threshold``, gets the
+  adapter's saved threshold (:func:`~dyncot_plugin.serve.adapters.adapter_xargs`).
 * **reasoning_content.** vLLM 0.32 names the parsed rationale ``reasoning``; replies also get it as
   ``reasoning_content`` (the name most OpenAI-compatible reasoning servers use): a non-streamed reply in its
   ``message``, a streamed one in every delta that has ``reasoning`` (:class:`ReasoningContentStream`: the SSE
@@ -28,7 +31,8 @@ import math
 import os
 from typing import Any
 
-from dyncot_plugin.serve.fields import DEFAULT_MODE_ENV, MODE_KEY, PROB_KEY, TAG_LEN_ENV
+from dyncot_plugin.serve.adapters import adapter_xargs
+from dyncot_plugin.serve.fields import DEFAULT_MODE_ENV, MODE_KEY, PROB_KEY, TAG_LEN_ENV, THRESHOLD_KEY
 
 CHAT_PATH = "/v1/chat/completions"
 
@@ -91,6 +95,8 @@ class DyncotThinkMiddleware:
         mode = think_mode(request)
         xargs = dict(request.get("vllm_xargs") or {})
         xargs[MODE_KEY] = mode
+        if THRESHOLD_KEY not in xargs:  # a request naming a served LoRA adapter: that adapter's saved threshold
+            xargs.update(adapter_xargs(request.get("model")))
         if mode == "auto" and self.tag_len > 1 and PROB_KEY not in xargs:
             prob = await self._probe(scope, request, receive)
             if prob is not None:

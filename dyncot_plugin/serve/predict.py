@@ -14,6 +14,10 @@ How each post is generated (the think decision of :mod:`dyncot_plugin.think`):
    ``always`` or ``never`` generates (their rows when those modes run too, else it generates the chosen branch).
    Prefix caching keeps the prompt's KV from the probe, so the prompt is prefilled once.
 
+A LoRA adapter (``adapter_name_or_path``, :mod:`dyncot_plugin.serve.adapters`) runs on vLLM's LoRA for the probe and
+every generation alike; the threshold of ``auto`` is the recipe's, else the adapter's saved one, else the model's,
+else 0.5 (:func:`think_threshold`).
+
 Resume: posts go in chunks; a chunk's rows are appended to ``generated_predictions.jsonl.partial`` of every mode
 (then flushed) only once all modes have them, so a killed run restarts at the first unfinished chunk; sampling uses a
 per-post seed (``seed`` + row), so a resumed file equals an uninterrupted one. The final file replaces the partial
@@ -32,7 +36,8 @@ from typing import Any
 
 from dyncot_plugin.cot_format import THINK_OPEN
 from dyncot_plugin.serve import templates as T
-from dyncot_plugin.serve.checkpoint import vllm_checkpoint
+from dyncot_plugin.serve.adapters import AdapterError, adapter_settings, check_adapter, check_vocabulary
+from dyncot_plugin.serve.checkpoint import CheckpointError, vllm_checkpoint
 from dyncot_plugin.serve.recipe import PredictConfig, RecipeError, Row, check_recipe, load_rows, read_recipe
 from dyncot_plugin.think import THINK_MODES, THINK_SETTINGS_FILE, check_threshold, decide, prob_for_file, think_tag_ids
 
@@ -147,6 +152,18 @@ def engine_memory(kv_cache_gib: float | None) -> dict[str, Any]:
     return out
 
 
+def think_threshold(config: PredictConfig, model: str, adapter: str | None) -> tuple[float, str]:
+    """(threshold of ``auto``, where it came from): the recipe's ``dyncot_think_threshold`` where it sets one, else
+    the adapter's saved one, else the model's, else the default (:mod:`dyncot_plugin.think_settings`)."""
+    if "dyncot_think_threshold" in config.given:
+        return check_threshold(config.dyncot_think_threshold), "the recipe"
+    try:
+        settings = adapter_settings(model, adapter)
+    except AdapterError as e:
+        raise RecipeError(str(e)) from None
+    return settings.threshold, settings.source
+
+
 def run(config: PredictConfig, modes: list[str], chunk_size: int, kv_cache_gib: float | None = None) -> dict[str, str]:
     from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer
     from vllm import LLM
@@ -154,12 +171,23 @@ def run(config: PredictConfig, modes: list[str], chunk_size: int, kv_cache_gib: 
 
     from dyncot_plugin.serve.logits import DyncotThinkLogitsProcessor
 
-    threshold = check_threshold(config.dyncot_think_threshold)
     model = str(config.model_name_or_path)
+    adapter = config.adapter_name_or_path  # one LoRA adapter (checked by check_recipe), or None
+    threshold, source = think_threshold(config, model, adapter)
+    log(f"threshold {threshold} (from {source})" + (f"; LoRA adapter {adapter}" if adapter else ""))
     rows = load_rows(config)
     if not rows:
         raise RecipeError(f"eval_dataset {config.eval_dataset!r}: no rows")
     tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=bool(config.trust_remote_code))
+    lora = None
+    if adapter:  # the same adapter for the look-ahead and every generation
+        from vllm.lora.request import LoRARequest
+
+        try:
+            check_vocabulary(adapter, tokenizer)
+        except AdapterError as e:
+            raise RecipeError(str(e)) from None
+        lora = LoRARequest("dyncot-adapter", 1, os.path.abspath(adapter))
     processor = None
     if any(r.images for r in rows):  # the Qwen-VL counts need the image processor only; the others the processor's
         qwen = T.get_template(str(config.template)).mm_plugin in T.QWEN_PLUGINS
@@ -194,6 +222,8 @@ def run(config: PredictConfig, modes: list[str], chunk_size: int, kv_cache_gib: 
     )
     if max_images:
         engine_kwargs["limit_mm_per_prompt"] = {"image": max_images}
+    if adapter:  # vLLM's own LoRA: its rank from adapter_config.json
+        engine_kwargs.update(enable_lora=True, max_loras=1, max_lora_rank=check_adapter(adapter).max_lora_rank)
     engine_kwargs.update(engine_memory(kv_cache_gib))
     started = time.time()
     llm = LLM(**engine_kwargs)
@@ -211,7 +241,7 @@ def run(config: PredictConfig, modes: list[str], chunk_size: int, kv_cache_gib: 
             inputs.append(p)
         probe = _sampling(config, stop_ids, len(tag), "always", 0)
         probe.temperature, probe.logprobs = 0.0, 0
-        outs = llm.generate(inputs, [probe] * len(inputs), use_tqdm=False)
+        outs = llm.generate(inputs, [probe] * len(inputs), use_tqdm=False, lora_request=lora)
         probs = []
         for b, out in zip(built, outs):
             if list(out.prompt_token_ids) != b["prompt_ids"]:
@@ -236,7 +266,7 @@ def run(config: PredictConfig, modes: list[str], chunk_size: int, kv_cache_gib: 
                 continue
             params = [_sampling(config, stop_ids, max_new or max(int(config.max_length) - len(built[i]["prompt_ids"]), 1),
                                 mode, int(config.seed) + chunk[i].index) for i in idx]
-            outs = llm.generate([inputs[i] for i in idx], params, use_tqdm=False)
+            outs = llm.generate([inputs[i] for i in idx], params, use_tqdm=False, lora_request=lora)
             generated[mode] = {i: list(o.outputs[0].token_ids) for i, o in zip(idx, outs)}
         if "auto" in modes:
             generated["auto"] = {i: generated["always" if auto_thinks[i] else "never"][i] for i in range(len(chunk))}
@@ -264,7 +294,10 @@ def run(config: PredictConfig, modes: list[str], chunk_size: int, kv_cache_gib: 
     for mode, folder in dirs.items():
         final = os.path.join(folder, "generated_predictions.jsonl")
         os.replace(partials[mode], final)
-        settings = {"think": mode, "threshold": threshold, "tag": THINK_OPEN, "tag_ids": tag, "engine": "vllm"}
+        settings = {"think": mode, "threshold": threshold, "tag": THINK_OPEN, "tag_ids": tag, "engine": "vllm",
+                    "threshold_from": source}
+        if adapter:
+            settings["adapter"] = adapter
         with open(os.path.join(folder, THINK_SETTINGS_FILE), "w", encoding="utf-8") as f:
             f.write(json.dumps(settings, indent=2) + "\n")
         finals[mode] = final
@@ -293,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
         if config.ignored:
             log(f"ignored keys (they do not change predictions): {', '.join(config.ignored)}")
         run(config, modes, args.chunk_size, args.kv_cache_gib)
-    except RecipeError as e:
+    except (RecipeError, CheckpointError) as e:
         print(f"[dyncot-plugin] error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from dyncot_plugin.serve.adapters import AdapterError, check_adapter, one_adapter
 from dyncot_plugin.serve.templates import get_template
 
 HONOURED = {
@@ -21,7 +22,7 @@ HONOURED = {
     "image_min_pixels": 32 * 32, "output_dir": None, "overwrite_output_dir": False, "trust_remote_code": False,
     "do_sample": True, "temperature": 0.95, "top_p": 0.7, "top_k": 50, "max_new_tokens": 1024, "max_length": 1024,
     "repetition_penalty": 1.0, "skip_special_tokens": True, "seed": 42, "bf16": False, "fp16": False,
-    "pure_bf16": False, "dyncot_think": "auto", "dyncot_think_threshold": 0.5,
+    "pure_bf16": False, "dyncot_think": "auto", "dyncot_think_threshold": 0.5, "adapter_name_or_path": None,
     "image_do_pan_and_scan": False, "crop_to_patches": False,  # only their default (checked: NOT_REPRODUCED)
 }
 """Keys that change what is written, with LLaMA-Factory's defaults (``do_sample`` is true unless the recipe says
@@ -31,7 +32,8 @@ REQUIRED = {"stage": "sft", "do_predict": True, "predict_with_generate": True}
 """Keys whose value must be this one (a recipe that trains is not a prediction recipe)."""
 
 IGNORED = {
-    "do_train": "must be false (checked)", "do_eval": "no evaluation loss here", "finetuning_type": "a merged model",
+    "do_train": "must be false (checked)", "do_eval": "no evaluation loss here",
+    "finetuning_type": "lora with adapter_name_or_path (checked), else the model as it is",
     "per_device_eval_batch_size": "vLLM batches by itself", "preprocessing_num_workers": "", "overwrite_cache": "",
     "report_to": "", "logging_steps": "", "length_penalty": "beam search only", "num_beams": "1 only (checked)",
     "dataloader_num_workers": "", "ddp_timeout": "", "flash_attn": "", "use_fast_tokenizer": "",
@@ -44,7 +46,6 @@ TRAINING_ONLY_PREFIX = "dyncot_"
 """Other ``dyncot_*`` keys are training-only and ignored (the plugin's own parser validates them when training)."""
 
 REFUSED = {
-    "adapter_name_or_path": "merge the adapter first (llamafactory-cli export) or predict with llamafactory-cli",
     "quantization_bit": "quantized loading is not reproduced", "enable_thinking": "reasoning templates are refused",
     "packing": "", "streaming": "", "mix_strategy": "", "tool_format": "", "eval_on_each_dataset": "",
 }
@@ -89,6 +90,8 @@ def read_recipe(path: str, overrides: list[str]) -> dict[str, Any]:
 class PredictConfig:
     values: dict[str, Any]
     ignored: list[str] = field(default_factory=list)
+    given: frozenset[str] = frozenset()
+    """The keys the recipe sets (a threshold it does not set comes from the adapter's or model's saved one)."""
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -141,7 +144,16 @@ def check_recipe(recipe: dict[str, Any], source: str = "recipe") -> PredictConfi
         values["media_dir"] = values["dataset_dir"]
     if values["image_max_pixels"] < values["image_min_pixels"]:
         raise RecipeError(f"{source}: `image_max_pixels` cannot be smaller than `image_min_pixels`")
-    return PredictConfig(values, ignored)
+    if values["adapter_name_or_path"]:
+        finetuning_type = recipe.get("finetuning_type", "lora")  # LLaMA-Factory's default
+        if finetuning_type != "lora":  # as LLaMA-Factory's own check: "Adapter is only valid for the LoRA method."
+            raise RecipeError(f"{source}: `adapter_name_or_path` needs `finetuning_type: lora` (got {finetuning_type})")
+        try:  # refused by name before anything loads (serve/adapters.py says what and why)
+            values["adapter_name_or_path"] = one_adapter(values["adapter_name_or_path"])
+            check_adapter(values["adapter_name_or_path"])
+        except AdapterError as e:
+            raise RecipeError(f"{source}: {e}") from None
+    return PredictConfig(values, ignored, frozenset(recipe))
 
 
 # ------------------------------------------------------------------------------------------------------ datasets

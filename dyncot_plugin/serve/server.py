@@ -37,11 +37,21 @@ not; ``tests/test_serve_templates.py`` pins both cases).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
+from typing import Any
 
-from dyncot_plugin.serve.checkpoint import vllm_checkpoint
-from dyncot_plugin.serve.fields import DEFAULT_MODE_ENV, TAG_LEN_ENV
+from dyncot_plugin.serve.adapters import (
+    AdapterError,
+    adapter_settings,
+    check_adapter,
+    check_vocabulary,
+    lora_modules,
+    max_lora_rank,
+)
+from dyncot_plugin.serve.checkpoint import CheckpointError, vllm_checkpoint
+from dyncot_plugin.serve.fields import ADAPTERS_ENV, DEFAULT_MODE_ENV, TAG_LEN_ENV
 from dyncot_plugin.think import THINK_MODES, think_tag_ids
 
 ERROR = "[dyncot-plugin] error:"
@@ -103,6 +113,37 @@ def served_model(model: str, extra: list[str]) -> tuple[str, list[str]]:
     return loaded, ["--served-model-name", model]
 
 
+def _given(extra: list[str], flag: str) -> bool:
+    return any(a == flag or a.startswith(flag + "=") for a in extra)
+
+
+def lora_args(model: str, extra: list[str], tokenizer: Any) -> tuple[list[str], dict[str, str], list[str]]:
+    """(vLLM arguments, environment, lines printed at start) for the LoRA adapters of ``--lora-modules``: each is
+    checked as ``dyncot-predict`` checks one (:mod:`dyncot_plugin.serve.adapters`: refused by name before vLLM starts),
+    its threshold is its own ``dyncot_think.json``'s, else the model's, else the default, passed to the middleware
+    (:data:`~dyncot_plugin.serve.fields.ADAPTERS_ENV`), which gives it to every chat request naming that adapter;
+    ``--enable-lora`` and ``--max-lora-rank`` (the largest rank of the adapters) are added unless given."""
+    thresholds: dict[str, float] = {}
+    ranks, lines = [], []
+    try:
+        modules = lora_modules(extra)
+        for name, path in modules:
+            ranks.append(check_adapter(path).rank)
+            check_vocabulary(path, tokenizer)
+            settings = adapter_settings(model, path)
+            thresholds[name] = settings.threshold
+            lines.append(f"[dyncot-plugin] LoRA adapter {name} ({path}): threshold {settings.threshold} "
+                         f"(from {settings.source})")
+        if not modules:
+            return [], {}, []
+        argv = [] if _given(extra, "--enable-lora") else ["--enable-lora"]
+        if not _given(extra, "--max-lora-rank"):
+            argv += ["--max-lora-rank", str(max_lora_rank(ranks))]
+    except AdapterError as e:
+        raise ServeError(str(e)) from None
+    return argv, {ADAPTERS_ENV: json.dumps(thresholds)}, lines
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     extra: list[str] = []
@@ -126,16 +167,29 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(note, file=sys.stderr, flush=True)
     from transformers import AutoTokenizer
-    from vllm.platforms import current_platform
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(args.model)
     except OSError as e:
         print(f"{ERROR} {args.model}: cannot load the tokenizer ({e})", file=sys.stderr)
         return 2
-    env = {**os.environ, TAG_LEN_ENV: str(len(think_tag_ids(tokenizer))), DEFAULT_MODE_ENV: args.think}
-    model, naming = served_model(args.model, extra)
-    command = server_argv(model, args.think, args.host, args.port, template_argv + naming + extra,
+    try:
+        base = adapter_settings(args.model, None)
+        lora_argv, lora_env, lines = lora_args(args.model, extra, tokenizer)
+    except (AdapterError, ServeError) as e:
+        print(f"{ERROR} {e}", file=sys.stderr)
+        return 2
+    for line in [f"[dyncot-plugin] {args.model}: threshold {base.threshold} (from {base.source})", *lines]:
+        print(line, file=sys.stderr, flush=True)
+    env = {**os.environ, TAG_LEN_ENV: str(len(think_tag_ids(tokenizer))), DEFAULT_MODE_ENV: args.think, **lora_env}
+    try:
+        model, naming = served_model(args.model, extra)
+    except CheckpointError as e:
+        print(f"{ERROR} {e}", file=sys.stderr)
+        return 2
+    from vllm.platforms import current_platform
+
+    command = server_argv(model, args.think, args.host, args.port, template_argv + naming + lora_argv + extra,
                           current_platform.is_cpu())
     os.execve(sys.executable, command, env)
     return 0  # not reached
