@@ -4,12 +4,12 @@ before vLLM parses the request (and is unit-tested without vLLM installed)."""
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from typing import Any
 
-from dyncot_plugin.think import THINK_MODES, THINK_SETTINGS_FILE, check_threshold, think_tag_ids
+from dyncot_plugin.think import THINK_MODES, check_threshold, think_tag_ids
+from dyncot_plugin.think_settings import resolve_think_settings
 
 MODE_KEY, THRESHOLD_KEY, PROB_KEY = "dyncot_think", "dyncot_think_threshold", "dyncot_think_prob"
 DEFAULT_MODE_ENV = "DYNCOT_THINK_DEFAULT"  # the server's default mode (dyncot-serve --think), else auto
@@ -29,17 +29,14 @@ class FieldError(ValueError):
 
 
 def model_think_settings(model_dir: str) -> dict[str, Any]:
-    """The model's ``dyncot_think.json`` (written by training and prediction runs), or {}."""
-    path = os.path.join(model_dir, THINK_SETTINGS_FILE)
-    if os.path.isfile(path):
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    return {}
+    """The model's ``dyncot_think.json`` (written by training and prediction runs), or {}
+    (:func:`dyncot_plugin.think_settings.resolve_think_settings`)."""
+    return dict(resolve_think_settings(model_dir).values)
 
 
 def served_tag(model_dir: str, tokenizer: Any) -> list[int]:
     """The think tag's ids the processor forces: ``dyncot_think.json``'s ``tag_ids``, else the tokenizer's."""
-    return list(model_think_settings(model_dir).get("tag_ids") or think_tag_ids(tokenizer))
+    return resolve_think_settings(model_dir).tag_ids or think_tag_ids(tokenizer)
 
 
 def _shown(value: Any) -> str:

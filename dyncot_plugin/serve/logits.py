@@ -48,8 +48,9 @@ from vllm.logger import init_logger
 from vllm.v1.sample.logits_processor import AdapterLogitsProcessor
 
 from dyncot_plugin.serve.fields import MODE_KEY, PROB_KEY, THRESHOLD_KEY, FieldError, check_measurable, \
-    model_think_settings, request_settings, served_tag, tag_len_from_env
-from dyncot_plugin.think import DEFAULT_THRESHOLD, TagTextBan, decide
+    model_think_settings, request_settings, tag_len_from_env
+from dyncot_plugin.think import TagTextBan, decide, think_tag_ids
+from dyncot_plugin.think_settings import resolve_think_settings
 
 logger = init_logger(__name__)
 
@@ -110,9 +111,9 @@ class DyncotThinkLogitsProcessor(AdapterLogitsProcessor):
             raise ValueError(f"dyncot_think needs --logprobs-mode raw_logprobs (got {mode}): think_prob is measured "
                              "from the returned logprobs, which must be the model's, before any processor")
         tokenizer = AutoTokenizer.from_pretrained(model_config.tokenizer, trust_remote_code=model_config.trust_remote_code)
-        settings = model_think_settings(model_config.model)
-        self.tag = served_tag(model_config.model, tokenizer)
-        self.default_threshold = float(settings.get("threshold", DEFAULT_THRESHOLD))
+        settings = resolve_think_settings(model_config.model)
+        self.tag = settings.tag_ids or think_tag_ids(tokenizer)
+        self.default_threshold = settings.threshold
         self.ban = TagTextBan.for_tokenizer(tokenizer, model_config.get_vocab_size())
         self._banned: dict[str, torch.Tensor] = {}
         announced = tag_len_from_env()
@@ -125,7 +126,7 @@ class DyncotThinkLogitsProcessor(AdapterLogitsProcessor):
         """Runs where vLLM validates a request (the API server answers HTTP 400 naming the field): everything that
         could otherwise fail inside an engine step."""
         try:
-            mode, _, prob = request_settings(sampling_params.extra_args, DEFAULT_THRESHOLD)
+            mode, _, prob = request_settings(sampling_params.extra_args, 0.5)
             if mode != "greedy":
                 check_measurable(mode, prob, tag_len_from_env())
         except FieldError as e:

@@ -48,6 +48,7 @@ import sys
 from dyncot_plugin.serve.checkpoint import vllm_checkpoint
 from dyncot_plugin.serve.fields import DEFAULT_MAX_BODY_MB, DEFAULT_MODE_ENV, MAX_BODY_ENV, TAG_LEN_ENV, served_tag
 from dyncot_plugin.think import THINK_MODES
+from dyncot_plugin.think_settings import ThinkSettingsError
 
 ERROR = "[dyncot-plugin] error:"
 
@@ -159,8 +160,12 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:
         print(f"{ERROR} {args.model}: cannot load the tokenizer ({e})", file=sys.stderr)
         return 2
-    env = {**os.environ, TAG_LEN_ENV: str(len(served_tag(args.model, tokenizer))), DEFAULT_MODE_ENV: args.think,
-           MAX_BODY_ENV: f"{args.max_body_mb:g}"}
+    try:
+        tag = served_tag(args.model, tokenizer)
+    except ThinkSettingsError as e:
+        print(f"{ERROR} {e}", file=sys.stderr)
+        return 2
+    env = {**os.environ, TAG_LEN_ENV: str(len(tag)), DEFAULT_MODE_ENV: args.think, MAX_BODY_ENV: f"{args.max_body_mb:g}"}
     model, naming = served_model(args.model, extra)
     command = server_argv(model, args.think, args.host, args.port, template_argv + naming + extra,
                           current_platform.is_cpu())
