@@ -99,3 +99,51 @@ def warm_model(tiny_model_dir, tmp_path_factory) -> tuple[str, str]:
 
     root = build_once(tmp_path_factory, "warm", build)
     return str(root / "model"), str(root / "data")
+
+
+# dyncot-serve on vLLM (issue 26) ----------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def vllm_python_path() -> str:
+    """The vLLM venv's python (``fixtures.vllm.vllm_python``; skips where it cannot be built)."""
+    from fixtures.vllm import vllm_python
+
+    return vllm_python()
+
+
+@pytest.fixture(scope="session")
+def served_model(tmp_path_factory):
+    """``served_model(tag_tokens)`` -> path (str) of the tiny Qwen2-VL (hidden 128) that the shared servers serve:
+    3 = Qwen's real vocabulary (``<think>`` is ``<th`` ``ink`` ``>``), 1 = the tiny tokenizer (one token)."""
+    from fixtures.vllm import build_served_model
+
+    def get(tag_tokens: int) -> str:
+        tokenizer = {3: "qwen", 1: "tiny"}[tag_tokens]
+        folder = build_once(tmp_path_factory, f"served_qwen2vl_{tokenizer}",
+                            lambda out: build_served_model(out / "model", tokenizer))
+        return str(folder / "model")
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def dyncot_server(vllm_python_path, served_model, tmp_path_factory):
+    """``dyncot_server(tag_tokens)`` -> a running ``fixtures.vllm.Server``: ``dyncot-serve --template qwen2_vl
+    --max-body-mb 2 -- --api-key K --root-path /p`` of ``served_model(tag_tokens)``, started on first use and kept
+    for the session (one per think-tag size). Modules using it mark themselves ``xdist_group("vllm_serve")`` so that
+    they run on the worker that holds the servers. Tests must leave the server as they found it (it is shared)."""
+    from pathlib import Path
+
+    from fixtures.vllm import start_server
+
+    servers: dict[int, object] = {}
+
+    def get(tag_tokens: int):
+        if tag_tokens not in servers:
+            log = Path(tmp_path_factory.mktemp(f"dyncot_serve_tag{tag_tokens}")) / "server.log"
+            servers[tag_tokens] = start_server(vllm_python_path, Path(served_model(tag_tokens)), log,
+                                               "--max-body-mb", "2")
+        return servers[tag_tokens]
+
+    yield get
+    for server in servers.values():
+        server.stop()
