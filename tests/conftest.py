@@ -104,8 +104,8 @@ def warm_model(tiny_model_dir, tmp_path_factory) -> tuple[str, str]:
 # dyncot-serve on vLLM (issue 26) ----------------------------------------------------------------------------------
 @pytest.fixture(scope="session")
 def vllm_python_path() -> str:
-    """The vLLM venv's python (``fixtures.vllm.vllm_python``; skips where it cannot be built)."""
-    from fixtures.vllm import vllm_python
+    """The vLLM venv's python (``fixtures.serve_vllm.vllm_python``; skips where it cannot be built)."""
+    from fixtures.serve_vllm import vllm_python
 
     return vllm_python()
 
@@ -114,7 +114,7 @@ def vllm_python_path() -> str:
 def served_model(tmp_path_factory):
     """``served_model(tag_tokens)`` -> path (str) of the tiny Qwen2-VL (hidden 128) that the shared servers serve:
     3 = Qwen's real vocabulary (``<think>`` is ``<th`` ``ink`` ``>``), 1 = the tiny tokenizer (one token)."""
-    from fixtures.vllm import build_served_model
+    from fixtures.serve_vllm import build_served_model
 
     def get(tag_tokens: int) -> str:
         tokenizer = {3: "qwen", 1: "tiny"}[tag_tokens]
@@ -127,13 +127,13 @@ def served_model(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def dyncot_server(vllm_python_path, served_model, tmp_path_factory):
-    """``dyncot_server(tag_tokens)`` -> a running ``fixtures.vllm.Server``: ``dyncot-serve --template qwen2_vl
+    """``dyncot_server(tag_tokens)`` -> a running ``fixtures.serve_vllm.Server``: ``dyncot-serve --template qwen2_vl
     --max-body-mb 2 -- --api-key K --root-path /p`` of ``served_model(tag_tokens)``, started on first use and kept
     for the session (one per think-tag size). Modules using it mark themselves ``xdist_group("vllm_serve")`` so that
     they run on the worker that holds the servers. Tests must leave the server as they found it (it is shared)."""
     from pathlib import Path
 
-    from fixtures.vllm import start_server
+    from fixtures.serve_vllm import start_server
 
     servers: dict[int, object] = {}
 

@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from fixtures.vllm import API_KEY, ROOT_PATH, serve_env
+from fixtures.serve_vllm import API_KEY, ROOT_PATH, serve_env
 
 from dyncot_plugin.serve.middleware import DECIDED_ROUTES, PASSED_ROUTES, REFUSED_ROUTES, route_kind
 from dyncot_plugin.serve.replies import THINK_CLOSE, THINK_OPEN
@@ -222,9 +222,12 @@ def test_streamed_replies_equal_non_streamed_ones(served):
             assert (reasoning, content) == (message.get("reasoning_content") or "", message.get("content") or ""), \
                 (mode, max_tokens, messages[-1]["content"])
             thought += message.get("reasoning_content") is not None
-            if mode == "always" and max_tokens > tag:
-                assert message.get("reasoning_content") is not None
-    assert thought >= len(cases)  # always's replies, at least
+            if mode == "always":  # a think block once the whole tag fits, else the cut tag as content (<th)
+                assert (message.get("reasoning_content") is not None) == (max_tokens >= tag), (max_tokens, message)
+                assert max_tokens >= tag or THINK_OPEN.startswith(message["content"]), message
+            if mode == "never":
+                assert message.get("reasoning_content") is None and never_holds(message.get("content") or "")
+    assert thought >= sum(max_tokens >= tag for _, max_tokens in cases)  # always's, at least
 
 
 # --------------------------------------------------------------------------------------------------- load test

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from fixtures.vllm import vllm_python as _vllm_python  # tests/test_serve_vllm_llava.py imports it from here
+from fixtures.serve_vllm import vllm_python as _vllm_python  # tests/test_serve_vllm_llava.py imports it from here
 
 from dyncot_plugin.testing.lf_runner import offline_env, run_llamafactory, tiny_sft_config
 from dyncot_plugin.testing.plugin_data import write_plugin_dataset
