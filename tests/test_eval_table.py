@@ -76,7 +76,7 @@ RUNS = {"sft": (0.3, 0.0), "cot": (0.5, 1.0), "multi_task": (0.4, 0.0), "dynamic
 @pytest.fixture()
 def files(tmp_path):
     posts = _posts(80)
-    train = [(t, k) for t, k in _posts(30, seed=7)]
+    train = [("a post", TOPICS[:4]), ("another post", TOPICS[4:6])]  # the other six topics are unseen
     return {
         "dir": tmp_path,
         "posts": posts,
@@ -419,3 +419,15 @@ def test_mmkp_mode_comparison_has_the_tables_intervals(files, capsys):
     iv0 = json.loads(out)["comparison"]["intervals"]
     assert iv0["against"]["never"]["all"]["f1@M"]["low"] is None
     assert iv0["against"]["never"]["all"]["f1@M"]["delta"] == iv["against"]["never"]["all"]["f1@M"]["delta"]
+
+
+def test_an_empty_subset_is_said_not_tabled(files, capsys):
+    _write_dataset(files["dir"] / "train_all.json", [("every topic", TOPICS)])
+    prefix = files["dir"] / "seen" / "t"
+    code, out, err = _cli(capsys, "table", f"sft={files['sft']}", f"cot={files['cot']}", "--dataset",
+                          files["dataset"], "--train", files["dir"] / "train_all.json", "--output", prefix)
+    assert code == 0, err
+    table = json.loads(prefix.with_suffix(".json").read_text())
+    assert table["runs"][1]["scores"]["unseen"]["num_posts"] == 0  # the evaluator's zeros, kept in the JSON
+    assert "**unseen (0 posts)**: no post has a gold keyphrase of this kind" in out
+    assert "% unseen (0 posts)" in prefix.with_suffix(".tex").read_text()
