@@ -1,4 +1,6 @@
-"""``dyncot-eval``: score model outputs. ``dyncot-eval mmkp ...`` (keyphrases) or ``dyncot-eval scienceqa ...``."""
+"""``dyncot-eval``: score model outputs. ``dyncot-eval mmkp ...`` (keyphrases), ``dyncot-eval table NAME=PREDICTIONS ...``
+(the keyphrase scores of N runs on the same posts, differences with paired bootstrap intervals) or
+``dyncot-eval scienceqa ...``."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ from dyncot_plugin.cli._dispatch import dispatch
 
 COMMANDS = {
     "mmkp": "dyncot_plugin.tasks.mmkp.evaluate",
+    "table": "dyncot_plugin.tasks.mmkp.table",
     "scienceqa": "dyncot_plugin.tasks.scienceqa.evaluate",
 }
 

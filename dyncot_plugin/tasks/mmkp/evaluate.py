@@ -259,6 +259,82 @@ def _score_run(run: _Run, train_set, ks, variant, tokenizer, unit, files: dict) 
     return result, parsed, preds, outcomes
 
 
+class ScoredRun(NamedTuple):
+    """One prediction file read, paired with its gold and scored: what every report is made of."""
+
+    name: str | None  # the name it was given (a mode, a table's run name; None for a plain --predictions PATH)
+    run: _Run
+    result: dict  # the JSON result of this file alone, exactly as `dyncot-eval mmkp` computes it
+    parsed: list  # parse_output of every output
+    preds: list  # the prediction lists scored
+    outcomes: list  # metrics.post_outcomes of every post
+    lengths: list[int] | None  # every output's generated length (in gen_len's unit; None when not asked for)
+
+
+class ScoredFiles(NamedTuple):
+    runs: list[ScoredRun]
+    train_set: set[str] | None
+    tokenizer: Any
+    unit: str  # gen_len's unit
+
+
+def score_files(
+    named: Sequence[tuple[str | None, str | Path]],
+    dataset: str | Path | None = None,
+    src: str | Path | None = None,
+    train: str | Path | None = None,
+    ks=(1, 3, 5),
+    variant: str = "cmkp",
+    tokenizer: Any = None,
+    label_check: bool = True,
+    what: str = "files compared by mode",
+    lengths: bool = True,
+) -> ScoredFiles:
+    """Read ``[(name, path), ...]``, check that the files hold the same posts (:func:`~.modes.check_same_posts`:
+    refused, naming the runs, before anything is scored), then score each file on its own as `dyncot-eval mmkp`
+    does. ``what``: the files' role, for the error messages; ``lengths``: whether to keep every output's length
+    (a second tokenizer pass with ``tokenizer``)."""
+    for _, path in named:
+        _check_inputs(Path(path), dataset, src)
+    cache: dict = {}
+    runs = [_read_run(Path(path), dataset, src, label_check, cache) for _, path in named]
+    if len(runs) > 1:
+        check_same_posts(
+            [r.path for r in runs], [r.golds for r in runs], [r.labels if label_check else None for r in runs],
+            names=[n for n, _ in named], what=what,
+        )
+    train_set = read_train_keyphrases(Path(train)) if train is not None else None
+    tok, unit = _load_tokenizer(tokenizer)
+    files = {
+        "dataset": str(dataset) if dataset is not None else None,
+        "src": str(src) if src is not None else None,
+        "train": str(train) if train is not None else None,
+    }
+    out = []
+    for (name, _), r in zip(named, runs):
+        result, parsed, preds, outcomes = _score_run(r, train_set, ks, variant, tok, unit, files)
+        counts = count_tokens([o or "" for o in r.outputs], tok) if lengths else None
+        out.append(ScoredRun(name, r, result, parsed, preds, outcomes, counts))
+    return ScoredFiles(out, train_set, tok, out[0].result["gen_len"]["unit"] if out else "whitespace_words")
+
+
+def interval_layout(scored: ScoredFiles, ks, variant: str):
+    """The :class:`~.bootstrap.Layout` of these runs' scores (present/absent with post texts, unseen with --train)."""
+    from dyncot_plugin.tasks.mmkp.bootstrap import Layout  # numpy: only when intervals are computed
+
+    first = scored.runs[0].run
+    return Layout.make(ks, variant, present_absent=first.sources is not None, unseen=scored.train_set is not None)
+
+
+def run_matrices(scored: ScoredFiles, layout) -> dict:
+    """Each run's per-post sufficient statistics (:func:`~.bootstrap.post_matrix`), by name."""
+    from dyncot_plugin.tasks.mmkp.bootstrap import post_matrix
+
+    return {
+        s.name: post_matrix(s.outcomes, [p.has_think for p in s.parsed], s.lengths, layout) for s in scored.runs
+    }
+
+
 def _evaluate_files(
     predictions: str | Path | Sequence[tuple[str | None, str | Path]],
     dataset: str | Path | None = None,
@@ -270,11 +346,16 @@ def _evaluate_files(
     label_check: bool = True,
     threshold: float = DEFAULT_THRESHOLD,
     think_rate: float | None = None,
+    resamples: int = 1000,
+    seed: int = 0,
 ) -> dict:
     """``predictions``: one file, or ``[(mode, path), ...]`` (modes from :data:`~.modes.MODES`) of the same posts.
 
     With several files the top level is the result of the ``auto`` file (else the first), ``modes`` holds every
-    file's result and ``comparison`` the per-post comparison (:func:`~.modes.compare_modes`). With an ``always``
+    file's result and ``comparison`` the per-post comparison (:func:`~.modes.compare_modes`), with
+    ``comparison.intervals``: auto (else the first file) minus each other mode, every score with its paired
+    bootstrap interval and p-value over ``resamples`` resamples of the posts drawn with ``seed``
+    (:mod:`~dyncot_plugin.tasks.mmkp.bootstrap`; ``resamples`` 0: the differences only). With an ``always``
     and a ``never`` file whose rows carry ``think_prob``, ``frontier`` holds the scores of the ``auto`` of every
     threshold and ``frontier_summary`` the point of ``threshold``, the best one and that of ``think_rate`` (the
     lowest threshold whose think rate is at most it; an error without a frontier); see
@@ -286,22 +367,10 @@ def _evaluate_files(
     names = [m for m, _ in named]
     if len(named) > 1 and (None in names or len(set(names)) != len(names) or not set(names) <= set(MODES)):
         raise EvalInputError(f"several prediction files need distinct mode names from {', '.join(MODES)}")
-    for _, path in named:
-        _check_inputs(Path(path), dataset, src)
-    cache: dict = {}
-    runs = [_read_run(Path(path), dataset, src, label_check, cache) for _, path in named]
-    if len(runs) > 1:
-        check_same_posts(
-            [r.path for r in runs], [r.golds for r in runs], [r.labels if label_check else None for r in runs]
-        )
-    train_set = read_train_keyphrases(Path(train)) if train is not None else None
-    tok, unit = _load_tokenizer(tokenizer)
-    files = {
-        "dataset": str(dataset) if dataset is not None else None,
-        "src": str(src) if src is not None else None,
-        "train": str(train) if train is not None else None,
-    }
-    scored = [_score_run(r, train_set, ks, variant, tok, unit, files) for r in runs]
+    sf = score_files(named, dataset, src, train, ks, variant, tokenizer, label_check, lengths=len(named) > 1)
+    runs = [s.run for s in sf.runs]
+    scored = [(s.result, s.parsed, s.preds, s.outcomes) for s in sf.runs]
+    train_set = sf.train_set
     has_frontier = {"always", "never"} <= set(names)
     if think_rate is not None and not has_frontier:
         raise EvalInputError(
@@ -320,7 +389,7 @@ def _evaluate_files(
     result["files"] = {**result["files"], "modes": {m: str(p) for m, p in named}}
     result["notes"] = list(result["notes"]) + [f"{m}: {n}" for m in names if m != primary for n in results[m]["notes"]]
     result["modes"] = results
-    lengths = {m: count_tokens([o or "" for o in r.outputs], tok) for m, r in zip(names, runs)}
+    lengths = {s.name: s.lengths for s in sf.runs}
     result["comparison"] = compare_modes(
         names,
         preds={m: s[2] for m, s in zip(names, scored)},
@@ -336,6 +405,7 @@ def _evaluate_files(
         unit=result["gen_len"]["unit"],
         ids=runs[0].ids,
     )
+    result["comparison"]["intervals"] = mode_intervals(sf, primary, ks, variant, resamples, seed)
     for m, r in zip(names, runs):
         think = _think_settings(r.path).get("think")
         if think is not None and think != m and not (m == AUTO and think == "greedy"):
@@ -344,6 +414,26 @@ def _evaluate_files(
         by_mode = dict(zip(names, zip(runs, scored)))
         _add_frontier(result, by_mode, lengths, train_set, ks, variant, threshold, think_rate)
     return result
+
+
+def mode_intervals(sf: ScoredFiles, reference: str, ks, variant: str, resamples: int, seed: int) -> dict:
+    """``comparison.intervals``: ``reference`` (auto) minus every other mode, each difference with its paired
+    bootstrap interval (:func:`~.bootstrap.compare_runs`)."""
+    from dyncot_plugin.tasks.mmkp.bootstrap import DEFAULT_LEVEL, compare_runs
+
+    layout = interval_layout(sf, ks, variant)
+    results = {s.name: s.result for s in sf.runs}
+    matrices = run_matrices(sf, layout) if resamples > 0 else None
+    against = compare_runs(results, matrices, reference, layout, resamples, seed, reference_minus_run=True)
+    return {
+        "reference": reference,
+        "against": against,
+        "resamples": resamples,
+        "seed": seed,
+        "level": DEFAULT_LEVEL,
+        "method": "paired bootstrap over posts; percentile interval; two-sided p-value that inverts it",
+        "unit": sf.unit,
+    }
 
 
 def _think_settings(pred_path: Path) -> dict:
@@ -550,6 +640,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-label-check", action="store_true",
                         help="do not check that each label equals the dataset row's answer (nor that the files "
                              "compared by mode have the same labels)")
+    add_bootstrap_arguments(parser, "with several modes: ")
+
+
+def _count(text: str) -> int:
+    if not text.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 0")
+    return int(text)
+
+
+def add_bootstrap_arguments(parser: argparse.ArgumentParser, context: str = "") -> None:
+    """``--resamples`` and ``--seed`` of the paired bootstrap (the same defaults in every command)."""
+    from dyncot_plugin.tasks.mmkp.bootstrap import DEFAULT_RESAMPLES, DEFAULT_SEED  # numpy, only for the CLI
+
+    parser.add_argument("--resamples", type=_count, default=DEFAULT_RESAMPLES, metavar="B",
+                        help=f"{context}resamples of the posts for the paired bootstrap intervals (default "
+                             f"{DEFAULT_RESAMPLES}; 0: differences without intervals)")
+    parser.add_argument("--seed", type=_count, default=DEFAULT_SEED,
+                        help=f"seed of the resampling (default {DEFAULT_SEED}): the same seed, posts and B give the "
+                             f"same resamples")
 
 
 def dumps_result(result: dict) -> str:
@@ -595,6 +704,8 @@ def run(args: argparse.Namespace) -> int:
         label_check=not args.no_label_check,
         threshold=args.threshold,
         think_rate=args.think_rate,
+        resamples=args.resamples,
+        seed=args.seed,
     )
     if args.baseline:
         _add_baseline(result, args.baseline)

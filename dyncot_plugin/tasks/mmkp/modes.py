@@ -86,29 +86,35 @@ def parse_named_predictions(values: Sequence[str]) -> list[tuple[str | None, str
 
 
 def check_same_posts(
-    paths: Sequence[str | Path], golds: Sequence[Sequence[Sequence[str]]], labels: Sequence[Sequence[str] | None]
+    paths: Sequence[str | Path],
+    golds: Sequence[Sequence[Sequence[str]]],
+    labels: Sequence[Sequence[str] | None],
+    names: Sequence[str | None] | None = None,
+    what: str = "files compared by mode",
 ) -> None:
     """Files compared post by post must hold the same posts in the same order: the same number of rows, the same
-    gold keyphrases row by row, and (where both files have labels) the same labels."""
-    first, g0, l0 = paths[0], golds[0], labels[0]
-    for path, g, lab in zip(paths[1:], golds[1:], labels[1:]):
+    gold keyphrases row by row, and (where both files have labels) the same labels. ``names`` (optional): each
+    file's run name, given in the message with its path; ``what``: the files' role in the message."""
+    named = [f"{n} ({p})" if n else str(p) for n, p in zip(names or [None] * len(paths), paths)]
+    first, g0, l0 = named[0], golds[0], labels[0]
+    for path, g, lab in zip(named[1:], golds[1:], labels[1:]):
         if len(g) != len(g0):
             raise ModeError(
-                f"{first} has {len(g0)} posts but {path} has {len(g)}; files compared by mode must hold the same "
-                f"posts in the same order"
+                f"{first} has {len(g0)} posts but {path} has {len(g)}; {what} must hold the same posts in the same "
+                f"order"
             )
         for i, (a, b) in enumerate(zip(g0, g)):
             if list(a) != list(b):
                 raise ModeError(
-                    f"{first} and {path} differ at row {i}: gold {list(a)!r} vs {list(b)!r}; files compared by mode "
-                    f"must hold the same posts in the same order"
+                    f"{first} and {path} differ at row {i}: gold {list(a)!r} vs {list(b)!r}; {what} must hold the "
+                    f"same posts in the same order"
                 )
         if l0 is not None and lab is not None:
             for i, (a, b) in enumerate(zip(l0, lab)):
                 if isinstance(a, str) and isinstance(b, str) and normalize(a) != normalize(b):
                     raise ModeError(
-                        f"{first} and {path} differ at row {i}: label {a[:80]!r} vs {b[:80]!r}; files compared by "
-                        f"mode must hold the same posts in the same order (pass --no-label-check to compare anyway)"
+                        f"{first} and {path} differ at row {i}: label {a[:80]!r} vs {b[:80]!r}; {what} must hold "
+                        f"the same posts in the same order (pass --no-label-check to compare anyway)"
                     )
 
 
@@ -335,4 +341,47 @@ def format_modes_table(result: dict) -> str:
         lines.append("(no file named auto: the decision is not judged; see the pairwise counts and the oracle)")
     picks = ", ".join(f"{m} {c}" for m, c in comp["oracle"]["picks"].items())
     lines.append(f"oracle = per post the best mode's output ({picks})")
+    if comp.get("intervals"):
+        lines += format_intervals(comp["intervals"], [f"f1@{k}" for k in ks] + [map_key], comp["num_posts"])
     return "\n".join(lines)
+
+
+def _signed(x: float | None, scale: float = 100.0, suffix: str = "") -> str:
+    return "-" if x is None else f"{scale * x:+.2f}{suffix}"
+
+
+def _cell(d: dict, scale: float = 100.0, suffix: str = "", sep: str = ",") -> str:
+    """``+3.07 [+1.20,+4.90]`` (a difference and its interval), or the difference alone without resamples."""
+    head = _signed(d.get("delta", d.get("relative_change")), scale, suffix)
+    if d.get("low") is None:
+        return head
+    return f"{head} [{_signed(d['low'], scale, suffix)}{sep}{_signed(d['high'], scale, suffix)}]"
+
+
+def _p(d: dict) -> str:
+    return "-" if d.get("p_value") is None else f"{d['p_value']:.3f}"
+
+
+def format_intervals(intervals: dict, keys: Sequence[str], num_posts: int) -> list[str]:
+    """The lines of ``comparison.intervals``: per other mode a block, one row per score (its difference in points
+    with its interval, for each subset) and a row of p-values under it; then the CoT rate (points) and the mean
+    length (relative change)."""
+    ref = intervals["reference"]
+    boot = (f"{100 * intervals['level']:g}% paired bootstrap interval, {intervals['resamples']} resamples of the "
+            f"{num_posts} posts, seed {intervals['seed']}; p two-sided" if intervals["resamples"]
+            else "no resamples: no intervals")
+    lines = []
+    for m, blk in intervals["against"].items():
+        subsets = [sub for sub in ("all", "present", "absent", "unseen") if blk.get(sub) is not None]
+        cells = {k: [_cell(blk[sub][k]) for sub in subsets] for k in keys}
+        width = max([len(c) for row in cells.values() for c in row] + [8]) + 2
+        lines += ["", f"{ref} - {m} in points ({boot})",
+                  f"{'':8}" + "".join(f"{sub:<{width}}" for sub in subsets).rstrip()]
+        for k in keys:
+            lines.append(f"{k.upper():8}" + "".join(f"{c:<{width}}" for c in cells[k]).rstrip())
+            if intervals["resamples"]:
+                lines.append(f"{'  p':8}" + "".join(f"{_p(blk[sub][k]):<{width}}" for sub in subsets).rstrip())
+        cot, gl = blk["cot_rate"], blk["gen_len"]
+        lines.append(f"CoT rate {_cell(cot, sep=', ')} (p {_p(cot)}); mean length {_cell(gl, suffix='%', sep=', ')} "
+                     f"relative (p {_p(gl)})")
+    return lines
