@@ -32,11 +32,22 @@ done
 
 echo "== 4/4 results"
 python -m dyncot_plugin.train.report outputs/demo/synth_dynamic
+python -c "from dyncot_plugin.tasks.mmkp.synthetic_demo import write_kind_subsets as w; \
+w('outputs/demo/data', {m: f'outputs/demo/synth_{m}/generated_predictions.jsonl' for m in ('auto', 'always', 'never')}, \
+  'outputs/demo/by_kind')"
+for kind in image text; do
+    echo "-- the $kind posts (held-out; image: the rationale's steps are needed; text: the post names its hashtag)"
+    dyncot-eval mmkp --no-plot --predictions auto=outputs/demo/by_kind/$kind/auto.jsonl \
+        --predictions always=outputs/demo/by_kind/$kind/always.jsonl \
+        --predictions never=outputs/demo/by_kind/$kind/never.jsonl --dataset outputs/demo/by_kind/$kind/mmkp_synth_eval.json \
+        | sed -n '/^ *CoT /,/^auto chose/p'
+done
+echo "-- all held-out posts"
 dyncot-eval mmkp \
     --predictions auto=outputs/demo/synth_auto/generated_predictions.jsonl \
     --predictions always=outputs/demo/synth_always/generated_predictions.jsonl \
     --predictions never=outputs/demo/synth_never/generated_predictions.jsonl \
     --dataset outputs/demo/data/mmkp_synth_eval.json --train outputs/demo/data/mmkp_synth.json
 echo "Plots: outputs/demo/synth_dynamic/training_loss.png, outputs/demo/synth_dynamic/training_cot_ratio.png"
-echo "(Synthetic posts: 'image' posts need the colour and a rationale; 'text' posts name their hashtags. Real recipes:"
+echo "(Synthetic posts: 'image' posts need the rationale's steps, 'text' posts name their hashtag. Real recipes:"
 echo " examples/qwen2vl_*.yaml, examples/qwen2_5vl_7b_*.yaml.)"
