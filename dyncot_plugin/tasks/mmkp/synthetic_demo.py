@@ -1,29 +1,29 @@
-"""Build the SYNTHETIC demo dataset (``mmkp_synth``): MMKP-like posts on which a tiny random model, trained on a CPU
-in minutes, needs its rationale for one kind of post and not for the other.
+"""Build the SYNTHETIC demo dataset (``mmkp_synth``): MMKP-like posts that a tiny random model can learn on a CPU.
 
-* ``text`` posts: the hashtag is the post's topic word (``so happy about the coffee today`` -> ``coffee``); the
-  image is one flat colour and says nothing. Rationale: ``the post is about coffee .`` A direct answer works.
-* ``image`` posts: the text is generic (``look at this``); the image has four coloured quadrants, one colour from
-  each of four palettes, in a random arrangement. Each colour moves a clock hand 1, 2 or 3 steps round
-  ``dawn -> noon -> dusk -> night -> dawn``, from dawn, palette by palette; the hashtag is where the hand stops.
-  Rationale: the running state, one colour at a time (``red noon , teal night , pink noon , grey night``).
-  Held-out image posts show colour combinations that no training post shows (the paper's *unseen* scenario in
-  miniature): a direct answer must have learned the whole four-colour sum at once, which a small model does not
-  from a few hundred posts (it memorises the training combinations), while each step of the rationale (read one
-  palette's colour, move the hand from the state just written) is seen many times in training.
+The real CMKP sample (``mmkp_demo``) is too hard for a 200k-parameter random model in a few minutes: its demo shows
+the pipeline, not the method. This set shows the method: two kinds of posts whose plain-answer losses separate.
 
-Writes ``<output-dir>/mmkp_synth.json`` (train), ``<output-dir>/mmkp_synth_eval.json`` (held-out posts: no text
-post repeats a training text, no image post a training colour combination), ``<output-dir>/mmkp_synth_images/*.png``
-(56x56: a 2x2 grid of 28x28 quadrants, one image token each with the tiny model), and the entries ``mmkp_synth`` /
-``mmkp_synth_eval`` in ``dataset_info.json`` (other entries are kept). Each row carries ``kind`` (``text`` |
-``image``) besides the usual fields; ``cot_source`` is ``synthetic``. Output is deterministic (a seeded
-``random.Random``); :func:`tokenizer_corpus` gives the text a demo tokenizer is trained on.
+* ``text`` posts ("easy"): the hashtags are one or two topic words of the post, in order
+  (``nothing beats coffee after yoga`` -> ``coffee; yoga``); the image is a random colour and says nothing.
+  Rationale: ``the post names coffee and yoga.``
+* ``image`` posts ("hard"): the post is generic (``look at this``) and the hashtag follows only from the image's
+  background colour by a fixed rule (blue -> ``ocean``, red -> ``fire``, ...).
+  Rationale: ``the image is mostly blue, and blue means ocean.``
+
+A model learns to copy the topic words sooner than to read colours through its frozen random vision tower, so the
+``text`` posts reach a low plain loss first and, under the paper's rule (loss below γ -> CoT), train on their CoT
+target; the model then thinks on posts of that kind and answers the others directly.
+
+Writes ``<output-dir>/mmkp_synth.json`` (train), ``<output-dir>/mmkp_synth_eval.json`` (held-out posts: no text of
+them occurs in train), ``<output-dir>/mmkp_synth_images/*.png`` (56x56: 4 image tokens with the tiny model), and the
+entries ``mmkp_synth`` / ``mmkp_synth_eval`` in ``dataset_info.json`` (other entries are kept). Each row carries
+``kind`` (``text`` | ``image``) besides the usual fields; ``cot_source`` is ``synthetic``. Output is deterministic
+(a seeded ``random.Random``); :func:`tokenizer_corpus` gives the text a demo tokenizer is trained on.
 """
 
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import random
 from pathlib import Path
@@ -41,37 +41,35 @@ NUM_TRAIN = 256
 NUM_EVAL = 48
 SEED = 0
 IMAGE_SIZE = (56, 56)
-QUADRANT = 28  # the tiny model's vision tower: 14-pixel patches merged 2x2, so one image token per quadrant
 
-# Four palettes of three colours: an image post shows one colour of each palette; a colour moves the clock by its
-# place in its palette (1, 2 or 3 steps). Palettes are told apart by colour alone: the tiny model's M-RoPE gives
-# the four image tokens nearly the same position, so "which quadrant" is not readable, "which palette" is.
-PALETTES: tuple[tuple[tuple[str, tuple[int, int, int]], ...], ...] = (
-    (("red", (220, 30, 30)), ("orange", (245, 140, 20)), ("yellow", (240, 220, 40))),
-    (("green", (40, 170, 60)), ("teal", (20, 160, 160)), ("blue", (30, 70, 220))),
-    (("purple", (140, 50, 190)), ("pink", (240, 120, 180)), ("brown", (120, 70, 30))),
-    (("white", (245, 245, 245)), ("grey", (128, 128, 128)), ("black", (15, 15, 15))),
-)
-COLOURS: dict[str, tuple[int, int, int]] = {name: rgb for palette in PALETTES for name, rgb in palette}
-STEPS: dict[str, int] = {name: i + 1 for palette in PALETTES for i, (name, _) in enumerate(palette)}
-CLOCK = ("dawn", "noon", "dusk", "night")  # the hashtags of image posts; the hand starts at dawn
-
+# Background colour -> (RGB, hashtag) of the ``image`` posts. Far-apart colours, so a random tower separates them.
+COLOURS: dict[str, tuple[tuple[int, int, int], str]] = {
+    "red": ((220, 30, 30), "fire"),
+    "orange": ((245, 140, 20), "autumn"),
+    "yellow": ((240, 220, 40), "sunshine"),
+    "green": ((40, 170, 60), "forest"),
+    "blue": ((30, 70, 220), "ocean"),
+    "purple": ((140, 50, 190), "lavender"),
+    "white": ((245, 245, 245), "snow"),
+    "black": ((15, 15, 15), "night"),
+}
 TOPICS = (
-    "coffee", "pizza", "football", "guitar", "puppy", "concert", "birthday", "garden", "camera", "bicycle",
-    "museum", "yoga",
+    "coffee", "pizza", "football", "guitar", "puppy", "kitten", "marathon", "concert", "birthday", "wedding",
+    "garden", "library", "camera", "bicycle", "election", "festival", "museum", "holiday", "breakfast", "yoga",
+    "chess", "tennis", "cooking", "painting",
 )  # fmt: skip
-# ``text`` posts: {a} is the topic word.
+# ``text`` posts: {a} and {b} are topic words (one-word templates use only {a}).
 TEXT_TEMPLATES = (
     "just had the best {a} ever",
     "so happy about the {a} today",
     "my first {a} of the year",
     "who else is ready for the {a} ?",
-    "nothing beats {a} in the morning",
-    "my weekend was all {a}",
-    "can't stop thinking about the {a}",
-    "finally some {a} with friends",
-    "{a} , what a day !",
-    "a quiet evening with my {a}",
+    "nothing beats {a} after {b}",
+    "{a} in the morning , {b} at night",
+    "my weekend : {a} and {b}",
+    "can't decide between {a} and {b}",
+    "finally some {a} with friends , then {b}",
+    "{a} and {b} , what a day !",
 )
 # ``image`` posts: no topic word, nothing in the text says what the hashtag is.
 IMAGE_TEXTS = (
@@ -90,86 +88,64 @@ IMAGE_TEXTS = (
 )
 
 
-def clock_walk(colours: tuple[str, ...]) -> list[str]:
-    """The clock state after each colour, from dawn (the last one is the image post's hashtag)."""
-    hand, states = 0, []
-    for colour in colours:
-        hand = (hand + STEPS[colour]) % len(CLOCK)
-        states.append(CLOCK[hand])
-    return states
-
-
-def _rationale(kind: str, keyphrases: list[str], colours: tuple[str, ...]) -> str:
+def _rationale(kind: str, keyphrases: list[str], colour: str) -> str:
     if kind == "text":
-        return f"the post is about {keyphrases[0]} ."
-    return " , ".join(f"{c} {s}" for c, s in zip(colours, clock_walk(colours)))
+        return "the post names " + " and ".join(keyphrases) + "."
+    return f"the image is mostly {colour}, and {colour} means {keyphrases[0]}."
 
 
-def draw_synth_image(path: Path, quadrants: list[tuple[int, int, int]]) -> None:
-    """Four flat quadrants, left to right and top to bottom (one colour repeated four times: a flat image)."""
+def draw_synth_image(path: Path, background: tuple[int, int, int], rng: random.Random) -> None:
+    """A flat background with one small shape of another colour in a random corner (the background dominates)."""
     from PIL import Image, ImageDraw
 
-    img = Image.new("RGB", IMAGE_SIZE)
+    w, h = IMAGE_SIZE
+    img = Image.new("RGB", IMAGE_SIZE, background)
+    other = rng.choice([rgb for rgb, _ in COLOURS.values() if rgb != background])
+    x0, y0 = rng.choice((2, w // 2 + 2)), rng.choice((2, h // 2 + 2))
+    box = (x0, y0, x0 + w // 2 - 6, y0 + h // 2 - 6)
     draw = ImageDraw.Draw(img)
-    for i, rgb in enumerate(quadrants):
-        x0, y0 = (i % 2) * QUADRANT, (i // 2) * QUADRANT
-        draw.rectangle((x0, y0, x0 + QUADRANT - 1, y0 + QUADRANT - 1), fill=rgb)
+    (draw.ellipse if rng.random() < 0.5 else draw.rectangle)(box, fill=other)
     path.parent.mkdir(parents=True, exist_ok=True)
     img.save(path, format="PNG", optimize=True)
 
 
-def split_combinations(seed: int = SEED, num_eval: int = NUM_EVAL // 2) -> tuple[list, list]:
-    """(training combinations, held-out combinations) of the image posts' colours (one per palette, in palette
-    order): ``num_eval`` held out, drawn so that each held-out hashtag occurs about equally often."""
-    rng = random.Random(seed)
-    combos = list(itertools.product(*[[name for name, _ in palette] for palette in PALETTES]))
-    rng.shuffle(combos)
-    held_out: list = []
-    for k in range(num_eval):  # round-robin over the hashtags
-        want = CLOCK[k % len(CLOCK)]
-        held_out.append(next(c for c in combos if c not in held_out and clock_walk(c)[-1] == want))
-    return [c for c in combos if c not in held_out], held_out
+def _post(rng: random.Random, kind: str) -> tuple[str, list[str], str]:
+    """(text, keyphrases, background colour name) of one post of ``kind``."""
+    colour = rng.choice(sorted(COLOURS))
+    if kind == "image":
+        return rng.choice(IMAGE_TEXTS), [COLOURS[colour][1]], colour
+    template = rng.choice(TEXT_TEMPLATES)
+    a, b = rng.sample(TOPICS, 2)
+    keyphrases = [a, b] if "{b}" in template else [a]
+    return template.format(a=a, b=b), keyphrases, colour
 
 
 def build_rows(
     num_train: int = NUM_TRAIN, num_eval: int = NUM_EVAL, seed: int = SEED, image_dir_name: str = IMAGE_DIR
-) -> tuple[list[dict], list[dict], dict[str, list[tuple[int, int, int]]]]:
-    """(train rows, eval rows, {image file name: its quadrants' RGB}); half of each split is of each kind.
+) -> tuple[list[dict], list[dict], dict[str, tuple[int, int, int]]]:
+    """(train rows, eval rows, {image file name: background RGB}); half of each split is of each kind.
 
-    Held-out text posts never repeat a training text (a topic word in a template it was not seen in); held-out image
-    posts show a colour combination (as a set) that no training post shows, each a different one.
+    Held-out posts never repeat a training text (the ``image`` texts do repeat: their colour differs), so the
+    ``text`` posts are scored on unseen combinations of topic words and templates.
     """
     rng = random.Random(seed)
     template = PromptTemplate(default_prompt_template())
-    train_combos, eval_combos = split_combinations(seed, num_eval - num_eval // 2)
     train: list[dict] = []
     held_out: list[dict] = []
-    images: dict[str, list[tuple[int, int, int]]] = {}
+    images: dict[str, tuple[int, int, int]] = {}
     seen_texts: set[str] = set()
     for split, n, rows in (("train", num_train, train), ("eval", num_eval, held_out)):
         kinds = [KINDS[i % 2] for i in range(n)]
         rng.shuffle(kinds)
-        eval_queue = list(eval_combos)
         for k, kind in enumerate(kinds):
-            colours: tuple[str, ...] = ()
-            if kind == "image":
-                text = rng.choice(IMAGE_TEXTS)
-                colours = rng.choice(train_combos) if split == "train" else eval_queue.pop(0)
-                keyphrases = [clock_walk(colours)[-1]]
-                quadrants = [COLOURS[c] for c in colours]
-                rng.shuffle(quadrants)
-            else:
-                while True:
-                    topic = rng.choice(TOPICS)
-                    text = rng.choice(TEXT_TEMPLATES).format(a=topic)
-                    if split == "train" or text not in seen_texts:
-                        break
-                keyphrases = [topic]
-                quadrants = [COLOURS[rng.choice(sorted(COLOURS))]] * 4
-            if split == "train" and kind == "text":
+            while True:
+                text, keyphrases, colour = _post(rng, kind)
+                if split == "train" or kind == "image" or text not in seen_texts:
+                    break
+            if split == "train":
                 seen_texts.add(text)
             image_name = f"synth_{split}_{k:04d}.png"
-            images[image_name] = quadrants
+            images[image_name] = COLOURS[colour][0]
             row = make_row(
                 f"{TRAIN_NAME}_{split}_{k:06d}",
                 text,
@@ -178,7 +154,7 @@ def build_rows(
                 [f"{image_dir_name}/{image_name}"],
                 ANSWER_SEP,
             )
-            row["cot"] = build_cot(_rationale(kind, keyphrases, colours), ANSWER_SEP.join(keyphrases))
+            row["cot"] = build_cot(_rationale(kind, keyphrases, colour), ANSWER_SEP.join(keyphrases))
             row["cot_source"] = COT_SOURCE
             row["kind"] = kind
             rows.append(row)
@@ -189,8 +165,9 @@ def build_synthetic_demo(output_dir: str | Path, register: bool = True, seed: in
     """Write the synthetic demo dataset into ``output_dir``; returns the written data files by entry name."""
     output_dir = Path(output_dir)
     train, held_out, images = build_rows(seed=seed)
+    draw_rng = random.Random(seed + 1)
     for name in sorted(images):
-        draw_synth_image(output_dir / IMAGE_DIR / name, images[name])
+        draw_synth_image(output_dir / IMAGE_DIR / name, images[name], draw_rng)
     # under the files' write locks, like every dataset writer
     paths = write_registered_datasets(
         output_dir, {TRAIN_NAME: train, EVAL_NAME: held_out}, register, has_images=True, cot_column="cot"
@@ -227,8 +204,8 @@ def write_kind_subsets(data_dir: str | Path, runs: dict[str, str | Path], out_di
         keep = [i for i, post in enumerate(posts) if post["kind"] == kind]
         folder = folders[kind] = Path(out_dir) / kind
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / f"{EVAL_NAME}.json").write_text(json.dumps([posts[i] for i in keep], ensure_ascii=False) + "\n",
-                                                  encoding="utf-8")
+        text = json.dumps([posts[i] for i in keep], ensure_ascii=False) + "\n"
+        (folder / f"{EVAL_NAME}.json").write_text(text, encoding="utf-8")
         for mode, rows in predictions.items():
             (folder / f"{mode}.jsonl").write_text("".join(rows[i] + "\n" for i in keep), encoding="utf-8")
     return folders
@@ -249,6 +226,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 __all__ = [
-    "CLOCK", "COLOURS", "EVAL_NAME", "IMAGE_DIR", "KINDS", "PALETTES", "TOPICS", "TRAIN_NAME", "build_rows",
-    "build_synthetic_demo", "clock_walk", "tokenizer_corpus", "write_kind_subsets",
+    "COLOURS", "EVAL_NAME", "IMAGE_DIR", "KINDS", "TOPICS", "TRAIN_NAME", "build_rows", "build_synthetic_demo",
+    "tokenizer_corpus", "write_kind_subsets",
 ]  # fmt: skip
