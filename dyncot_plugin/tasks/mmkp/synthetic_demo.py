@@ -24,6 +24,7 @@ entries ``mmkp_synth`` / ``mmkp_synth_eval`` in ``dataset_info.json`` (other ent
 from __future__ import annotations
 
 import argparse
+import json
 import random
 from pathlib import Path
 
@@ -186,6 +187,30 @@ def tokenizer_corpus(dataset_dir: str | Path = "data_info") -> list[str]:
     return lines
 
 
+def write_kind_subsets(data_dir: str | Path, runs: dict[str, str | Path], out_dir: str | Path) -> dict[str, Path]:
+    """Split the held-out posts and each thinking mode's ``generated_predictions.jsonl`` by ``kind``, so that
+    ``dyncot-eval mmkp`` scores the posts that need the rationale (``image``) and the others (``text``) apart.
+
+    ``runs`` maps a mode (``auto``/``always``/``never``) to its predictions file (rows in eval-dataset order).
+    Writes ``<out_dir>/<kind>/mmkp_synth_eval.json`` and ``<out_dir>/<kind>/<mode>.jsonl``; returns the folders.
+    """
+    posts = load_rows(Path(data_dir) / f"{EVAL_NAME}.json")
+    predictions = {mode: Path(path).read_text(encoding="utf-8").splitlines() for mode, path in runs.items()}
+    for mode, rows in predictions.items():
+        if len(rows) != len(posts):
+            raise ValueError(f"{runs[mode]}: {len(rows)} predictions for {len(posts)} posts of {EVAL_NAME}")
+    folders = {}
+    for kind in KINDS:
+        keep = [i for i, post in enumerate(posts) if post["kind"] == kind]
+        folder = folders[kind] = Path(out_dir) / kind
+        folder.mkdir(parents=True, exist_ok=True)
+        text = json.dumps([posts[i] for i in keep], ensure_ascii=False) + "\n"
+        (folder / f"{EVAL_NAME}.json").write_text(text, encoding="utf-8")
+        for mode, rows in predictions.items():
+            (folder / f"{mode}.jsonl").write_text("".join(rows[i] + "\n" for i in keep), encoding="utf-8")
+    return folders
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output-dir", default="data_info", help="dataset_dir to write into (default: %(default)s)")
     parser.add_argument("--no-register", action="store_true", help="do not touch dataset_info.json")
@@ -202,5 +227,5 @@ def run(args: argparse.Namespace) -> int:
 
 __all__ = [
     "COLOURS", "EVAL_NAME", "IMAGE_DIR", "KINDS", "TOPICS", "TRAIN_NAME", "build_rows", "build_synthetic_demo",
-    "tokenizer_corpus",
+    "tokenizer_corpus", "write_kind_subsets",
 ]  # fmt: skip
