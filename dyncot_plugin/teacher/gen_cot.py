@@ -27,8 +27,11 @@ from dyncot_plugin.io.files import atomic_write_text
 from dyncot_plugin.io.read import inside_dir
 from dyncot_plugin.teacher.arguments import DEFAULTS, add_arguments, check_arguments, mode
 from dyncot_plugin.teacher.asker import OnlineAsker, run_online
+from dyncot_plugin.teacher.batch_files import URL, Ledger, ingest, read_results, write_requests
+from dyncot_plugin.teacher.batch_openai import OpenAIBatches, has_open_round
 from dyncot_plugin.teacher.cache import CacheLockedError, JsonlCache
 from dyncot_plugin.teacher.client import RedactingFormatter, Redactor
+from dyncot_plugin.teacher.cost import Estimate
 from dyncot_plugin.teacher.dataset_writer import write_dataset
 from dyncot_plugin.teacher.prompts import PromptSet, describe_messages
 from dyncot_plugin.teacher.report import Stats, print_summary, summary
@@ -154,38 +157,43 @@ def _run(args: argparse.Namespace, api_key: str | None, redact: Redactor) -> int
 
     with JsonlCache(paths.cache, redact=redact) as cache:
         pending = select_pending(samples, rows, cache, args, st)
-        # Every image of every selected sample is checked before anything is sent (the probe included): a file
-        # outside the media folder is never read, and a missing or broken image costs no request.
-        bad_images = check_images(pending, paths.src, paths.roots, args.allow_images_outside_media_dir)
+        if how == "batch-read":
+            return _batch_read(args, paths, samples, cache, st, redact)
+
+        def check(selected: list[Sample]) -> str | None:
+            # Every image of every selected sample is checked before anything is sent (the probe included): a file
+            # outside the media folder is never read, and a missing or broken image costs no request.
+            bad = check_images(selected, paths.src, paths.roots, args.allow_images_outside_media_dir)
+            for b in bad:
+                st.failures.setdefault(b["id"], b)
+            return bad_images_message(bad, len(selected)) if bad else None
+
+        resuming = how == "batch-openai" and has_open_round(paths.cache)
+        bad_images = None if resuming else check(pending)  # a batch in flight was checked when it was written
         if args.dry_run:
             if bad_images:
-                raise DatasetError(bad_images_message(bad_images, len(pending)))
-            print(
-                f"{len(samples)} samples; {st.done_cached} done in cache, {st.rejected_cached} rejected in cache, "
-                f"{st.skipped_has_cot} already have a CoT; {len(pending)} would be asked."
-            )
-            if pending:
-                s = pending[0]
-                state = cache.states.get(s.id)
-                req = build_request_body(s, list(state.attempts) if state else [], model=args.model,
-                                         prompts=prompts, params=request_params(args))
-                req["messages"] = describe_messages(req["messages"])
-                print(f"first request ({s.id}) to {args.base_url}/chat/completions:")
-                print(json.dumps(req, indent=2, ensure_ascii=False))
-            return 0
+                raise DatasetError(bad_images)
+            return _dry_run(args, samples, pending, cache, st, prompts, how)
 
-        asker = None
         aborted: str | None = None
-        written = 0
+        asker = None
         try:
             if bad_images:
-                for b in bad_images:
-                    st.failures.setdefault(b["id"], b)
-                aborted = bad_images_message(bad_images, len(pending))
+                aborted = bad_images
                 raise DatasetError(aborted)
-            if pending:
+            if how == "online" and pending:
                 asker = OnlineAsker(args, redact, api_key, prompts, cache, st)
                 aborted = run_online(asker, pending)
+            elif how == "batch-write":
+                est = Estimate(args, _cache_replies(cache))
+                parts = write_requests(Path(args.batch_write), pending, cache, Ledger(cache.path), args, prompts, st, est)
+                st.batch["written"] = [{k: v for k, v in p.items() if k != "ids"} for p in parts]
+                st.batch["estimate"] = est.as_dict()
+                st.batch_lines += [f"  written    {p['requests']:>7}  requests to {p['path']} ({p['bytes'] / 1e6:.2f} MB)"
+                                   for p in parts] + est.lines()
+            elif how == "batch-openai":
+                by_id = {s.id: s for s in samples}
+                aborted = OpenAIBatches(args, api_key, redact, cache, st, by_id, prompts, check).run(pending)
             if aborted:
                 logger.error("stopped: %s", aborted)
         except BaseException as err:
@@ -196,18 +204,91 @@ def _run(args: argparse.Namespace, api_key: str | None, redact: Redactor) -> int
             # Everything finished so far goes into the dataset and the report, however the run ends.
             if asker is not None:
                 asker.counts_into_stats()
-            st.not_reached = len(pending) - (st.done_new + st.rejected_new + st.failed) if not bad_images else 0
-            try:
-                written = write_dataset(paths.src, paths.out, paths.in_place, paths.entry, paths.out_name,
-                                        paths.dataset_dir, paths.media_dir, cache, args)
-            finally:
-                s = summary(args, st, dict(cache.tokens), written)
-                _write_report(args, paths, st, s, aborted, redact)
+            if how in ("online", "batch-openai") and not bad_images:
+                st.not_reached = max(0, len(pending) - (st.done_new + st.rejected_new + st.failed + st.open_attempts))
+            s = _finish(args, paths, st, cache, aborted, redact, write_rows=how != "batch-write")
 
-    print_summary(args, st, s, paths.out, paths.report, aborted)
-    if aborted or st.failed or st.not_reached:
+    print_summary(args, st, s, paths.out if how != "batch-write" else None, paths.report, aborted, st.batch_lines)
+    if aborted or st.failed or st.not_reached or (how == "batch-openai" and st.open_attempts):
         return 1
     return 0
+
+
+def _cache_replies(cache: JsonlCache) -> tuple[int, int]:
+    """(replies in the cache, their completion tokens): the typical reply length for the estimate."""
+    return sum(s.replies for s in cache.states.values()), cache.tokens["completion_tokens"]
+
+
+def _finish(args, paths: _Paths, st: Stats, cache: JsonlCache, aborted: str | None, redact: Redactor,
+            write_rows: bool = True) -> dict:
+    """Write the dataset (with every accepted CoT of the cache) and the report; returns the summary."""
+    written = 0
+    try:
+        if write_rows:
+            written = write_dataset(paths.src, paths.out, paths.in_place, paths.entry, paths.out_name,
+                                    paths.dataset_dir, paths.media_dir, cache, args)
+    finally:
+        s = summary(args, st, dict(cache.tokens), written)
+        _write_report(args, paths, st, s, aborted, redact)
+    return s
+
+
+def _dry_run(args, samples: list[Sample], pending: list[Sample], cache: JsonlCache, st: Stats, prompts: PromptSet,
+             how: str) -> int:
+    print(
+        f"{len(samples)} samples; {st.done_cached} done in cache, {st.rejected_cached} rejected in cache, "
+        f"{st.skipped_has_cot} already have a CoT; {len(pending)} would be asked."
+    )
+    params = request_params(args)
+    bodies = []
+    for s in pending if how != "online" else pending[:1]:
+        state = cache.states.get(s.id)
+        bodies.append(build_request_body(s, list(state.attempts) if state else [], model=args.model,
+                                         prompts=prompts, params=params))
+    if how != "online":
+        est = Estimate(args, _cache_replies(cache))
+        for s, body in zip(pending, bodies):
+            est.add(body, len(json.dumps({"custom_id": s.id, "method": "POST", "url": URL, "body": body},
+                                         ensure_ascii=False).encode("utf-8")) + 1)
+        print("\n".join(est.lines()))
+    if pending:
+        req = dict(bodies[0], messages=describe_messages(bodies[0]["messages"]))
+        print(f"first request ({pending[0].id}) to {args.base_url}/chat/completions:")
+        print(json.dumps(req, indent=2, ensure_ascii=False))
+    return 0
+
+
+def _batch_read(args, paths: _Paths, samples: list[Sample], cache: JsonlCache, st: Stats, redact: Redactor) -> int:
+    """Check every line of the result files (refused whole on any problem: nothing written), then read them in."""
+    by_id = {s.id: s for s in samples}
+    ledger = Ledger(cache.path)
+    files = [Path(f) for f in args.batch_read]
+    lines, before = read_results(files, by_id, cache, ledger)
+    unanswered = [sid for sid in ledger.requests if ledger.unanswered(sid, cache) and sid in by_id]
+    if args.dry_run:
+        print(f"{len(lines)} result line(s) to read, {before} read before; nothing read (--dry-run)")
+        return 0
+    aborted = None
+    try:
+        ingest(lines, by_id, cache, ledger, args, st)
+    except BaseException as err:
+        aborted = redact(err) or type(err).__name__
+        raise
+    finally:
+        still = [sid for sid in unanswered if ledger.unanswered(sid, cache)]
+        st.batch["read"] = {"files": [str(f) for f in files], "lines": len(lines) + before, "read_before": before,
+                            "replies": st.batch_replies, "errors": st.failed, "requests_without_result": still}
+        st.batch_lines.append(
+            f"  read       {len(lines) + before:>7}  result lines from {len(files)} file(s): {st.batch_replies} "
+            f"replies ({st.done_new} accepted, {st.open_attempts} to ask again, {st.rejected_new} rejected for good), "
+            f"{st.failed} request errors, {before} read before (skipped)"
+        )
+        if still:
+            st.batch_lines.append(f"  no result  {len(still):>7}  requests written earlier have no result in these "
+                                  f"files yet ({', '.join(still[:5])}{', ...' if len(still) > 5 else ''})")
+        s = _finish(args, paths, st, cache, aborted, redact)
+    print_summary(args, st, s, paths.out, paths.report, aborted, st.batch_lines)
+    return 1 if st.failed or st.open_attempts else 0
 
 
 def _write_report(args, paths: _Paths, st: Stats, s: dict, aborted: str | None, redact: Redactor) -> None:

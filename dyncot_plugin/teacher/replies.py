@@ -57,7 +57,7 @@ def record_reply(
     batch: dict[str, Any] | None = None,
 ) -> str:
     """Validate one reply and append its record; returns ``done``, ``attempt`` or ``rejected``. Counts the reply,
-    its tokens and its outcome in ``st`` (``done_new``/``rejected_new``/``retried``/``open_attempts``)."""
+    its tokens and its outcome in ``st`` (``done_new``/``rejected_new``/``retried``)."""
     st.replies += 1
     st.prompt_tokens += prompt_tokens
     st.completion_tokens += completion_tokens

@@ -38,9 +38,14 @@ class Stats:
     batch_replies: int = 0
     batch_prompt_tokens: int = 0
     batch_completion_tokens: int = 0
-    open_attempts: int = 0  # replies rejected with re-asks left: the next round (or --batch-write) asks again
+    reask: set[str] = field(default_factory=set)  # batch: samples whose last reply was rejected with re-asks left
+
+    @property
+    def open_attempts(self) -> int:
+        return len(self.reask)
     failures: dict[str, dict] = field(default_factory=dict)
     batch: dict[str, Any] = field(default_factory=dict)  # what the batch path did: files, batches, estimate
+    batch_lines: list[str] = field(default_factory=list)  # the summary's lines about it
 
 
 def cost(prompt: int, completion: int, price_prompt: float | None, price_completion: float | None,
@@ -80,7 +85,7 @@ def summary(args: argparse.Namespace, st: Stats, totals: dict[str, int], written
         "transport_retries": st.transport_retries,
         "requests": st.requests,
         "replies": st.replies,
-        "unanswered_requests": st.requests - st.replies,
+        "unanswered_requests": st.requests - (st.replies - st.batch_replies),
         "probe_requests": st.probe_requests,
         "prompt_tokens": st.prompt_tokens,
         "completion_tokens": st.completion_tokens,
