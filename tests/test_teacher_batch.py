@@ -582,3 +582,39 @@ def test_kill_9_at_any_step_then_rerun_equals_an_uninterrupted_run(point, tmp_pa
     assert rows(data) == rows(ref_data)
     records = [r for r in cache_records(data) if r["status"] != "error"]
     assert len(records) == len({(r["id"], r["attempt"]) for r in records}) == 7  # each reply read once
+
+
+@pytest.mark.parametrize("end", ["expired", "cancelled"])
+def test_an_expired_or_cancelled_batch_keeps_what_came_back(end, tmp_path, api_factory, key_env, capsys):
+    """The batch ends after 2 of its 5 requests: their replies are read, the 3 others are reported by name (the
+    error file's batch_expired / batch_cancelled lines), and the next run asks only about them, in a new batch."""
+    api = api_factory(end=end, done_lines=2, reply=good_reply)
+    data = make_dataset(tmp_path / "d", n=5)
+    assert gen(data, "--base-url", api.url, *BATCH) == 1
+    out = capsys.readouterr().out
+    (b1,) = api.batches.values()
+    assert f"batch {b1['id']} {end} with 2 of 5 requests done; the results that came back are kept, the 3 others " \
+           "are asked again on the next run" in out
+    assert [r["cot"] is not None for r in rows(data)] == [True, True, False, False, False]
+    code = "batch_expired" if end == "expired" else "batch_cancelled"
+    assert {f["id"]: f["reason"] for f in report(data)["failures"]} == {
+        f"toy_train_{i:06d}": f"batch request failed: {code}: not run in time" for i in (2, 3, 4)}
+    assert report(data)["batch"]["batches"][0]["status"] == end
+    api.end, api.done_lines = "completed", None
+    assert gen(data, "--base-url", api.url, *BATCH) == 0
+    assert len(api.batches) == 2 and api.asked() == {(0, 1): 1, (1, 1): 1, (2, 1): 2, (3, 1): 2, (4, 1): 2}
+    assert all(r["cot"] == f"<think>The post is about kp {i}; topic.</think><answer>kp {i}; topic</answer>"
+               for i, r in enumerate(rows(data)))
+
+
+def test_a_failed_batch_is_reported_by_name_and_nothing_is_read(tmp_path, api_factory, key_env, capsys):
+    api = api_factory(end="failed", reply=good_reply)
+    api.errors = [{"code": "invalid_request", "message": "model gpt-4o is not available in batch", "line": 1,
+                   "param": "body.model"}]
+    data = make_dataset(tmp_path / "d", n=3)
+    assert gen(data, "--base-url", api.url, *BATCH) == 1
+    out = capsys.readouterr().out
+    (b1,) = api.batches.values()
+    assert f"batch {b1['id']} failed: line 1: invalid_request: model gpt-4o is not available in batch" in out
+    assert all(r["cot"] is None for r in rows(data)) and cache_records(data) == []
+    assert "not asked        3" in out
