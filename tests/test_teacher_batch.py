@@ -404,6 +404,7 @@ def test_batch_read_reports_rejected_and_failed_replies_by_sample_and_the_cost(t
     assert s["estimated_cost_usd"] == pytest.approx((500 * 2.5 + 100 * 10) / 1e6 * 0.5)
     assert "read             6  result lines from 1 file(s): 5 replies (3 accepted, 2 to ask again" in cap.out
     assert "batch replies at 50% off" in cap.out
+    assert "no result" not in cap.out  # sample 3's error line is its result
 
 
 def test_batch_files_split_at_the_count_and_size_limits(tmp_path, key_env, capsys):
@@ -618,3 +619,19 @@ def test_a_failed_batch_is_reported_by_name_and_nothing_is_read(tmp_path, api_fa
     assert f"batch {b1['id']} failed: line 1: invalid_request: model gpt-4o is not available in batch" in out
     assert all(r["cot"] is None for r in rows(data)) and cache_records(data) == []
     assert "not asked        3" in out
+
+
+def test_a_bad_image_stops_an_openai_batch_before_anything_is_uploaded(tmp_path, api_factory, key_env, capsys):
+    """Like the online path: every image of the round is checked before the upload; a missing one is an error
+    naming it (exit 2), no file is uploaded and no batch created, and the report names the sample."""
+    from test_teacher_gen_cot import _set_images
+
+    api = api_factory(reply=good_reply)
+    data = make_dataset(tmp_path / "d", n=3)
+    _set_images(data, {1: ["gone.png"]})
+    assert gen(data, "--base-url", api.url, *BATCH) == 2
+    err = capsys.readouterr().err
+    assert "row 1 (id toy_train_000001): image 'gone.png'" in err and "nothing was sent to the teacher" in err
+    assert api.files == {} and api.batches == {}
+    assert [(f["id"], f["status"]) for f in report(data)["failures"]] == [("toy_train_000001", "bad_image")]
+    assert all(r["cot"] is None for r in rows(data)) and cache_records(data) == []

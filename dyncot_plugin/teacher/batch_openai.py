@@ -27,6 +27,7 @@ from typing import Any
 
 import openai
 
+from dyncot_plugin.io.datasets import DatasetError
 from dyncot_plugin.io.files import atomic_open, atomic_write_json
 from dyncot_plugin.io.read import read_json
 from dyncot_plugin.teacher.batch_files import URL, Ledger, ingest, read_results, write_requests
@@ -118,7 +119,7 @@ class OpenAIBatches:
                     return None
                 bad = self.check(todo)
                 if bad:
-                    return bad
+                    raise DatasetError(bad)
                 rnd = self._new_round(todo)
                 if rnd is None:
                     return None

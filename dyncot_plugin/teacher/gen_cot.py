@@ -28,7 +28,7 @@ from dyncot_plugin.io.read import inside_dir
 from dyncot_plugin.teacher.arguments import DEFAULTS, add_arguments, check_arguments, mode
 from dyncot_plugin.teacher.asker import OnlineAsker, run_online
 from dyncot_plugin.teacher.batch_files import URL, Ledger, ingest, read_results, write_requests
-from dyncot_plugin.teacher.batch_openai import OpenAIBatches, has_open_round
+from dyncot_plugin.teacher.batch_openai import OpenAIBatches
 from dyncot_plugin.teacher.cache import CacheLockedError, JsonlCache
 from dyncot_plugin.teacher.client import RedactingFormatter, Redactor
 from dyncot_plugin.teacher.cost import Estimate
@@ -168,8 +168,8 @@ def _run(args: argparse.Namespace, api_key: str | None, redact: Redactor) -> int
                 st.failures.setdefault(b["id"], b)
             return bad_images_message(bad, len(selected)) if bad else None
 
-        resuming = how == "batch-openai" and has_open_round(paths.cache)
-        bad_images = None if resuming else check(pending)  # a batch in flight was checked when it was written
+        # --batch openai checks each round's samples when it writes the round (a batch in flight was checked then)
+        bad_images = check(pending) if how != "batch-openai" or args.dry_run else None
         if args.dry_run:
             if bad_images:
                 raise DatasetError(bad_images)
@@ -269,13 +269,15 @@ def _batch_read(args, paths: _Paths, samples: list[Sample], cache: JsonlCache, s
         print(f"{len(lines)} result line(s) to read, {before} read before; nothing read (--dry-run)")
         return 0
     aborted = None
+    outcomes: dict[str, str] = {}
     try:
-        ingest(lines, by_id, cache, ledger, args, st)
+        outcomes = ingest(lines, by_id, cache, ledger, args, st)
     except BaseException as err:
         aborted = redact(err) or type(err).__name__
         raise
     finally:
-        still = [sid for sid in unanswered if ledger.unanswered(sid, cache)]
+        # a request error is a result too (the request is written again by the next --batch-write)
+        still = [sid for sid in unanswered if ledger.unanswered(sid, cache) and sid not in outcomes]
         st.batch["read"] = {"files": [str(f) for f in files], "lines": len(lines) + before, "read_before": before,
                             "replies": st.batch_replies, "errors": st.failed, "requests_without_result": still}
         st.batch_lines.append(

@@ -141,7 +141,9 @@ def print_summary(args, st: Stats, s: dict[str, Any], out_path: Path | None, rep
         f"  tokens     prompt {s['prompt_tokens']:,} / completion {s['completion_tokens']:,} this run "
         f"(all runs in the cache: {s['all_runs_prompt_tokens']:,} / {s['all_runs_completion_tokens']:,})"
     )
-    if s["estimated_cost_usd"] is not None:
+    if args.batch_write:
+        pass  # nothing was asked: the estimate above is the cost
+    elif s["estimated_cost_usd"] is not None:
         at = f"at ${args.price_prompt or 0:g} / ${args.price_completion or 0:g} per 1M prompt / completion tokens"
         if s["batch_prompt_tokens"] or s["batch_completion_tokens"] or args.batch_read or args.batch:
             at += f"; batch replies at {args.batch_discount:.0%} off"
