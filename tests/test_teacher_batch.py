@@ -402,6 +402,8 @@ def test_batch_read_reports_rejected_and_failed_replies_by_sample_and_the_cost(t
     assert (s["done"], s["failed"], s["open_attempts"], s["batch_replies_read"]) == (3, 1, 2, 5)
     assert (s["batch_prompt_tokens"], s["batch_completion_tokens"]) == (500, 100)  # the usage each reply reported
     assert s["estimated_cost_usd"] == pytest.approx((500 * 2.5 + 100 * 10) / 1e6 * 0.5)
+    assert s["estimated_cost_online_usd"] == pytest.approx((500 * 2.5 + 100 * 10) / 1e6)
+    assert f"est. cost  ${s['estimated_cost_usd']:.4f} this run (online: ${s['estimated_cost_online_usd']:.4f})" in cap.out
     assert "read             6  result lines from 1 file(s): 5 replies (3 accepted, 2 to ask again" in cap.out
     assert "batch replies at 50% off" in cap.out
     assert "no result" not in cap.out  # sample 3's error line is its result

@@ -162,7 +162,9 @@ class OpenAIBatches:
         self.state.save()
         for line in estimate.lines():
             logger.info("round %d: %s", k, line.strip())
-        self.st.batch_lines.extend(f"  round {k}   " + line.strip() for line in estimate.lines())
+        first, *rest = estimate.lines()
+        self.st.batch_lines.append(f"  {f'round {k}':<11}{first.strip()}")
+        self.st.batch_lines.extend(" " * 13 + line.strip() for line in rest)
         return rnd
 
     def _finish_round(self, rnd: dict) -> str | None:

@@ -175,11 +175,13 @@ class Estimate:
             and d["image_rule"].startswith("OpenAI tiles") else ""
         typical = (f", ~{d['completion_tokens_typical']:,} at the replies' average in the cache"
                    if d["completion_tokens_typical"] is not None else "")
-        out = [(
-            f"  estimate   {d['requests']} requests ({d['bytes'] / 1e6:.2f} MB): prompt ~{d['prompt_tokens']:,} tokens "
-            f"(text ~{d['text_tokens']:,} at {CHARS_PER_TOKEN} characters a token; {images}{detail}); completion "
-            f"at most {d['completion_tokens_max']:,} (--max-tokens {self.args.max_tokens} each){typical}"
-        )]
+        out = [  # one thing a line, in the summary's columns
+            (f"  estimate   {d['requests']} requests ({d['bytes'] / 1e6:.2f} MB), prompt ~{d['prompt_tokens']:,} "
+             f"tokens: text ~{d['text_tokens']:,} (at {CHARS_PER_TOKEN} characters a token)"),
+            f"             + {images}{detail}",
+            (f"             completion at most {d['completion_tokens_max']:,} (--max-tokens {self.args.max_tokens} "
+             f"each){typical}"),
+        ]
         if d["prompt_cost_usd"] is None:
             out.append("  est. cost  n/a before submitting (pass --price-prompt and --price-completion, USD per 1M)")
         else:

@@ -90,6 +90,8 @@ def summary(args: argparse.Namespace, st: Stats, totals: dict[str, int], written
         "prompt_tokens": st.prompt_tokens,
         "completion_tokens": st.completion_tokens,
         "estimated_cost_usd": this_run,
+        # what the same tokens cost at the online price: the batch paths' saving at a glance
+        "estimated_cost_online_usd": cost(st.prompt_tokens, st.completion_tokens, pp, pc),
         "all_runs_prompt_tokens": all_p,
         "all_runs_completion_tokens": all_c,
         "all_runs_estimated_cost_usd": all_runs,
@@ -145,11 +147,13 @@ def print_summary(args, st: Stats, s: dict[str, Any], out_path: Path | None, rep
         pass  # nothing was asked: the estimate above is the cost
     elif s["estimated_cost_usd"] is not None:
         at = f"at ${args.price_prompt or 0:g} / ${args.price_completion or 0:g} per 1M prompt / completion tokens"
+        online = ""
         if s["batch_prompt_tokens"] or s["batch_completion_tokens"] or args.batch_read or args.batch:
             at += f"; batch replies at {args.batch_discount:.0%} off"
+            online = f" (online: ${s['estimated_cost_online_usd']:.4f})"
         lines.append(
-            f"  est. cost  ${s['estimated_cost_usd']:.4f} this run, ${s['all_runs_estimated_cost_usd']:.4f} all runs "
-            f"({at})"
+            f"  est. cost  ${s['estimated_cost_usd']:.4f} this run{online}, ${s['all_runs_estimated_cost_usd']:.4f} "
+            f"all runs ({at})"
         )
         if s["unanswered_requests"]:
             lines.append(
