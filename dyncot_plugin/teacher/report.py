@@ -39,13 +39,13 @@ class Stats:
     batch_prompt_tokens: int = 0
     batch_completion_tokens: int = 0
     reask: set[str] = field(default_factory=set)  # batch: samples whose last reply was rejected with re-asks left
+    failures: dict[str, dict] = field(default_factory=dict)
+    batch: dict[str, Any] = field(default_factory=dict)  # what the batch path did: files, batches, estimate
+    batch_lines: list[str] = field(default_factory=list)  # the summary's lines about it
 
     @property
     def open_attempts(self) -> int:
         return len(self.reask)
-    failures: dict[str, dict] = field(default_factory=dict)
-    batch: dict[str, Any] = field(default_factory=dict)  # what the batch path did: files, batches, estimate
-    batch_lines: list[str] = field(default_factory=list)  # the summary's lines about it
 
 
 def cost(prompt: int, completion: int, price_prompt: float | None, price_completion: float | None,
