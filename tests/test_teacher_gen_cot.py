@@ -761,5 +761,14 @@ def test_two_concurrent_runs_on_one_dataset_end_with_the_union(tmp_path, stub_fa
     assert [r["cot_source"] for r in got] == ["teacher:a", "teacher:b"] * 4
     for model in ("a", "b"):
         s = json.loads((tmp_path / f"{model}.report.json").read_text())["summary"]
-        assert (s["done"], s["rejected"], s["requests"]) == (4, 4, 8)
+        # Each run asked each of the 8 samples exactly once: 8 replies, one final record per sample, at attempt 1.
+        # ``requests`` also counts transport re-sends (a connection reset or time-out under load), so it is only
+        # asserted to be the replies plus the re-sends the run reported, which holds however the timing falls.
+        assert (s["done"], s["rejected"], s["failed"], s["replies"]) == (4, 4, 0, 8)
+        assert s["requests"] == s["replies"] + s["transport_retries"]
+        records = [json.loads(line) for line in (tmp_path / f"{model}.cache.jsonl").read_text().splitlines()]
+        assert sorted((r["id"], r["status"], r["attempt"]) for r in records) == sorted(
+            (f"toy_train_{i:06d}", "done" if i % 2 == (0 if model == "a" else 1) else "rejected", 1) for i in range(8))
+        asked = [sample_of(r) for r in stub.requests if r["model"] == model]
+        assert set(asked) == set(range(8)) and len(asked) <= s["requests"]
     assert not [p.name for p in data.iterdir() if p.name.endswith(".tmp")]

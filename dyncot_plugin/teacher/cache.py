@@ -47,12 +47,15 @@ class CacheLockedError(RuntimeError):
 class SampleState:
     """Everything the cache knows about one sample."""
 
-    __slots__ = ("attempts", "errors", "final")
+    __slots__ = ("attempts", "errors", "final", "replies")
 
     def __init__(self) -> None:
         self.attempts: list[dict] = []  # rejected replies since the last final record, in order
         self.final: dict | None = None
         self.errors: int = 0
+        # attempt/done/rejected records ever: a batch request written when this was n is still unanswered while it
+        # is n (the batch path's check that a result answers a request it wrote)
+        self.replies: int = 0
 
     @property
     def status(self) -> str | None:
@@ -107,6 +110,8 @@ def fold_one(states: dict[str, SampleState], record: dict) -> None:
     """Apply one record. A final record closes the sample's conversation; later attempts start a new one."""
     st = states.setdefault(str(record["id"]), SampleState())
     status = record["status"]
+    if status != "error":
+        st.replies += 1
     if status == "attempt":
         st.attempts.append(record)
     elif status == "error":
@@ -124,8 +129,11 @@ class JsonlCache:
         self._redact = redact or (lambda s: s)
         self._lock = threading.Lock()
         self._fh = None
-        self.tokens = {"prompt_tokens": 0, "completion_tokens": 0}  # over every record, all runs
+        # over every record, all runs; the batch_* share came from batch results (priced at the batch discount)
+        self.tokens = {"prompt_tokens": 0, "completion_tokens": 0, "batch_prompt_tokens": 0,
+                       "batch_completion_tokens": 0}
         self.states: dict[str, SampleState] = {}
+        self.batch_lines: set[str] = set()  # the result lines already read (``batch.line`` of the records)
 
     def __enter__(self) -> JsonlCache:  # noqa: PYI034
         self.open()
@@ -181,8 +189,14 @@ class JsonlCache:
 
     def _fold(self, record: dict) -> None:
         usage = record.get("usage") or {}
-        for k in self.tokens:
-            self.tokens[k] += int(usage.get(k) or 0)
+        batch = record.get("batch")
+        for k in ("prompt_tokens", "completion_tokens"):
+            n = int(usage.get(k) or 0)
+            self.tokens[k] += n
+            if batch:
+                self.tokens["batch_" + k] += n
+        if isinstance(batch, dict) and batch.get("line"):
+            self.batch_lines.add(str(batch["line"]))
         if record["status"] == "done" and "reply" in record:
             record = {k: v for k, v in record.items() if k != "reply"}  # the file keeps it; memory need not
         fold_one(self.states, record)

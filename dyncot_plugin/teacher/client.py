@@ -25,6 +25,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 import openai
+from openai.types.chat import ChatCompletion
 
 logger = logging.getLogger(__name__)
 
@@ -127,7 +128,6 @@ class TeacherClient:
         max_retries: int = 5,
         backoff: float = 1.0,
         backoff_max: float = 60.0,
-        request_params: dict[str, Any] | None = None,
         redact: Redactor | None = None,
         key_hint: str = "the API key",
     ) -> None:
@@ -137,7 +137,6 @@ class TeacherClient:
         self.max_retries = max_retries
         self.backoff = backoff
         self.backoff_max = backoff_max
-        self.request_params = dict(request_params or {})
         self.redact = redact or Redactor(api_key)
         self.key_hint = key_hint
         self._api_key = api_key or "EMPTY"
@@ -184,15 +183,15 @@ class TeacherClient:
         except openai.APIError:
             pass  # reachable; /models may be missing or restricted
 
-    async def complete(self, messages: list[dict]) -> Completion:
+    async def complete(self, body: dict[str, Any]) -> Completion:
+        """POST ``body`` to ``{base_url}/chat/completions`` as it is (the JSON the batch path writes for the same
+        request: :func:`~dyncot_plugin.teacher.request_body.build_request_body`), with the retry policy above."""
         retries = 0
         last: Exception | None = None
         while True:
             self.chat_requests += 1
             try:
-                resp = await self._client.chat.completions.create(
-                    model=self.model, messages=messages, **self.request_params
-                )
+                resp = await self._client.post("/chat/completions", body=body, cast_to=ChatCompletion)
                 choice = resp.choices[0] if resp.choices else None
                 usage = resp.usage
                 return Completion(
