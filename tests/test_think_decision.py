@@ -12,50 +12,13 @@ import torch
 from dyncot_plugin.cot_format import THINK_OPEN
 from dyncot_plugin.testing.lf_runner import run_llamafactory, tiny_sft_config
 from dyncot_plugin.testing.plugin_data import write_plugin_dataset
-from dyncot_plugin.think import TagTextBan, decide, encode_segments, think_tag_ids
+from dyncot_plugin.think import decide, encode_segments, think_tag_ids
 
 IGNORE = -100
 TEMPLATES = {"qwen2_vl": "qwen2_vl", "qwen3_vl": "qwen3_vl_nothink"}
 
 
 # ------------------------------------------------------------------------------------------------ fast, no model
-class _CharTokenizer:
-    """A toy vocabulary in which ``<think>`` can be spelled many ways (for the text ban)."""
-
-    vocab = ["<", "t", "h", "i", "n", "k", ">", "<th", "ink", ">The", "nk>", "a", " ", "<think>", "x<think>y", "<|x|>"]
-    all_special_ids = [15]
-
-    def __len__(self) -> int:
-        return len(self.vocab)
-
-    def batch_decode(self, ids, **kwargs):
-        return [self.vocab[i[0]] for i in ids]
-
-
-def _spells(ban: TagTextBan, ids: list[int]) -> bool:
-    return THINK_OPEN in "".join(ban.texts[i] for i in ids)
-
-
-def test_the_text_ban_keeps_every_spelling_of_the_tag_out():
-    ban = TagTextBan.for_tokenizer(_CharTokenizer())
-    assert ban.texts[15] == ""  # special tokens are invisible in a decoded reply
-    # exhaustive: every reply of up to 5 tokens that the ban allows step by step never spells the tag
-    allowed_replies = [([], "")]
-    for _ in range(5):
-        grown = []
-        for ids, state in allowed_replies:
-            for token in range(len(ban.texts)):
-                if token not in ban.banned[state]:
-                    grown.append((ids + [token], ban.next_state(state, token)))
-        allowed_replies = grown[:: max(1, len(grown) // 4000)]  # a spread sample keeps it fast
-        assert all(not _spells(ban, ids) for ids, _ in allowed_replies)
-    # and it bans no more than needed: in state "<th", "ink" is fine, "ink>"-completions are not
-    assert 8 not in ban.banned["<th"] and 10 in ban.banned["<thi"] and 9 not in ban.banned["<th"]
-    assert {6, 9} <= set(ban.banned["<think"]) and 13 in ban.banned[""] and 14 in ban.banned[""]
-    assert ban.next_state("<th", 8) == "<think" and ban.next_state("<think", 11) == ""
-    assert ban.next_state("<th", 15) == "<th"  # a special token between the pieces does not reset the tail
-
-
 def test_decide_is_the_threshold_rule():
     assert decide("auto", 0.5, 0.5) is True and decide("auto", 0.4999, 0.5) is False
     assert decide("auto", 0.0, 0.0) is True and decide("auto", 1.0, 1.5) is False

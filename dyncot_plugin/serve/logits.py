@@ -9,8 +9,9 @@ Per request it reads ``SamplingParams.extra_args`` (``vllm_xargs`` of the OpenAI
 =========================  ===========================================================================================
 
 ``always`` forces the tag's tokens as the first generated tokens (so the reply's text starts with ``<think>``, as on
-the Hugging Face side); ``never`` bans, at every step, each token whose text would complete ``<think>`` in the
-decoded reply (:class:`dyncot_plugin.think.TagTextBan`, the same automaton as training-side generation); ``auto``
+the Hugging Face side); ``never`` bans, at every step, exactly the tokens whose text would put a think block (or
+its opening) in the decoded reply (:class:`dyncot_plugin.think.NoThinkBan`, the same automaton and the same call
+as training-side generation); ``auto``
 decides by :func:`dyncot_plugin.think.decide` and then does exactly one of the two. On a one-token tag (Qwen3) the
 processor measures ``think_prob`` itself from the first step's logits (the request's own prefill); on a multi-token
 tag the rest of the tag needs a look-ahead, which a logits processor cannot run, so ``auto`` then needs
@@ -33,7 +34,7 @@ from vllm import SamplingParams
 from vllm.v1.sample.logits_processor import AdapterLogitsProcessor
 
 from dyncot_plugin.serve.fields import DEFAULT_MODE_ENV, MODE_KEY, PROB_KEY, THRESHOLD_KEY
-from dyncot_plugin.think import DEFAULT_THRESHOLD, THINK_MODES, THINK_SETTINGS_FILE, TagTextBan, check_threshold, decide, \
+from dyncot_plugin.think import DEFAULT_THRESHOLD, THINK_MODES, THINK_SETTINGS_FILE, NoThinkBan, check_threshold, decide, \
     think_tag_ids
 
 
@@ -68,7 +69,7 @@ class _ThinkRequest:
     def __init__(self, shared: "DyncotThinkLogitsProcessor", mode: str, threshold: float, prob: float | None):
         self.shared, self.mode, self.threshold = shared, mode, threshold
         self.thinks = None if prob is None else decide(mode, prob, threshold)
-        self.state, self.seen = "", 0
+        self.state, self.seen = shared.ban.initial, 0
 
     def __call__(self, output_ids: list[int], logits: torch.Tensor) -> torch.Tensor:
         tag, ban = self.shared.tag, self.shared.ban
@@ -76,8 +77,7 @@ class _ThinkRequest:
         if self.thinks is None and step == 0:  # auto on a one-token tag: think_prob from this step's logits
             prob = torch.softmax(logits.to(torch.float64), dim=-1)[tag[0]].item()
             self.thinks = decide(self.mode, prob, self.threshold)
-        for token in output_ids[self.seen:]:
-            self.state = ban.next_state(self.state, token)
+        self.state = ban.advance(self.state, output_ids[self.seen:])
         self.seen = step
         if self.thinks:
             if step < len(tag):
@@ -85,9 +85,7 @@ class _ThinkRequest:
                 logits.fill_(float("-inf"))
                 logits[tag[step]] = keep
         else:
-            banned = self.shared.banned(self.state, logits.device)
-            if banned.numel():
-                logits[banned] = float("-inf")
+            ban.apply(self.state, logits)
         return logits
 
 
@@ -105,8 +103,7 @@ class DyncotThinkLogitsProcessor(AdapterLogitsProcessor):
         settings = model_think_settings(model_config.model)
         self.tag = list(settings.get("tag_ids") or think_tag_ids(tokenizer))
         self.default_threshold = float(settings.get("threshold", DEFAULT_THRESHOLD))
-        self.ban = TagTextBan.for_tokenizer(tokenizer, model_config.get_vocab_size())
-        self._banned: dict[str, torch.Tensor] = {}
+        self.ban = NoThinkBan.for_tokenizer(tokenizer, model_config.get_vocab_size())
 
     @classmethod
     def validate_params(cls, sampling_params: SamplingParams) -> None:
@@ -125,11 +122,6 @@ class DyncotThinkLogitsProcessor(AdapterLogitsProcessor):
         if mode == "auto" and prob is not None and math.isnan(prob):
             raise ValueError(f"{PROB_KEY}: NaN")
         return _ThinkRequest(self, mode, threshold, prob)
-
-    def banned(self, state: str, device: torch.device) -> torch.Tensor:
-        if state not in self._banned:
-            self._banned[state] = torch.tensor(self.ban.banned[state], dtype=torch.long, device=device)
-        return self._banned[state]
 
 
 __all__ = ["DyncotThinkLogitsProcessor", "MODE_KEY", "PROB_KEY", "THRESHOLD_KEY", "model_think_settings",

@@ -12,7 +12,8 @@ sees the logits the training forward computes for the same prompt.
 Thinking (``dyncot_think``, the rule in :mod:`dyncot_plugin.think`): :class:`ThinkControl` is one logits
 processor for every mode, so that ``auto`` generates a thinking reply exactly as ``always`` does and a plain one
 exactly as ``never`` does, with the same batching: on a thinking row it forces the tag's tokens (the tag is part of
-the generated reply), on a plain row it bans every token that would spell ``<think>`` in the decoded text. The
+the generated reply), on a plain row it bans exactly the tokens that would open a think block in the decoded text
+(:class:`~dyncot_plugin.think.NoThinkBan`). The
 decision of ``auto`` needs ``think_prob``, the probability of the whole tag at the start of the reply: its first
 factor comes from the generation's own prefill logits, and where the tag has several tokens a forward hook on the
 generating module runs the remaining tag tokens on the prefill's KV cache right after the prefill and crops the
@@ -31,7 +32,7 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from dyncot_plugin.compat import generate_accepts, unwrap_model
-from dyncot_plugin.think import DEFAULT_THRESHOLD, THINK_MODES, TagTextBan, check_threshold, decide, think_tag_ids
+from dyncot_plugin.think import DEFAULT_THRESHOLD, THINK_MODES, NoThinkBan, check_threshold, decide, think_tag_ids
 from dyncot_plugin.train.families import DEFAULT_FAMILY, ModelFamily
 
 TRAINING_ONLY_KEYS = ("labels", "position_ids", "rope_deltas")  # generate recomputes positions from the prompt
@@ -82,13 +83,12 @@ class ThinkControl(LogitsProcessor):
             raise ValueError(f"dyncot_think: got {mode!r}; expected one of {', '.join(THINK_MODES)}")
         self.mode, self.threshold = mode, check_threshold(threshold)
         self.tag = think_tag_ids(tokenizer)
-        self.ban = TagTextBan.for_tokenizer(tokenizer, vocab_size)
-        self._banned: dict[str, torch.Tensor] = {}
+        self.ban = NoThinkBan.for_tokenizer(tokenizer, vocab_size)
         self.think_logprob: torch.Tensor | None = None
         self.think_prob: torch.Tensor | None = None
         self.thinks: torch.Tensor | None = None
         self._prompt_len: int | None = None
-        self._states: list[str] = []
+        self._states: list[int] = []
         self._hooked = False
         self._in_lookahead = False
         self._thread: int | None = None
@@ -190,9 +190,7 @@ class ThinkControl(LogitsProcessor):
                     scores[row] = float("-inf")
                     scores[row, self.tag[step]] = keep
             else:
-                banned = self._banned_ids(self._states[row], scores.device)
-                if banned.numel():
-                    scores[row, banned] = float("-inf")
+                self.ban.apply(self._states[row], scores[row])
         return scores
 
     def _start(self, input_ids: torch.Tensor, scores: torch.Tensor) -> None:
@@ -204,12 +202,7 @@ class ThinkControl(LogitsProcessor):
         self.think_prob = self.think_logprob.exp().cpu()
         decisions = [decide(self.mode, float(p), self.threshold) for p in self.think_prob]
         self.thinks = torch.tensor([bool(d) for d in decisions])
-        self._states = [""] * input_ids.size(0)
-
-    def _banned_ids(self, state: str, device: torch.device) -> torch.Tensor:
-        if state not in self._banned:
-            self._banned[state] = torch.tensor(self.ban.banned[state], dtype=torch.long)
-        return self._banned[state].to(device)
+        self._states = [self.ban.initial] * input_ids.size(0)
 
     def reset(self) -> None:
         """Forget the last batch (call before each ``generate``)."""
