@@ -135,7 +135,7 @@ def think_in_generate(model: Any, tokenizer: Any, think: ChatThink) -> None:
             out = generate_with_think(model, kwargs, control, original, logits_processor=processors)
         if logger.isEnabledFor(logging.DEBUG) and control.think_prob is not None:  # LLAMAFACTORY_VERBOSITY=DEBUG
             for prob, thinks in zip(control.think_prob.tolist(), control.thinks.tolist()):
-                logger.debug(f"[dyncot] think_prob {prob:.8g}, threshold {think.threshold}: "
+                logger.debug(f"[dyncot] think_prob {prob!r}, threshold {think.threshold!r}: "
                              f"{'thinks' if thinks else 'plain'} ({think.mode})")
         return out
 

@@ -27,6 +27,9 @@ One place defines what "thinking" is in tokens, for training, Hugging Face gener
   contains neither ``<think>`` nor ``</think>``. The ban works on text: a small automaton follows the reply's text
   and bans exactly the tokens that would break that, nothing else.
 
+* **In files** (:func:`prob_for_file`): a ``think_prob`` is written as the float the decision compared (its
+  shortest round-tripping decimal), so a written value typed in as a threshold decides as the run did.
+
 Import-light (no torch): the vLLM extension and the evaluation tools use it too.
 """
 
@@ -57,9 +60,12 @@ THINK_SETTINGS_FILE = "dyncot_think.json"
 
 
 def prob_for_file(p: float) -> float:
-    """A ``think_prob`` as prediction files store it: 8 significant digits (not 8 decimals, which turn a weakly
-    trained model's 1e-11 into 0 and lose the order the frontier sorts by)."""
-    return float(f"{float(p):.8g}")
+    """A ``think_prob`` as prediction files store it: the float itself, which JSON writes as its shortest
+    round-tripping decimal, so the value read back is exactly the float the run's decision compared: a threshold
+    equal to a written value thinks on that row, and one between two written values splits the posts as the run
+    did. (Rounding, as to 8 digits before, moved rows across: 0.0804280186 was written 0.080428019, and ``auto`` at
+    0.080428019 did not think on it.)"""
+    return float(p)
 
 
 def encode_segments(tokenizer: Any, text: str, tag: str = THINK_OPEN) -> list[int]:
