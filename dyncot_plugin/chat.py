@@ -28,9 +28,7 @@ A recipe without ``dyncot_*`` keys changes nothing: the engine is LLaMA-Factory'
 from __future__ import annotations
 
 import functools
-import json
 import logging
-import os
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -38,7 +36,8 @@ from typing import Any
 from llamafactory.extras import logging as lf_logging
 
 from dyncot_plugin.config import DynCotArguments, DynCotConfigError
-from dyncot_plugin.think import DEFAULT_THRESHOLD, THINK_SETTINGS_FILE, check_threshold
+from dyncot_plugin.think import DEFAULT_THRESHOLD
+from dyncot_plugin.think_settings import ThinkSettingsError, resolve_think_settings
 from dyncot_plugin.train.families import family_of
 from dyncot_plugin.train.generation import ThinkControl, generate_with_think, generation_inputs
 
@@ -80,19 +79,14 @@ def check_backend(args: dict[str, Any] | list[str]) -> None:
 
 
 def _saved_threshold(model_args: Any) -> tuple[float, str] | None:
-    """The threshold in the ``dyncot_think.json`` of the last adapter, else of the model folder, if any."""
-    folders = list(reversed(getattr(model_args, "adapter_name_or_path", None) or []))
-    folders.append(getattr(model_args, "model_name_or_path", None))
-    for folder in folders:
-        path = os.path.join(str(folder), THINK_SETTINGS_FILE) if folder else None
-        if path and os.path.isfile(path):
-            try:
-                with open(path, encoding="utf-8") as f:
-                    value = json.load(f)["threshold"]
-                return check_threshold(value, f"{path}: threshold"), path
-            except (OSError, ValueError, KeyError, TypeError) as e:
-                raise DynCotConfigError(f"{path}: expected a JSON object with a numeric threshold ({e})") from None
-    return None
+    """The threshold in the ``dyncot_think.json`` of the last adapter, else of the model folder, if any
+    (:func:`dyncot_plugin.think_settings.resolve_think_settings`)."""
+    try:
+        settings = resolve_think_settings(getattr(model_args, "model_name_or_path", None),
+                                          getattr(model_args, "adapter_name_or_path", None))
+    except ThinkSettingsError as e:
+        raise DynCotConfigError(str(e)) from None
+    return None if settings.path is None else (settings.threshold, settings.path)
 
 
 def chat_think(dyncot_args: DynCotArguments, given: frozenset[str], model_args: Any) -> ChatThink:

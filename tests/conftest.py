@@ -10,6 +10,14 @@ import os
 
 import pytest
 
+from fixtures.shared import build_once
+from fixtures.suite import (  # noqa: F401  (the suite's hooks: workers, order, serial tests; fixtures/suite.py)
+    pytest_collection_modifyitems,
+    pytest_configure,
+    pytest_runtest_protocol,
+    pytest_xdist_auto_num_workers,
+)
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -31,7 +39,7 @@ def tiny_model_dir(tmp_path_factory) -> str:
     """
     from dyncot_plugin.testing.tiny_model import build_tiny_qwen2vl
 
-    return str(build_tiny_qwen2vl(tmp_path_factory.mktemp("tiny_qwen2vl"), seed=0))
+    return str(build_once(tmp_path_factory, "tiny_qwen2vl", lambda out: build_tiny_qwen2vl(out, seed=0)))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -54,13 +62,10 @@ def real_vocab_model(tmp_path_factory):
     """
     from dyncot_plugin.testing.tiny_families import build_tiny_model
 
-    built: dict[str, str] = {}
-
     def get(family: str = "qwen2_vl") -> str:
-        if family not in built:
-            out = tmp_path_factory.mktemp(f"real_vocab_{family}")
-            built[family] = str(build_tiny_model(out, family, seed=0, tokenizer="qwen"))
-        return built[family]
+        folder = build_once(tmp_path_factory, f"real_vocab_{family}",
+                            lambda out: build_tiny_model(out / "model", family, seed=0, tokenizer="qwen"))
+        return str(folder / "model")
 
     return get
 
@@ -86,9 +91,11 @@ def warm_model(tiny_model_dir, tmp_path_factory) -> tuple[str, str]:
     from dyncot_plugin.testing.lf_runner import run_llamafactory, tiny_sft_config
     from dyncot_plugin.testing.plugin_data import write_plugin_dataset
 
-    root = tmp_path_factory.mktemp("warm")
-    write_plugin_dataset(root / "data", "spread", n=32, image_size=(32, 32))
-    config = tiny_sft_config(tiny_model_dir, root / "data", "spread", root / "model", max_steps=64,
-                             per_device_train_batch_size=4, num_train_epochs=100, logging_steps=16)
-    run_llamafactory("train", config, root / "work")
+    def build(root):
+        write_plugin_dataset(root / "data", "spread", n=32, image_size=(32, 32))
+        config = tiny_sft_config(tiny_model_dir, root / "data", "spread", root / "model", max_steps=64,
+                                 per_device_train_batch_size=4, num_train_epochs=100, logging_steps=16)
+        run_llamafactory("train", config, root / "work")
+
+    root = build_once(tmp_path_factory, "warm", build)
     return str(root / "model"), str(root / "data")
