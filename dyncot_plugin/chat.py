@@ -22,6 +22,9 @@ They never import the training entry point, so the seam (:mod:`dyncot_plugin.pat
   ``generate`` computes M-RoPE positions from (as prediction runs do; LLaMA-Factory's engine does not pass them, and
   transformers 5 then falls back to 1-D positions on image prompts), so a chat reply equals the prediction run's.
 
+* A generation that raises (a request whose ``max_length`` is below its prompt's length, say) ends its streamed
+  reply with that error, at once: LLaMA-Factory's reader would otherwise wait forever on a stream nobody closes.
+
 A recipe without ``dyncot_*`` keys changes nothing: the engine is LLaMA-Factory's own, untouched.
 """
 
@@ -102,12 +105,37 @@ def chat_think(dyncot_args: DynCotArguments, given: frozenset[str], model_args: 
     return ChatThink(dyncot_args.dyncot_think, threshold, source)
 
 
+class _StreamError:
+    """What a failed generation leaves in its ``TextIteratorStreamer``'s queue: the reader compares every item with
+    the stop signal before it returns it (``value == self.stop_signal``), and this item's comparison raises the
+    generation's error, in the reader's thread, whether the reader was already waiting on the queue or not."""
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+    def __eq__(self, other: object) -> bool:
+        raise self.error
+
+
+def end_stream_with(streamer: Any, error: BaseException) -> None:
+    """End a streamed reply with ``error``. LLaMA-Factory's streaming chat runs ``generate`` in a thread and reads
+    a ``TextIteratorStreamer`` that only ``generate``'s normal end closes, so a generation that raises would leave
+    the reader (``chat``, ``webchat``, ``api`` with ``stream``) waiting forever; with this the reader raises the
+    same error at once. A streamer without a queue (no reader waits on it) is left alone."""
+    queue = getattr(streamer, "text_queue", None)
+    if queue is not None:
+        queue.put(_StreamError(error))
+
+
 def think_in_generate(model: Any, tokenizer: Any, think: ChatThink) -> None:
     """Make ``model.generate`` (this model object only) generate under ``think``: each call gets a fresh
     :class:`ThinkControl` and the family's position inputs. Calls on one model run one at a time (a lock): the
     control's prefill hook is added to and removed from the shared model per call, and torch's hook tables must not
     change under another thread's forward (LLaMA-Factory's Hugging Face engine runs one request at a time by default,
-    ``MAX_CONCURRENT=1``, but a streamed reply whose client left keeps generating in its thread). Idempotent."""
+    ``MAX_CONCURRENT=1``, but a streamed reply whose client left keeps generating in its thread). A call that
+    raises ends its stream (if any) with the error (:func:`end_stream_with`). Idempotent."""
     if getattr(model.generate, _WRAPPED, False):
         return
     base = ThinkControl.for_model(think.mode, tokenizer, think.threshold, model)
@@ -125,11 +153,15 @@ def think_in_generate(model: Any, tokenizer: Any, think: ChatThink) -> None:
             kwargs = generation_inputs(model, {"input_ids": kwargs.pop("inputs"), **kwargs}, family)
         processors = kwargs.pop("logits_processor", None)
         control = base.fresh()
-        with one_at_a_time:
-            out = generate_with_think(model, kwargs, control, original, logits_processor=processors)
+        try:
+            with one_at_a_time:
+                out = generate_with_think(model, kwargs, control, original, logits_processor=processors)
+        except BaseException as error:
+            end_stream_with(kwargs.get("streamer"), error)
+            raise
         if logger.isEnabledFor(logging.DEBUG) and control.think_prob is not None:  # LLAMAFACTORY_VERBOSITY=DEBUG
             for prob, thinks in zip(control.think_prob.tolist(), control.thinks.tolist()):
-                logger.debug(f"[dyncot] think_prob {prob:.8g}, threshold {think.threshold}: "
+                logger.debug(f"[dyncot] think_prob {prob!r}, threshold {think.threshold!r}: "
                              f"{'thinks' if thinks else 'plain'} ({think.mode})")
         return out
 
@@ -137,4 +169,4 @@ def think_in_generate(model: Any, tokenizer: Any, think: ChatThink) -> None:
     model.generate = generate
 
 
-__all__ = ["INFERENCE_KEYS", "ChatThink", "chat_think", "check_backend", "think_in_generate"]
+__all__ = ["INFERENCE_KEYS", "ChatThink", "chat_think", "check_backend", "end_stream_with", "think_in_generate"]

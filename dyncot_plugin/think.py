@@ -22,9 +22,13 @@ One place defines what "thinking" is in tokens, for training, Hugging Face gener
   tag forced), otherwise exactly as ``never`` does. ``greedy`` is the old rule, kept for comparison: no control,
   the tag wins when its first token beats every plain first token.
 
-* **Never** (:class:`TagTextBan`): no decoded reply may contain ``<think>``, however it is spelled in tokens. The
-  ban works on text: a small automaton tracks the longest tail of the reply that is a proper prefix of ``<think>``
-  and bans every token whose text would complete the tag from that tail (or contains it).
+* **Never** (:class:`NoThinkBan`): no think block in the reply, however it would be spelled in tokens: the decoded
+  reply does not begin (after leading white space) with a prefix of ``<think>`` of two or more characters, and
+  contains neither ``<think>`` nor ``</think>``. The ban works on text: a small automaton follows the reply's text
+  and bans exactly the tokens that would break that, nothing else.
+
+* **In files** (:func:`prob_for_file`): a ``think_prob`` is written as the float the decision compared (its
+  shortest round-tripping decimal), so a written value typed in as a threshold decides as the run did.
 
 Import-light (no torch): the vLLM extension and the evaluation tools use it too.
 """
@@ -32,16 +36,16 @@ Import-light (no torch): the vLLM extension and the evaluation tools use it too.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
-from dyncot_plugin.cot_format import THINK_OPEN
+from dyncot_plugin.cot_format import THINK_CLOSE, THINK_OPEN
 
 __all__ = [
     "DEFAULT_THRESHOLD",
     "THINK_MODES",
     "THINK_SETTINGS_FILE",
-    "TagTextBan",
+    "NoThinkBan",
     "decide",
     "encode_segments",
     "prob_for_file",
@@ -56,9 +60,12 @@ THINK_SETTINGS_FILE = "dyncot_think.json"
 
 
 def prob_for_file(p: float) -> float:
-    """A ``think_prob`` as prediction files store it: 8 significant digits (not 8 decimals, which turn a weakly
-    trained model's 1e-11 into 0 and lose the order the frontier sorts by)."""
-    return float(f"{float(p):.8g}")
+    """A ``think_prob`` as prediction files store it: the float itself, which JSON writes as its shortest
+    round-tripping decimal, so the value read back is exactly the float the run's decision compared: a threshold
+    equal to a written value thinks on that row, and one between two written values splits the posts as the run
+    did. (Rounding, as to 8 digits before, moved rows across: 0.0804280186 was written 0.080428019, and ``auto`` at
+    0.080428019 did not think on it.)"""
+    return float(p)
 
 
 def encode_segments(tokenizer: Any, text: str, tag: str = THINK_OPEN) -> list[int]:
@@ -106,9 +113,13 @@ _TEXTS_CACHE: dict[int, tuple[Any, int, list[str]]] = {}
 
 
 def token_texts(tokenizer: Any, vocab_size: int | None = None) -> list[str]:
-    """The text of every token id as a decoded reply shows it (``skip_special_tokens=True``: special tokens are
-    empty); ids past the tokenizer (a model vocabulary padded to a multiple) decode to nothing. Decoding a real
-    vocabulary takes seconds, so the texts are kept per tokenizer object."""
+    """The text every token id adds to a decoded reply (``skip_special_tokens=True``, as prediction files, chat
+    replies and vLLM show replies): special tokens add nothing, and ids past the tokenizer (a model vocabulary
+    padded to a multiple) decode to nothing. Each id is decoded after an anchor token (``a``) and the anchor's text
+    cut off, because a SentencePiece tokenizer drops the leading space of a decode's first token only: alone, a
+    token would lose the space it shows inside a reply. (``clean_up_tokenization_spaces`` only removes spaces before
+    ``.,!?'``, none of them a character of the tags, so it cannot make or break a tag.) Decoding a real vocabulary
+    takes seconds, so the texts are kept per tokenizer object."""
     n = len(tokenizer)
     cached = _TEXTS_CACHE.get(id(tokenizer))
     if cached is not None and cached[0] is tokenizer and cached[1] == n:
@@ -121,48 +132,101 @@ def token_texts(tokenizer: Any, vocab_size: int | None = None) -> list[str]:
 
 def _decode_each(tokenizer: Any) -> list[str]:
     n = len(tokenizer)
+    options = {"skip_special_tokens": True, "clean_up_tokenization_spaces": False}
+    anchor = tokenizer.encode("a", add_special_tokens=False)
+    if len(anchor) == 1:
+        lead = tokenizer.decode(anchor, **options)
+        pairs = tokenizer.batch_decode([[anchor[0], i] for i in range(n)], **options)
+        if lead and all(p.startswith(lead) for p in pairs):
+            return [p[len(lead):] for p in pairs]
     special = set(getattr(tokenizer, "all_special_ids", []) or [])
-    texts = tokenizer.batch_decode([[i] for i in range(n)], skip_special_tokens=False,
-                                   clean_up_tokenization_spaces=False)
+    texts = tokenizer.batch_decode([[i] for i in range(n)], **options)
     return ["" if i in special else t for i, t in enumerate(texts)]
 
 
-@dataclass
-class TagTextBan:
-    """Keeps ``tag`` out of decoded text, whatever tokens spell it.
+_TAGS = (THINK_OPEN, THINK_CLOSE)
+_OPENING = THINK_OPEN[:2]  # "<t": every prefix of "<think>" of two or more characters starts with it
 
-    State of a reply: the longest tail of its text that is a proper prefix of ``tag`` (``""`` .. ``"<think"``).
-    ``banned[state]``: token ids whose text, appended to that tail, contains ``tag``. ``<think>`` has no border
-    (no proper prefix that is also a suffix), so the tail alone decides.
+
+class NoThinkBan:
+    """``never``'s ban: the automaton that keeps a reply free of any think block, whatever tokens would spell it.
+
+    **The property** (what ``never``, and ``auto`` on a row below its threshold, guarantee): the decoded reply does
+    not begin, after leading white space, with a prefix of ``<think>`` of two or more characters (``<t``, ``<th``,
+    ... ``<think>``), and contains neither ``<think>`` nor ``</think>``. The ban sets to -inf exactly the tokens whose
+    text, appended to the reply so far, would break it, and leaves every other logit unchanged: a reply may begin
+    with ``<answer>`` or ``<`` and contain ``<thin``. Since breaking the property cannot be undone by more text, a
+    reply that never takes a banned token keeps it to the end; and no state bans everything (special tokens, the end
+    of the reply among them, add no text).
+
+    **States** (:attr:`names`, small ints; :attr:`initial` for an empty reply): ``(at_start, tail)``. ``at_start``:
+    the reply so far is white space, with at most a ``<`` after it (``tail`` ``""`` or ``"<"``); there a token whose
+    text would continue it to ``<t`` is banned. ``tail``: the longest end of the reply that is a proper prefix of
+    ``<think>`` or ``</think>``; both tags hold one ``<``, at their start, so the tail starts at the reply's last
+    ``<``, and from a tail a token is banned when it holds a tag or its text completes one from the tail. 15 states;
+    :attr:`banned` lists the banned ids of each, computed once per vocabulary (a fraction of a second on Qwen's).
+    ``tests/test_think_ban.py`` holds all of it against a brute-force reading of the property
+    (:mod:`dyncot_plugin.testing.no_think`) on every state and every token of Qwen2's and Qwen3's real vocabularies.
     """
 
-    texts: Sequence[str]
-    tag: str = THINK_OPEN
+    def __init__(self, texts: Sequence[str]) -> None:
+        self.texts = texts
+        tails = sorted({t[:k] for t in _TAGS for k in range(1, len(t))}, key=lambda s: (len(s), s))
+        self.names: list[tuple[bool, str]] = [(True, ""), (True, "<"), (False, "")] + [(False, t) for t in tails]
+        self._index = {name: i for i, name in enumerate(self.names)}
+        self.initial = 0
+        self._empty = self._index[(False, "")]
+        holds = {i for i, text in enumerate(texts) if "<" in text and any(tag in text for tag in _TAGS)}
+        first = set("".join(_TAGS))
+        tagged = [i for i, text in enumerate(texts) if text and text[0] in first]  # may continue a tail
+        opening = {i for i, text in enumerate(texts) if _OPENING in text and text.lstrip().startswith(_OPENING)}
+        self.banned: list[list[int]] = []
+        for at_start, tail in self.names:
+            rests = tuple(tag[len(tail):] for tag in _TAGS if tail and tag.startswith(tail))
+            banned = set(holds)
+            if rests:
+                banned.update(i for i in tagged if texts[i].startswith(rests))
+            if at_start:  # the reply would open with "<t" (the text of "<" + token, or the token's after white space)
+                banned.update(opening if not tail else (i for i in tagged if texts[i].startswith(_OPENING[1:])))
+            self.banned.append(sorted(banned))
+        self._tensors: dict[tuple[int, Any], Any] = {}
 
-    def __post_init__(self) -> None:
-        self.states = [self.tag[:i] for i in range(len(self.tag))]
-        self.banned: dict[str, list[int]] = {}
-        for state in self.states:
-            rest = self.tag[len(state):]
-            self.banned[state] = [
-                i for i, text in enumerate(self.texts)
-                if self.tag in text or (state and text.startswith(rest))
-            ]
+    @classmethod
+    def for_tokenizer(cls, tokenizer: Any, vocab_size: int | None = None) -> "NoThinkBan":
+        return cls(token_texts(tokenizer, vocab_size))
 
-    def next_state(self, state: str, token_id: int) -> str:
-        text = state + (self.texts[token_id] if 0 <= token_id < len(self.texts) else "")
-        start = text.rfind(self.tag[0])
-        if start < 0:
-            return ""
-        tail = text[start:]
-        return tail if len(tail) < len(self.tag) and self.tag.startswith(tail) else ""
+    def next_state(self, state: int, token_id: int) -> int:
+        """The state after the reply in ``state`` takes ``token_id``."""
+        text = self.texts[token_id] if 0 <= token_id < len(self.texts) else ""
+        at_start, tail = self.names[state]
+        if at_start:
+            text = (tail + text).lstrip()
+            if text in ("", "<"):
+                return self._index[(True, text)]
+            tail = ""
+        i = text.rfind("<")  # the new tail starts at the last "<": in this token's text, else in the old tail
+        return self._index.get((False, text[i:] if i >= 0 else tail + text), self._empty)
 
-    def state_of(self, token_ids: Sequence[int]) -> str:
-        state = ""
+    def advance(self, state: int, token_ids: Sequence[int]) -> int:
+        """The state after the reply in ``state`` takes ``token_ids`` one by one."""
         for token_id in token_ids:
             state = self.next_state(state, int(token_id))
         return state
 
-    @classmethod
-    def for_tokenizer(cls, tokenizer: Any, vocab_size: int | None = None) -> "TagTextBan":
-        return cls(token_texts(tokenizer, vocab_size))
+    def state_of(self, token_ids: Sequence[int]) -> int:
+        """The state of a reply made of ``token_ids``."""
+        return self.advance(self.initial, token_ids)
+
+    def apply(self, state: int, logits: Any) -> Any:
+        """Set the logits of the tokens banned in ``state`` to -inf in ``logits`` (one row: a 1-D torch tensor, or a
+        view of a batch's row), in place, and return it; every other logit is left as it was. What the Hugging Face
+        and the vLLM logits processors call for a row that does not think."""
+        key = (state, logits.device)
+        index = self._tensors.get(key)
+        if index is None:
+            import torch  # lazily: this module stays import-light for the evaluation tools
+
+            index = self._tensors[key] = torch.tensor(self.banned[state], dtype=torch.long, device=logits.device)
+        if index.numel():
+            logits[index] = float("-inf")
+        return logits

@@ -7,9 +7,9 @@ before any test imports transformers / datasets / llamafactory.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
-
 from fixtures.shared import build_once
 from fixtures.suite import (  # noqa: F401  (the suite's hooks: workers, order, serial tests; fixtures/suite.py)
     pytest_collection_modifyitems,
@@ -186,3 +186,42 @@ def dyncot_server(vllm_python_path, served_model, tmp_path_factory):
     yield get
     for server in servers.values():
         server.stop()
+
+
+# The think decision (issue 24) -----------------------------------------------------------------------------------
+COT_STEPS = 12  # see cot_real_vocab_model
+
+
+def cot_rationale_rows(rows: list[dict]) -> None:
+    """``write_plugin_dataset`` mutator: a rationale per row that starts with "The" (one row in four after a new
+    line, where Qwen's pre-tokenizer would glue the tag's ``>`` to the white space)."""
+    for i, row in enumerate(rows):
+        answer = row["messages"][1]["content"]
+        lead = "\n" if i % 4 == 3 else ""
+        row["cot"] = f"<think>{lead}The picture and the post are about {answer}.</think><answer>{answer}</answer>"
+
+
+@pytest.fixture(scope="session")
+def cot_real_vocab_model(tmp_path_factory, real_vocab_model):
+    """``cot_real_vocab_model(family)`` -> folder (Path) holding ``cot/`` (``real_vocab_model(family)`` trained with
+    ``dyncot_strategy: cot``, its ``dyncot_think.json`` included) and ``data/`` (the 16-row ``toy`` plugin dataset
+    it was trained on, rationales from :func:`cot_rationale_rows`). Trained ``COT_STEPS`` steps at batch 4 so that,
+    left alone (greedy), it opens replies with ``<think>``: the model on which ``never`` must hold back a think block
+    it wants to write. Built once per family per run; read-only."""
+    from dyncot_plugin.testing.lf_runner import run_llamafactory, tiny_sft_config
+    from dyncot_plugin.testing.plugin_data import write_plugin_dataset
+    from dyncot_plugin.testing.tiny_families import FAMILIES
+
+    def get(family: str = "qwen2_vl") -> Path:
+        base = real_vocab_model(family)
+
+        def build(root: Path) -> None:
+            write_plugin_dataset(root / "data", "toy", n=16, mutate=cot_rationale_rows)
+            config = tiny_sft_config(base, root / "data", "toy", root / "cot", learning_rate=3e-3,
+                                     max_steps=COT_STEPS, dyncot_strategy="cot", per_device_train_batch_size=4,
+                                     template=FAMILIES[family].template)
+            run_llamafactory("train", config, root / "work")
+
+        return build_once(tmp_path_factory, f"cot_real_vocab_{family}", build, steps=COT_STEPS)
+
+    return get

@@ -3,7 +3,8 @@
 vanilla without ``dyncot_*`` keys.
 
 One tiny Qwen2-VL with Qwen's real vocabulary (``<think>`` is three tokens), trained with ``cot`` so that, left alone,
-it opens replies with the tag. The engines run in this process through ``ChatModel`` (the class all three front ends
+it opens replies with the tag (the shared ``cot_real_vocab_model`` fixture); ``never``'s replies are held to the
+property of README "Thinking at inference", not only to the literal tag. The engines run in this process through ``ChatModel`` (the class all three front ends
 build) and, once each, through the real ``llamafactory-cli chat`` and ``api`` commands.
 """
 
@@ -17,6 +18,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from contextlib import contextmanager
@@ -26,7 +28,7 @@ import pytest
 import yaml
 
 from dyncot_plugin.testing.lf_runner import llamafactory_cli, make_image, offline_env, run_llamafactory, tiny_sft_config
-from dyncot_plugin.testing.plugin_data import write_plugin_dataset
+from dyncot_plugin.testing.no_think import violates
 
 pytestmark = pytest.mark.slow
 
@@ -36,22 +38,10 @@ POSTS = ["a morning run by the river #", "new phone, who dis", "the match tonigh
 GEN = dict(do_sample=False, max_new_tokens=12)
 
 
-def _cot_rows(rows: list[dict]) -> None:
-    for i, row in enumerate(rows):
-        answer = row["messages"][1]["content"]
-        lead = "\n" if i % 4 == 3 else ""
-        row["cot"] = f"<think>{lead}The picture and the post are about {answer}.</think><answer>{answer}</answer>"
-
-
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    from dyncot_plugin.testing.tiny_families import build_tiny_model
-
-    root = tmp_path_factory.mktemp("chat")
-    base = build_tiny_model(root / "base", "qwen2_vl", tokenizer="qwen")
-    write_plugin_dataset(root / "data", "toy", n=16, mutate=_cot_rows)
-    run_llamafactory("train", tiny_sft_config(base, root / "data", "toy", root / "cot", learning_rate=3e-3, max_steps=12,
-                                              dyncot_strategy="cot", per_device_train_batch_size=4), root)
+def model_dir(cot_real_vocab_model) -> Path:
+    """The shared cot-trained tiny Qwen2-VL (real vocabulary); its training data is ``model_dir.parent / "data"``."""
+    root = cot_real_vocab_model("qwen2_vl")
     assert json.loads((root / "cot" / "dyncot_think.json").read_text())["threshold"] == 0.5
     return root / "cot"
 
@@ -146,7 +136,7 @@ def replies(model_dir) -> dict:
 def test_never_always_and_auto_follow_the_recipe_in_every_reply(replies):
     vanilla, never, always = replies["vanilla"][0], replies["never"][0], replies["always"][0]
     assert sum(r.startswith(THINK) for r in vanilla) >= 3  # left alone, the cot-trained model thinks
-    assert not any(THINK in r for r in never)
+    assert not any(violates(r) for r in never), never  # never's property, not only the literal tag
     assert all(r.startswith(THINK) for r in always)
     probs, middle = replies["think_prob"], replies["middle"]
     thinks = [p >= middle for p in probs]
@@ -212,7 +202,7 @@ def test_llamafactory_cli_chat_with_never(model_dir, replies, tmp_path):
     assert "dyncot_think=never, threshold 0.5 (from " in proc.stdout + proc.stderr
     answers = [chunk.split("\n\n")[0].strip() for chunk in proc.stdout.split("Assistant: ")[1:]]
     assert answers == [r.strip() for r in replies["never"][0][:3]]
-    assert not any(THINK in a for a in answers)
+    assert not any(violates(a) for a in answers)
 
 
 def _free_port() -> int:
@@ -257,7 +247,7 @@ def test_llamafactory_cli_api_with_never(model_dir, replies, tmp_path):
         server.wait(timeout=60)
         log.close()
     assert texts[:2] == replies["never"][0][:2] and streamed == replies["never"][0][0]
-    assert not any(THINK in t for t in texts)
+    assert not any(violates(t) for t in texts + [streamed])
     # the image post as the API got it (base64) is the reply the engine gives the same image from its file
     in_process = _engine(model_dir, dyncot_think="never").chat([{"role": "user", "content": POSTS[2]}],
                                                                images=[str(tmp_path / "post.png")], **GEN)
@@ -276,6 +266,29 @@ def test_webchat_builds_its_engine_from_the_recipe(model_dir, replies, tmp_path,
     chat_model = engine.chatter
     assert chat_model.loaded
     assert _replies(chat_model, stream=True)[:2] == replies["never"][0][:2]
+
+
+# the error also ends LLaMA-Factory's generation thread, as it should: pytest reports that thread's exception
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_streamed_reply_whose_generation_raises_ends_with_that_error(model_dir):
+    """A request whose ``max_length`` is below its prompt's length makes ``generate`` raise in LLaMA-Factory's
+    generation thread: the streamed reply ends within seconds with that error (before the fix the reader waited
+    forever on a stream nobody closed), and the engine serves the next request."""
+    chat_model = _engine(model_dir, dyncot_think="never")
+    outcome: dict = {}
+
+    def read() -> None:
+        try:
+            outcome["text"] = "".join(chat_model.stream_chat([{"role": "user", "content": POSTS[0]}], max_length=2))
+        except Exception as error:  # noqa: BLE001 - the error is what is checked
+            outcome["error"] = error
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(10)
+    assert not reader.is_alive(), "the streamed reply did not end within 10 s"
+    assert isinstance(outcome.get("error"), ValueError) and "max_length" in str(outcome["error"]), outcome
+    assert "".join(chat_model.stream_chat([{"role": "user", "content": POSTS[1]}], **GEN)) != ""
 
 
 @pytest.mark.low_end  # transformers 4.57 computes positions without mm_token_type_ids

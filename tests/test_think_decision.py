@@ -1,6 +1,7 @@
 """The think decision on real tokenizers: Qwen2-VL (``<think>`` is three tokens, and Qwen's pre-tokenizer glues
 ``>`` to the next word) and Qwen3-VL (one token). One tiny model per family, trained with ``cot`` on rationales that
-start with "The" (some after a new line); every mode is generated in this process from the same prompt batch."""
+start with "The" (some after a new line; the shared ``cot_real_vocab_model`` fixture); every mode is generated in
+this process from the same prompt batch."""
 
 from __future__ import annotations
 
@@ -10,52 +11,15 @@ import pytest
 import torch
 
 from dyncot_plugin.cot_format import THINK_OPEN
-from dyncot_plugin.testing.lf_runner import run_llamafactory, tiny_sft_config
-from dyncot_plugin.testing.plugin_data import write_plugin_dataset
-from dyncot_plugin.think import TagTextBan, decide, encode_segments, think_tag_ids
+from dyncot_plugin.testing.lf_runner import tiny_sft_config
+from dyncot_plugin.testing.no_think import violates
+from dyncot_plugin.think import decide, encode_segments, think_tag_ids
 
 IGNORE = -100
 TEMPLATES = {"qwen2_vl": "qwen2_vl", "qwen3_vl": "qwen3_vl_nothink"}
 
 
 # ------------------------------------------------------------------------------------------------ fast, no model
-class _CharTokenizer:
-    """A toy vocabulary in which ``<think>`` can be spelled many ways (for the text ban)."""
-
-    vocab = ["<", "t", "h", "i", "n", "k", ">", "<th", "ink", ">The", "nk>", "a", " ", "<think>", "x<think>y", "<|x|>"]
-    all_special_ids = [15]
-
-    def __len__(self) -> int:
-        return len(self.vocab)
-
-    def batch_decode(self, ids, **kwargs):
-        return [self.vocab[i[0]] for i in ids]
-
-
-def _spells(ban: TagTextBan, ids: list[int]) -> bool:
-    return THINK_OPEN in "".join(ban.texts[i] for i in ids)
-
-
-def test_the_text_ban_keeps_every_spelling_of_the_tag_out():
-    ban = TagTextBan.for_tokenizer(_CharTokenizer())
-    assert ban.texts[15] == ""  # special tokens are invisible in a decoded reply
-    # exhaustive: every reply of up to 5 tokens that the ban allows step by step never spells the tag
-    allowed_replies = [([], "")]
-    for _ in range(5):
-        grown = []
-        for ids, state in allowed_replies:
-            for token in range(len(ban.texts)):
-                if token not in ban.banned[state]:
-                    grown.append((ids + [token], ban.next_state(state, token)))
-        allowed_replies = grown[:: max(1, len(grown) // 4000)]  # a spread sample keeps it fast
-        assert all(not _spells(ban, ids) for ids, _ in allowed_replies)
-    # and it bans no more than needed: in state "<th", "ink" is fine, "ink>"-completions are not
-    assert 8 not in ban.banned["<th"] and 10 in ban.banned["<thi"] and 9 not in ban.banned["<th"]
-    assert {6, 9} <= set(ban.banned["<think"]) and 13 in ban.banned[""] and 14 in ban.banned[""]
-    assert ban.next_state("<th", 8) == "<think" and ban.next_state("<think", 11) == ""
-    assert ban.next_state("<th", 15) == "<th"  # a special token between the pieces does not reset the tail
-
-
 def test_decide_is_the_threshold_rule():
     assert decide("auto", 0.5, 0.5) is True and decide("auto", 0.4999, 0.5) is False
     assert decide("auto", 0.0, 0.0) is True and decide("auto", 1.0, 1.5) is False
@@ -63,27 +27,17 @@ def test_decide_is_the_threshold_rule():
 
 
 # ------------------------------------------------------------------------------------------------ real vocabularies
-def _cot_rows(rows: list[dict]) -> None:
-    for i, row in enumerate(rows):
-        answer = row["messages"][1]["content"]
-        lead = "\n" if i % 4 == 3 else ""
-        row["cot"] = f"<think>{lead}The picture and the post are about {answer}.</think><answer>{answer}</answer>"
-
-
 @pytest.fixture(scope="module", params=[pytest.param("qwen2_vl", marks=pytest.mark.low_end), "qwen3_vl"])
-def trained(request, tmp_path_factory):
-    """(family, assembled run on the cot-trained model): its trainer, collator, datasets and tokenizer."""
+def trained(request, cot_real_vocab_model, tmp_path_factory):
+    """(family, assembled run on the shared cot-trained model): its trainer, collator, datasets and tokenizer."""
     from dyncot_plugin.testing.assemble import assemble_sft
-    from dyncot_plugin.testing.tiny_families import build_tiny_model
 
     family = request.param
-    root = tmp_path_factory.mktemp(f"think_{family}")
-    model_dir = build_tiny_model(root / "model", family, tokenizer="qwen")
-    write_plugin_dataset(root / "data", "toy", n=16, mutate=_cot_rows)
-    common = dict(template=TEMPLATES[family], dyncot_strategy="cot", per_device_train_batch_size=4)
-    run_llamafactory("train", tiny_sft_config(model_dir, root / "data", "toy", root / "cot", learning_rate=3e-3,
-                                              max_steps=12, **common), root)
-    built = assemble_sft(tiny_sft_config(root / "cot", root / "data", "toy", root / "assembled", **common))
+    root = cot_real_vocab_model(family)
+    out = tmp_path_factory.mktemp(f"think_{family}")
+    built = assemble_sft(tiny_sft_config(root / "cot", root / "data", "toy", out / "assembled",
+                                         template=TEMPLATES[family], dyncot_strategy="cot",
+                                         per_device_train_batch_size=4))
     return family, built
 
 
@@ -160,12 +114,14 @@ def test_never_always_and_auto_follow_the_rule_on_the_real_vocabulary(generation
     never, always, greedy = runs["never"][0], runs["always"][0], runs["greedy"][0]
     # the trained model does want to think: left alone it writes the tag on most posts
     assert sum(_text(tokenizer, ids).startswith("<think>") for ids in greedy) >= 4
-    assert not any(THINK_OPEN in _text(tokenizer, ids) for ids in never)
+    # never's property (README "Thinking at inference"), not only the literal tag: on Qwen2's vocabulary the old
+    # ban let these replies open with "<th" "ink" and close a think block
+    assert not any(violates(_text(tokenizer, ids)) for ids in never), [_text(tokenizer, ids) for ids in never]
     assert all(ids[: len(tag)] == tag and _text(tokenizer, ids).startswith("<think>") for ids in always)
-    # one think_prob per post, the same in every mode (same prefill)
+    # one think_prob per post, the same float in every mode (same prefill)
     probs = runs["always"][1]
     for name, (_, other, _, _) in runs.items():
-        assert other == pytest.approx(probs, abs=1e-9), name
+        assert other == probs, name
     # auto: exactly always's reply where think_prob >= threshold, exactly never's elsewhere
     for name in ("auto_mid", "auto_0", "auto_1.5"):
         new, prob, thinks, threshold = runs[name]
@@ -176,20 +132,81 @@ def test_never_always_and_auto_follow_the_rule_on_the_real_vocabulary(generation
     assert runs["auto_0"][0] == always and runs["auto_1.5"][0] == never
 
 
-@pytest.mark.slow
-def test_think_prob_is_the_tag_probability_of_an_unpadded_forward(generations):
-    family, built, features, runs = generations
-    tokenizer, model = built.tokenizer, built.model
-    tag = think_tag_ids(tokenizer)
-    probs = runs["always"][1]
-    for row, feature in enumerate(features):
+def _forward_tag_logprobs(built, model, features, tag) -> torch.Tensor:
+    """log P(tag[j] | prompt, tag[:j]) per row and tag position (float64), from one forward per post over prompt +
+    tag: no batch, no padding, no cache, no look-ahead (the training collator builds the inputs and positions)."""
+    rows = []
+    for feature in features:
         prompt = list(feature["input_ids"])
         one = dict(feature, input_ids=prompt + tag, attention_mask=[1] * (len(prompt) + len(tag)),
                    labels=[IGNORE] * (len(prompt) + len(tag)))
-        batch = built.collator([one])  # the training collator: right padding (none here), the model's positions
+        batch = built.collator([one])  # right padding (none here), the model's positions
         batch = {k: v for k, v in batch.items() if k != "labels" and not k.startswith(("cot_", "dyncot_"))}
         with torch.no_grad():
-            logits = model(**batch).logits[0].to(torch.float64)
-        logprobs = torch.log_softmax(logits, dim=-1)
-        expected = sum(float(logprobs[len(prompt) - 1 + j, t]) for j, t in enumerate(tag))
-        assert probs[row] == pytest.approx(torch.tensor(expected).exp().item(), abs=1e-4), row
+            logprobs = torch.log_softmax(model(**batch).logits[0].to(torch.float64), dim=-1)
+        rows.append([logprobs[len(prompt) - 1 + j, t] for j, t in enumerate(tag)])
+    return torch.tensor(rows, dtype=torch.float64)
+
+
+@pytest.fixture(scope="module")
+def uncertain(trained):
+    """(family, built, a copy of the trained model whose ``think_prob`` is between 0.01 and 0.99 on most posts).
+
+    The cot-trained tiny model gives the tag a probability near 0 or near 1, where an absolute tolerance cannot
+    fail and a relative one hardly sees the tag's later tokens. The copy's output layer gets a bias on the tag's
+    tokens only (the same bias at every position, as a real ``Linear`` with ``bias``), raised in a few rounds toward
+    a median probability of 0.8 per tag token at its own position (the tag's tokens also compete with each other at
+    every position, so a 3-token tag ends lower; on a random model about 0.03): a model like any other to both
+    sides of the comparison, on which a wrong look-ahead position, a missed look-ahead token or a padded row shows
+    (each of those three breaks fails the test below; the old ``abs=1e-4`` on ~3e-11 passed them all)."""
+    import copy
+
+    family, built = trained
+    tag = think_tag_ids(built.tokenizer)
+    features, _ = _prompts(built)
+    model = copy.deepcopy(built.model).eval()
+    head = model.get_output_embeddings()
+    biased = torch.nn.Linear(head.in_features, head.out_features, bias=True, dtype=head.weight.dtype)
+    biased.weight = head.weight
+    biased.bias = torch.nn.Parameter(torch.zeros(head.out_features, dtype=head.weight.dtype), requires_grad=False)
+    model.set_output_embeddings(biased)
+    target = 0.8
+    for _ in range(3):  # each tag token's bias moves the others' probabilities a little: settle in a few rounds
+        p = _forward_tag_logprobs(built, model, features, tag).median(dim=0).values.exp().clamp(1e-12, 1 - 1e-12)
+        # p' = p e^c / (1 - p + p e^c) = target  <=>  c = log(target (1 - p) / (p (1 - target)))
+        lift = torch.log(target * (1 - p)) - torch.log(p * (1 - target))
+        with torch.no_grad():
+            for token, c in zip(tag, lift.tolist()):
+                biased.bias[token] += c
+    return family, built, model, features
+
+
+@pytest.mark.slow
+def test_think_prob_is_the_tag_probability_of_an_unpadded_forward(uncertain):
+    """Acceptance: relative 1e-4 against an independent forward on every post, at least half of them with a
+    think_prob in [0.01, 0.99] (a 3-token tag on Qwen2-VL, one token on Qwen3-VL)."""
+    from dyncot_plugin.train.generation import ThinkControl, generate_with_think, generation_inputs
+
+    family, built, model, features = uncertain
+    tokenizer = built.tokenizer
+    tag = think_tag_ids(tokenizer)
+    assert len(tag) == (3 if family == "qwen2_vl" else 1)
+    expected = _forward_tag_logprobs(built, model, features, tag).sum(dim=1).exp().tolist()
+    assert len(set(expected)) == len(features)  # the posts differ: a row mix-up shows
+    assert sum(0.01 <= p <= 0.99 for p in expected) >= len(expected) / 2, expected
+    tokenizer.padding_side = "left"
+    try:  # the batch generate sees: left-padded, the family's positions
+        inputs = generation_inputs(model, built.collator([dict(f) for f in features]), built.trainer.family)
+    finally:
+        tokenizer.padding_side = "right"
+    assert (inputs["attention_mask"] == 0).any()  # some rows are padded
+    probs = {}
+    for mode in ("greedy", "never", "always"):
+        control = ThinkControl(mode, tokenizer, 0.5)
+        with torch.no_grad():
+            generate_with_think(model, dict(inputs), control, max_new_tokens=2, do_sample=False,
+                                pad_token_id=tokenizer.pad_token_id)
+        probs[mode] = control.think_prob.tolist()
+        assert probs[mode] == pytest.approx(expected, rel=1e-4, abs=0), mode
+    # one prefill, one think_prob: the same float in every mode
+    assert probs["greedy"] == probs["never"] == probs["always"]

@@ -9,9 +9,10 @@ Per request it reads ``SamplingParams.extra_args`` (``vllm_xargs`` of the OpenAI
 =========================  ===========================================================================================
 
 ``always`` forces the tag's tokens as the first generated tokens (so the reply's text starts with ``<think>``, as on
-the Hugging Face side); ``never`` bans, at every step, each token whose text would complete ``<think>`` in the
-decoded reply (:class:`dyncot_plugin.think.TagTextBan`, the same automaton as training-side generation); ``auto``
-decides by :func:`dyncot_plugin.think.decide` and then does exactly one of the two.
+the Hugging Face side); ``never`` bans, at every step, exactly the tokens whose text would put a think block (or
+its opening) in the decoded reply (:class:`dyncot_plugin.think.NoThinkBan`, the same automaton and the same call
+as training-side generation); ``auto`` decides by :func:`dyncot_plugin.think.decide` and then does exactly one of
+the two.
 
 **Where a request is refused.** vLLM treats an exception inside an engine step as fatal (the server exits), so
 everything a request could get wrong is checked in :meth:`DyncotThinkLogitsProcessor.validate_params`, which vLLM
@@ -49,7 +50,7 @@ from vllm.v1.sample.logits_processor import AdapterLogitsProcessor
 
 from dyncot_plugin.serve.fields import MODE_KEY, PROB_KEY, THRESHOLD_KEY, FieldError, check_measurable, \
     model_think_settings, request_settings, tag_len_from_env
-from dyncot_plugin.think import TagTextBan, decide, think_tag_ids
+from dyncot_plugin.think import NoThinkBan, decide, think_tag_ids
 from dyncot_plugin.think_settings import resolve_think_settings
 
 logger = init_logger(__name__)
@@ -63,7 +64,7 @@ class _ThinkRequest:
         # auto without a measured think_prob (a one-token tag): decided from the logits at the end of the prompt
         self.measure = mode == "auto" and prob is None
         self.thinks = None if self.measure else decide(mode, 0.0 if prob is None else prob, threshold)
-        self.state, self.seen = "", 0
+        self.state, self.seen = shared.ban.initial, 0
 
     def __call__(self, output_ids: list[int], logits: torch.Tensor) -> torch.Tensor:
         try:
@@ -82,17 +83,14 @@ class _ThinkRequest:
                 self.thinks = decide(self.mode, prob, self.threshold)
             elif self.thinks is None:  # resumed after preemption: the first token shows the decision taken
                 self.thinks = output_ids[0] == tag[0]
-        for token in output_ids[self.seen:]:
-            self.state = ban.next_state(self.state, token)
+        self.state = ban.advance(self.state, output_ids[self.seen:])
         self.seen = step
         if self.thinks:
             if step < len(tag):  # forced: the tag's token is the only finite logit (whatever masks came before)
                 logits.fill_(float("-inf"))
                 logits[tag[step]] = 0.0
         else:
-            banned = self.shared.banned(self.state, logits.device)
-            if banned.numel():
-                logits[banned] = float("-inf")
+            ban.apply(self.state, logits)
         return logits
 
 
@@ -114,8 +112,7 @@ class DyncotThinkLogitsProcessor(AdapterLogitsProcessor):
         settings = resolve_think_settings(model_config.model)
         self.tag = settings.tag_ids or think_tag_ids(tokenizer)
         self.default_threshold = settings.threshold
-        self.ban = TagTextBan.for_tokenizer(tokenizer, model_config.get_vocab_size())
-        self._banned: dict[str, torch.Tensor] = {}
+        self.ban = NoThinkBan.for_tokenizer(tokenizer, model_config.get_vocab_size())
         announced = tag_len_from_env()
         if announced is not None and announced != len(self.tag):
             logger.warning("dyncot_think: DYNCOT_THINK_TAG_LEN=%d but the think tag is %d tokens", announced,
@@ -157,11 +154,6 @@ class DyncotThinkLogitsProcessor(AdapterLogitsProcessor):
                          len(self.tag))
             mode = "never"
         return _ThinkRequest(self, mode, threshold, prob)
-
-    def banned(self, state: str, device: torch.device) -> torch.Tensor:
-        if state not in self._banned:
-            self._banned[state] = torch.tensor(self.ban.banned[state], dtype=torch.long, device=device)
-        return self._banned[state]
 
 
 __all__ = ["DyncotThinkLogitsProcessor", "MODE_KEY", "PROB_KEY", "THRESHOLD_KEY", "model_think_settings",

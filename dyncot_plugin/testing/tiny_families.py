@@ -511,11 +511,11 @@ FAMILIES: dict[str, Family] = {
 }
 
 
-def _family_tokenizer(spec: Family, vocab_size: int, seed: int) -> Any:
+def _family_tokenizer(spec: Family, vocab_size: int, seed: int, cot_tokens: bool = True) -> Any:
     """The shared tiny tokenizer plus the family's special tokens, named tokens and chat template."""
     from transformers import AddedToken
 
-    tokenizer = _train_tokenizer(vocab_size, seed)
+    tokenizer = _train_tokenizer(vocab_size, seed, cot_tokens=cot_tokens)
     if spec.special_tokens:
         add_special_tokens(tokenizer, [AddedToken(t, special=True, normalized=False) for t in spec.special_tokens])
     standard = {k: v for k, v in spec.named_tokens.items() if k in tokenizer.SPECIAL_TOKENS_ATTRIBUTES}
@@ -542,6 +542,7 @@ def build_tiny_model(
     tokenizer: str = "tiny",
     hidden_size: int | None = None,
     num_layers: int | None = None,
+    cot_tokens: bool = True,
 ) -> Path:
     """Write a tiny random checkpoint of ``family`` (a key of :data:`FAMILIES`) to ``out_dir``; return its path.
 
@@ -556,6 +557,10 @@ def build_tiny_model(
     (:mod:`~dyncot_plugin.testing.qwen_vocab`); on qwen2_vl and qwen2_5_vl ``<think>`` is then three tokens, and
     there is no ``<answer>`` token. ``hidden_size`` (a multiple of 16; default 64) and ``num_layers`` (default 2)
     size the text decoder of the Qwen families and LLaVA (:data:`SIZED`; LLaVA keeps 4 heads).
+
+    ``cot_tokens=False`` (the tiny tokenizer, families other than qwen2_vl) adds no ``<think>`` / ``</think>`` /
+    ``<answer>`` / ``</answer>`` tokens: ``<think>`` is then the two tokens ``<think`` ``>``, as multi-token as on
+    Qwen2's real vocabulary, for families whose real vocabulary is not vendored here (Gemma 3).
     """
     import torch
     from transformers import GenerationConfig
@@ -574,6 +579,9 @@ def build_tiny_model(
     if num_layers is not None and num_layers < 1:
         raise ValueError(f"num_layers must be at least 1, got {num_layers}")
     spec = FAMILIES[family]
+    if not cot_tokens and (tokenizer != "tiny" or spec.build is None):
+        raise ValueError("cot_tokens=False is for the tiny tokenizer of families other than qwen2_vl (for a "
+                         "multi-token <think> on qwen2_vl use tokenizer='qwen')")
     if spec.build is None:
         return build_tiny_qwen2vl(out_dir, seed=seed, vocab_size=vocab_size, tokenizer=tokenizer, **sizes)
 
@@ -585,7 +593,7 @@ def build_tiny_model(
         tokenizer = qwen_tokenizer(family, spec.chat_template)
         model_vocab = QWEN_MODEL_VOCAB
     else:
-        tokenizer = _family_tokenizer(spec, vocab_size, seed)
+        tokenizer = _family_tokenizer(spec, vocab_size, seed, cot_tokens)
         model_vocab = ((len(tokenizer) + 63) // 64) * 64
 
     def token_id(token: str) -> int:

@@ -95,9 +95,10 @@ Hello world! How are you today? I am fine, thank you. Numbers: 0 1 2 3 4 5 6 7 8
 """
 
 
-def _train_tokenizer(vocab_size: int, seed: int, corpus: list[str] | None = None):
+def _train_tokenizer(vocab_size: int, seed: int, corpus: list[str] | None = None, cot_tokens: bool = True):
     """Train a Qwen2-style byte-level BPE on ``corpus`` lines (default: the built-in corpus) and wrap it as a
-    transformers ``Qwen2Tokenizer``."""
+    transformers ``Qwen2Tokenizer``. ``cot_tokens=False`` leaves :data:`COT_TOKENS` to the BPE (``<think>`` is then
+    ``<think`` ``>``, and ``>`` glues to the next word, as on Qwen2's real vocabulary)."""
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
     from transformers import AddedToken
     from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
@@ -146,7 +147,8 @@ def _train_tokenizer(vocab_size: int, seed: int, corpus: list[str] | None = None
     tokenizer.add_special_tokens(
         {"additional_special_tokens": [AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS]}
     )
-    tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in COT_TOKENS])
+    if cot_tokens:
+        tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in COT_TOKENS])
     tokenizer.chat_template = QWEN2_VL_CHAT_TEMPLATE
     return tokenizer
 

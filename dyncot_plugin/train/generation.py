@@ -12,11 +12,12 @@ sees the logits the training forward computes for the same prompt.
 Thinking (``dyncot_think``, the rule in :mod:`dyncot_plugin.think`): :class:`ThinkControl` is one logits
 processor for every mode, so that ``auto`` generates a thinking reply exactly as ``always`` does and a plain one
 exactly as ``never`` does, with the same batching: on a thinking row it forces the tag's tokens (the tag is part of
-the generated reply), on a plain row it bans every token that would spell ``<think>`` in the decoded text. The
-decision of ``auto`` needs ``think_prob``, the probability of the whole tag at the start of the reply: its first
+the generated reply), on a plain row it bans exactly the tokens that would put a think block (or its opening) in
+the decoded reply (:class:`~dyncot_plugin.think.NoThinkBan`). The decision of ``auto`` needs ``think_prob``, the probability of the whole tag at the start of the reply: its first
 factor comes from the generation's own prefill logits, and where the tag has several tokens a forward hook on the
-generating module runs the remaining tag tokens on the prefill's KV cache right after the prefill and crops the
-cache back (a look-ahead of ``len(tag) - 1`` tokens; never a second pass over the prompt).
+generating module runs the remaining tag tokens on the prefill's KV cache right after the prefill and leaves the
+cache as the prefill made it (a look-ahead of ``len(tag) - 1`` tokens; never a second pass over the prompt; on
+sliding-window and static caches too: :func:`_scratch_cache`).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from dyncot_plugin.compat import generate_accepts, unwrap_model
-from dyncot_plugin.think import DEFAULT_THRESHOLD, THINK_MODES, TagTextBan, check_threshold, decide, think_tag_ids
+from dyncot_plugin.think import DEFAULT_THRESHOLD, THINK_MODES, NoThinkBan, check_threshold, decide, think_tag_ids
 from dyncot_plugin.train.families import DEFAULT_FAMILY, ModelFamily
 
 TRAINING_ONLY_KEYS = ("labels", "position_ids", "rope_deltas")  # generate recomputes positions from the prompt
@@ -82,13 +83,12 @@ class ThinkControl(LogitsProcessor):
             raise ValueError(f"dyncot_think: got {mode!r}; expected one of {', '.join(THINK_MODES)}")
         self.mode, self.threshold = mode, check_threshold(threshold)
         self.tag = think_tag_ids(tokenizer)
-        self.ban = TagTextBan.for_tokenizer(tokenizer, vocab_size)
-        self._banned: dict[str, torch.Tensor] = {}
+        self.ban = NoThinkBan.for_tokenizer(tokenizer, vocab_size)
         self.think_logprob: torch.Tensor | None = None
         self.think_prob: torch.Tensor | None = None
         self.thinks: torch.Tensor | None = None
         self._prompt_len: int | None = None
-        self._states: list[str] = []
+        self._states: list[int] = []
         self._hooked = False
         self._in_lookahead = False
         self._thread: int | None = None
@@ -134,23 +134,25 @@ class ThinkControl(LogitsProcessor):
 
     @torch.no_grad()
     def _lookahead(self, module: Any, kwargs: dict, outputs: Any) -> torch.Tensor:
-        """log P(tag[1:] | prompt, tag[0]) per row, from the tag tokens run on the prefill's cache (then cropped)."""
+        """log P(tag[1:] | prompt, tag[0]) per row, from the tag tokens run on the prefill's cache, which is then
+        as the prefill left it (:func:`_scratch_cache`)."""
         cache = getattr(outputs, "past_key_values", None) or kwargs.get("past_key_values")
-        if cache is None or not hasattr(cache, "crop"):
-            raise RuntimeError("dyncot_think: the think tag has several tokens and generate keeps no croppable KV "
-                               "cache (use_cache must stay on)")
-        input_ids = kwargs.get("input_ids")
+        if cache is None:
+            raise RuntimeError("dyncot_think: the think tag has several tokens and generate keeps no KV cache "
+                               "(use_cache must stay on)")
         batch = outputs.logits.size(0)
         device = outputs.logits.device
         extra = len(self.tag) - 1
-        past = cache.get_seq_length()
+        prompt = kwargs.get("input_ids") if torch.is_tensor(kwargs.get("input_ids")) else kwargs.get("inputs_embeds")
+        past = prompt.size(1)  # the prefill is the first forward: the cache holds the prompt, nothing before it
+        scratch, restore = _scratch_cache(cache)
         step: dict[str, Any] = {
             "input_ids": torch.tensor(self.tag[:-1], device=device).expand(batch, extra).contiguous(),
-            "past_key_values": cache,
+            "past_key_values": scratch,
             "use_cache": True,
         }
-        mask = kwargs.get("attention_mask")
-        if torch.is_tensor(mask) and mask.dim() == 2:
+        mask = _padding_mask(kwargs.get("attention_mask"), past)
+        if mask is not None:
             step["attention_mask"] = torch.cat([mask, mask.new_ones((batch, extra))], dim=-1)
         positions = kwargs.get("position_ids")
         if torch.is_tensor(positions):  # as generate advances them: every axis continues from the last position
@@ -166,9 +168,15 @@ class ThinkControl(LogitsProcessor):
         self._in_lookahead = True
         try:
             out = module(**step)
+        except (IndexError, RuntimeError) as e:
+            if scratch is cache:
+                raise
+            raise RuntimeError(f"dyncot_think: the look-ahead of the think tag ({extra} more tokens after the prompt) "
+                               f"does not fit this {type(cache).__name__} ({e}); give max_new_tokens >= "
+                               f"{len(self.tag)}, or generate with the default dynamic cache") from e
         finally:
             self._in_lookahead = False
-            cache.crop(past)
+            restore()
         logprobs = torch.log_softmax(out.logits[:, -extra:].to(torch.float64), dim=-1)
         targets = torch.tensor(self.tag[1:], device=logprobs.device).view(1, extra, 1).expand(batch, extra, 1)
         return logprobs.gather(-1, targets).squeeze(-1).sum(dim=-1)
@@ -190,9 +198,7 @@ class ThinkControl(LogitsProcessor):
                     scores[row] = float("-inf")
                     scores[row, self.tag[step]] = keep
             else:
-                banned = self._banned_ids(self._states[row], scores.device)
-                if banned.numel():
-                    scores[row, banned] = float("-inf")
+                self.ban.apply(self._states[row], scores[row])
         return scores
 
     def _start(self, input_ids: torch.Tensor, scores: torch.Tensor) -> None:
@@ -204,16 +210,67 @@ class ThinkControl(LogitsProcessor):
         self.think_prob = self.think_logprob.exp().cpu()
         decisions = [decide(self.mode, float(p), self.threshold) for p in self.think_prob]
         self.thinks = torch.tensor([bool(d) for d in decisions])
-        self._states = [""] * input_ids.size(0)
-
-    def _banned_ids(self, state: str, device: torch.device) -> torch.Tensor:
-        if state not in self._banned:
-            self._banned[state] = torch.tensor(self.ban.banned[state], dtype=torch.long)
-        return self._banned[state].to(device)
+        self._states = [self.ban.initial] * input_ids.size(0)
 
     def reset(self) -> None:
         """Forget the last batch (call before each ``generate``)."""
         self._prompt_len, self.think_logprob, self.think_prob, self.thinks, self._states = None, None, None, None, []
+
+
+def _scratch_cache(cache: Any) -> tuple[Any, Any]:
+    """``(cache to run the look-ahead on, restore())``: afterwards the prefill's cache is exactly as it was.
+
+    A dynamic cache (``DynamicLayer``, and ``DynamicSlidingWindowLayer`` of sliding-window models such as Gemma 3,
+    on transformers 4.57 and 5.x alike) replaces its tensors on every update and never writes into them, so keeping
+    each layer's attributes and putting them back undoes the look-ahead for free; cropping would not do on a
+    sliding-window layer, which drops its oldest tokens once prompt + tag exceed the window (and refuses ``crop``
+    then). Any other cache (a static cache, written in place; quantised or offloaded ones) gets the look-ahead on a
+    copy of itself: memory for one more copy of the prompt's cache, for the look-ahead's duration."""
+    layers = getattr(cache, "layers", None)
+    dynamic = _dynamic_layer_types()
+    if layers and all(type(layer) in dynamic for layer in layers):
+        saved = dict(cache.__dict__), list(layers), [dict(layer.__dict__) for layer in layers]
+
+        def restore() -> None:
+            cache.__dict__.clear()
+            cache.__dict__.update(saved[0])
+            cache.layers[:] = saved[1]
+            for layer, state in zip(saved[1], saved[2]):
+                layer.__dict__.clear()
+                layer.__dict__.update(state)
+
+        return cache, restore
+    try:
+        return copy.deepcopy(cache), lambda: None
+    except Exception as e:
+        raise RuntimeError(f"dyncot_think: the think tag has several tokens and its look-ahead needs a copy of the "
+                           f"KV cache, but {type(cache).__name__} cannot be copied ({e}); generate with the default "
+                           f"dynamic cache") from e
+
+
+def _padding_mask(mask: Any, length: int) -> torch.Tensor | None:
+    """The prompt's 2-D padding mask (1 = a real token) from the prefill's ``attention_mask``: as given, or read
+    from the full-attention 4-D mask generate builds beforehand for a static cache (transformers 5: a dict of masks
+    per attention type; the prompt's last query row attends exactly to the prompt's real tokens)."""
+    if isinstance(mask, dict):
+        mask = mask.get("full_attention")
+        if mask is None:
+            raise RuntimeError("dyncot_think: the look-ahead needs the prompt's padding, and this model's prefill has no "
+                               "full-attention mask to read it from; generate with the default dynamic cache")
+    if mask is None or (torch.is_tensor(mask) and mask.dim() == 2):
+        return mask
+    if torch.is_tensor(mask) and mask.dim() == 4:
+        last = mask[:, 0, -1, :length]
+        return (last if last.dtype == torch.bool else last == 0).long()
+    raise RuntimeError(f"dyncot_think: the look-ahead cannot read the prompt's padding from an attention mask of type "
+                       f"{type(mask).__name__}; generate with the default dynamic cache and attention")
+
+
+def _dynamic_layer_types() -> tuple[type, ...]:
+    from transformers import cache_utils
+
+    return tuple(getattr(cache_utils, name) for name in ("DynamicLayer", "DynamicSlidingWindowLayer")
+                 if hasattr(cache_utils, name))
 
 
 def generate_with_think(model: Any, inputs: dict[str, Any], control: ThinkControl, generate: Any = None,

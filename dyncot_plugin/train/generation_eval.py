@@ -22,6 +22,7 @@ import torch.distributed as dist
 
 from dyncot_plugin.cot_format import summarize_outputs
 from dyncot_plugin.tasks import TASKS, Task, detect_task
+from dyncot_plugin.think import prob_for_file
 from dyncot_plugin.train.families import IGNORE_INDEX
 from dyncot_plugin.train.generation import generate_with_think, generation_inputs
 
@@ -51,7 +52,7 @@ def _save_generations(trainer: Any, rows: list[tuple[int, str, int, str, float]]
     with open(os.path.join(folder, f"step{trainer.state.global_step}.jsonl"), "w", encoding="utf-8") as f:
         for index, text, length, gold, prob in rows:
             f.write(json.dumps({"index": index, "predict": text, "label": gold, "gen_tokens": length,
-                                "think_prob": round(prob, 8)}) + "\n")
+                                "think_prob": prob_for_file(prob)}) + "\n")
 
 
 @torch.no_grad()

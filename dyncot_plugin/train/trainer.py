@@ -328,7 +328,8 @@ class DynCotTrainer(CustomSeq2SeqTrainer):
             )
         if tokens is None:
             return loss, tokens, labels
-        think_prob = control.think_prob.to(torch.float32).view(-1, 1).to(tokens.device)
+        # float64, as decided: the file gets the very float the decision compared (think.prob_for_file)
+        think_prob = control.think_prob.to(torch.float64).view(-1, 1).to(tokens.device)
         return loss, (tokens, think_prob), labels
 
     def think_control(self) -> ThinkControl:

@@ -8,6 +8,14 @@ the ``auto`` of every threshold: per post, its ``always`` output when ``think_pr
 Only the distinct ``think_prob`` values change the choice, so the frontier has one point per distinct value plus the
 think-rate-0 end (a threshold above every ``think_prob``).
 
+Each point's ``threshold`` is one that reproduces it: strictly between the lowest ``think_prob`` that thinks there
+(``min_thinking_prob``) and the highest that does not (``max_plain_prob``), near their midpoint
+(:func:`between`; 1.0 at the never end, or just above 1 where some ``think_prob`` is 1; 0.0 at the always end);
+printed in full. Prediction runs write every
+``think_prob`` as the exact float their decision compared (:func:`dyncot_plugin.think.prob_for_file`), so typing a
+point's threshold into ``dyncot_think_threshold`` gives that point again with the same engine and batch size, and
+a value a few ulps off (another batching) still falls on the same side.
+
 Computed incrementally, not by one evaluation per point: every CMKP score is a macro average over posts (F1 the
 harmonic mean of macro P and R, or the mean per-post F1), and a post's contribution to each average depends on its
 own output only (:func:`~dyncot_plugin.tasks.mmkp.metrics.post_outcomes`; which of all / present / absent / unseen
@@ -42,6 +50,7 @@ __all__ = [
     "TOLERANCE",
     "FrontierError",
     "best_point",
+    "between",
     "compute_frontier",
     "format_frontier_table",
     "map_key",
@@ -144,9 +153,11 @@ def compute_frontier(
     ``outcomes[mode]`` (mode ``always`` and ``never``): :func:`~.metrics.post_outcomes` of that file's predictions;
     ``lengths[mode]`` every output's generated length; ``thinks[mode]`` whether it thinks (``has_think``);
     ``think_probs`` one per post; ``present_absent`` / ``unseen``: whether those subsets were computed (post texts /
-    training keyphrases given). Each point: ``threshold`` (the largest ``dyncot_think_threshold`` that gives this
-    ``auto``: the ``think_prob`` of the posts it switched last; for the first point 1.0, or just above 1 when some
-    ``think_prob`` is 1), ``think_rate`` and ``num_think`` (posts taking their ``always`` output), ``f1@k`` for every
+    training keyphrases given). Each point: ``threshold`` (a ``dyncot_think_threshold`` that gives this ``auto``,
+    strictly between ``max_plain_prob`` and ``min_thinking_prob``: :func:`between`), ``min_thinking_prob`` (the
+    ``think_prob`` of the posts it switched last; None at the never end) and ``max_plain_prob`` (the next lower
+    distinct value; None at the always end): every threshold ``t`` with ``max_plain_prob < t <= min_thinking_prob``
+    gives this point; ``think_rate`` and ``num_think`` (posts taking their ``always`` output), ``f1@k`` for every
     cut-off and the MAP column over all posts, ``present`` / ``absent`` / ``unseen`` (the same keys, or None when not
     computed), ``cot_rate`` (share of the chosen outputs that think, as ``dyncot-eval`` counts it on the ``auto``
     file), ``mean_tokens`` (mean generated length of the chosen outputs) and, over the *decisive* posts (those whose
@@ -219,8 +230,9 @@ def compute_frontier(
         vals[mkey] = means[-1]
         return vals
 
-    def point(threshold: float) -> dict:
-        p: dict[str, Any] = {"threshold": threshold, "think_rate": num_think / n, "num_think": num_think}
+    def point(min_thinking: float | None, max_plain: float | None) -> dict:
+        p: dict[str, Any] = {"threshold": between(max_plain, min_thinking), "min_thinking_prob": min_thinking,
+                             "max_plain_prob": max_plain, "think_rate": num_think / n, "num_think": num_think}
         p.update(scores(0))
         for b in range(1, n_sub):
             p[SUBSETS[b]] = {**scores(b), "num_posts": members[b]} if computed[b] else None
@@ -231,9 +243,9 @@ def compute_frontier(
         return p
 
     order = sorted(range(n), key=lambda i: -think_probs[i])
-    top = think_probs[order[0]] if n else 0.0
-    points = [point(1.0 if top < 1.0 else math.nextafter(1.0, 2.0))]
-    for prob, group in groupby(order, key=lambda i: think_probs[i]):
+    values = [prob for prob, _ in groupby(think_probs[i] for i in order)]  # distinct, highest first
+    points = [point(None, values[0] if values else None)]
+    for k, (prob, group) in enumerate(groupby(order, key=lambda i: think_probs[i])):
         for i in group:
             num_think += 1
             len_sum += len_a[i] - len_n[i]
@@ -241,7 +253,7 @@ def compute_frontier(
             correct += decisive_better[i]
             for b, delta in deltas[i]:
                 sums[b] = [s + x for s, x in zip(sums[b], delta)]
-        points.append(point(prob))
+        points.append(point(prob, values[k + 1] if k + 1 < len(values) else None))
     always_better = decisive_better.count(1)
     decisive = {"posts": n_decisive, "always_better": always_better, "never_better": n_decisive - always_better}
     return points, decisive
@@ -249,9 +261,30 @@ def compute_frontier(
 
 def point_at_threshold(points: Sequence[dict], threshold: float) -> int:
     """Index of the point that ``dyncot_think_threshold: threshold`` gives (think where ``think_prob >= threshold``)."""
-    # thresholds decrease along the list from points[1] on; the last point whose threshold is >= t, else the first
-    neg = [-p["threshold"] for p in points[1:]]
+    # min_thinking_prob decreases along the list from points[1] on: the last point where it is >= t, else the first
+    neg = [-p["min_thinking_prob"] for p in points[1:]]
     return bisect.bisect_right(neg, -threshold)
+
+
+def between(max_plain: float | None, min_thinking: float | None) -> float:
+    """A threshold that thinks on every ``think_prob >= min_thinking`` and on none ``<= max_plain`` (None: no post
+    on that side), strictly between the two: the shortest decimal in the middle half of the gap, nearest its
+    midpoint (between 0.3 and 0.6: 0.4, not 0.44999999999999996), so that it reads well and a value a few ulps off
+    stays on its side; 1.0 (or the float above the top value, if that is 1) when nothing thinks; 0.0 when
+    everything does. Where the two are adjacent floats nothing lies between them, and ``min_thinking`` itself is
+    returned (``>=`` still splits them)."""
+    if min_thinking is None:
+        top = max_plain if max_plain is not None else 0.0
+        return 1.0 if top < 1.0 else math.nextafter(top, math.inf)
+    if max_plain is None:
+        return 0.0
+    gap = min_thinking - max_plain
+    mid = max_plain + gap / 2
+    for digits in range(1, 18):
+        value = float(f"{mid:.{digits}g}")
+        if max_plain + gap / 4 <= value <= min_thinking - gap / 4 and max_plain < value < min_thinking:
+            return value
+    return mid if max_plain < mid < min_thinking else min_thinking
 
 
 def point_at_think_rate(points: Sequence[dict], rate: float) -> int:
@@ -327,8 +360,9 @@ def format_frontier_table(result: dict) -> str:
     lines = [
         (f"frontier: the auto of each think_prob threshold ({len(points)} points): per post the always output where "
          f"think_prob >= threshold,"),
-        f"  else the never output; scores in %; length in {unit}; decisive: % of the decisive posts decided right",
-        f"{'':16}{'thresh':>8}{'think':>8}" + "".join(f"{c:>7}" for c in cols) + f"{'len':>9}{'decisive':>10}",
+        f"  else the never output; scores in %; length in {unit}; decisive: % of the decisive posts decided right;",
+        "  threshold: one that reproduces the point (between its think_prob values; type it in as printed)",
+        f"{'':16}{'threshold':>20}{'think':>8}" + "".join(f"{c:>7}" for c in cols) + f"{'len':>9}{'decisive':>10}",
     ]
     marks: dict[int, list[str]] = {}
     for j in (0, len(points) - 1):
@@ -344,7 +378,7 @@ def format_frontier_table(result: dict) -> str:
         p = points[j]
         acc = p["decision_accuracy"]
         lines.append(
-            f"{', '.join(marks[j]):16}{p['threshold']:8.4f}{_pct(p['think_rate']):>8}"
+            f"{', '.join(marks[j]):16}{p['threshold']!r:>20}{_pct(p['think_rate']):>8}"
             + "".join(_pct(p[k]) for k in ks) + _pct(p[mkey])
             + f"{p['mean_tokens']:9.2f}{'-' if acc is None else f'{100 * acc:.1f}':>10}"
         )
