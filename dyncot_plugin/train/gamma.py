@@ -26,9 +26,10 @@ some run, and the earlier tracker needed a hand-set window. This controller has 
    spread, long ones once they settle. No window to set.
 3. **An integral correction on the realised share.** The controller counts, over the whole run, the eligible rows
    and those that fell below the γ they were judged by; the quantile level used is
-   ``p + (p · rows − below) / (10 · rows per step)``, clipped to [0.005, 0.995]: a share that ran over the target
-   is paid back over about ten steps, so the share over the run converges to the target even where every estimate
-   is biased (one row per step under fast falls). The candidates are scored at ``p`` itself, so the correction
+   ``p + (p · rows − below) / max(10 · rows per step, 40)``, clipped to [0.005, 0.995]: a share that ran over the
+   target is paid back over about ten steps (40 rows at least, so that at one row per step a single row moves the
+   level by 0.025 at most), and the share over the run converges to the target even where every estimate is
+   biased (one row per step under fast falls). The candidates are scored at ``p`` itself, so the correction
    does not feed back into which look-back is chosen.
 
 The very first step has no history: it selects with the empirical ``p``-quantile of its own losses (one loss: that
@@ -68,6 +69,7 @@ DEFAULT_WINDOW = 4096  # rows: the most the controller looks back over (``dyncot
 MAX_STEPS = 512  # optimizer steps: the longest look-back
 SCORE_ROWS = 64.0  # a step of n rows weighs n / (n + SCORE_ROWS) in a candidate's running score
 PAYBACK_STEPS = 10.0  # the integral correction repays the share error over about this many steps
+PAYBACK_ROWS = 40.0  # and over at least this many rows
 LEVEL_BOUNDS = (0.005, 0.995)
 
 
@@ -144,7 +146,7 @@ class GammaController:
         """The quantile level this step uses: ``p`` plus the integral correction of the realised share."""
         p = self.quantile
         if self.rows:
-            p += (p * self.rows - self.below) / (PAYBACK_STEPS * self.rows / self.seen_steps)
+            p += (p * self.rows - self.below) / max(PAYBACK_STEPS * self.rows / self.seen_steps, PAYBACK_ROWS)
         return min(max(p, LEVEL_BOUNDS[0]), LEVEL_BOUNDS[1])
 
     def best(self, candidates: dict[tuple[str, int], np.ndarray]) -> tuple[str, int]:
