@@ -23,7 +23,8 @@ def test_float32_losses_at_one_row_per_step_hold_the_share_below_and_above():
         for when in ("below", "above"):
             controller = GammaController(0.4, target=target, when=when)
             gammas = [controller.update(x.view(1)) for x in losses]
-            chosen = [bool(choose_views(x.view(1), torch.ones(1, dtype=torch.bool), g, when)) for x, g in zip(losses, gammas)]
+            one = torch.ones(1, dtype=torch.bool)
+            chosen = [bool(choose_views(x.view(1), one, g, when)) for x, g in zip(losses, gammas)]
             assert abs(statistics.fmean(chosen[800:]) - target) < 0.02, (target, when)
             assert statistics.median(gammas[800:]) == pytest.approx(
                 torch.quantile(losses.double(), target if when == "below" else 1 - target).item(), abs=0.05
@@ -183,7 +184,8 @@ def simulate(rows_per_step: int, target: float, when: str, model: str, seed: int
     for epoch in range(epochs):
         order = torch.randperm(n, generator=generator)
         for j in range(steps_per_epoch):
-            losses = ((floor * mem + excess) * torch.exp(0.05 * torch.randn(n, generator=generator, dtype=torch.float64))).float()
+            noise = torch.exp(0.05 * torch.randn(n, generator=generator, dtype=torch.float64))
+            losses = ((floor * mem + excess) * noise).float()
             ids = order[j * rows_per_step:(j + 1) * rows_per_step]
             reference = torch.quantile(losses[order[j * rows_per_step:]].double(), quantile).item()
             everyone = torch.ones(rows_per_step, dtype=torch.bool)
@@ -198,7 +200,7 @@ def simulate(rows_per_step: int, target: float, when: str, model: str, seed: int
             excess[plain_ids] *= 0.8
             mem[cot_ids] *= 1.03
             mem.clamp_(0.05, 3.0)
-    share = lambda rows: torch.cat(rows).double().mean().item()  # noqa: E731
+    share = lambda rows: torch.cat(rows).double().mean().item()
     return {"share": share(chosen), "epoch1": share(epoch1), "agreement": share(agreed)}
 
 
