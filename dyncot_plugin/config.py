@@ -42,21 +42,22 @@ class DynCotArguments:
         dyncot_gamma (`float`, default ``0.4``):
             The selection threshold γ of ``dynamic`` (the paper's value). ``0`` never selects CoT (same as
             ``sft``); a value above any possible loss always selects CoT (same as ``cot``). Must be finite, >= 0.
-            With ``dyncot_target_cot_ratio`` γ is tracked instead, and ``dyncot_gamma`` is its value only until the
-            first eligible selection loss is seen (the tracker starts at the target quantile of the first step's
+            With ``dyncot_target_cot_ratio`` γ is steered instead, and ``dyncot_gamma`` is its value only until the
+            first eligible selection loss is seen (the first such step selects with the target quantile of its own
             losses).
         dyncot_target_cot_ratio (`float` or null, default ``null``):
             ``dynamic``: instead of a fixed γ, the share of samples (among those with a usable CoT view) to train
             on CoT, in (0, 1). γ stays an absolute plain-answer loss threshold (comparable with ``dyncot_gamma``),
-            tracked by a Robbins–Monro quantile estimator fed every eligible selection loss of every rank, one row
-            at a time, so the share holds at any number of rows per optimizer step (1 included). The γ each step
-            selects with is logged as ``gamma`` and saved in checkpoints (``dyncot_plugin/train/gamma.py``).
-        dyncot_target_window (`int`, default ``256``):
-            The target-share tracker's horizon, in **rows** (eligible selection losses, all ranks together), not
-            steps: γ moves by at most 4/window of the loss spread per row, so it reflects about the last ``window``
-            rows: 256 optimizer steps at one row per step, 2 steps at 128 rows per step. Smaller follows losses that
-            fall fast next to their spread (the logged ``cot_share`` drifting off the target is the sign), larger is
-            steadier. Must be >= 1.
+            set before each optimizer step's rows are selected from the losses of the latest steps (all ranks): the
+            look-back is chosen by its out-of-sample quantile loss (short and drift-compensated while losses fall
+            fast, long once they settle) and an integral correction repays the share the run has trained off
+            target, so no window needs setting. The γ each step selects with is logged as ``gamma`` and saved in
+            checkpoints; a resume with another target, rule or window restarts the controller and says so
+            (``dyncot_plugin/train/gamma.py``; measured shares in ``docs/benchmarks.md``).
+        dyncot_target_window (`int`, default ``4096``):
+            An upper bound on how far the target-share controller looks back, in **rows** (eligible selection
+            losses, all ranks together; at most 512 optimizer steps in any case). The controller picks its own
+            look-back below it; lower it only to forbid long ones. Must be >= 1.
         dyncot_cot_when (`str`, default ``"below"``):
             ``dynamic``: which side of γ trains on CoT. ``below`` (the paper's rule): plain-answer loss < γ.
             ``above`` (the reverse ablation): loss >= γ, so ``dyncot_gamma: 0`` is ``cot`` and a γ above every
@@ -107,7 +108,7 @@ class DynCotArguments:
     dyncot_strategy: str = "sft"
     dyncot_gamma: float = 0.4
     dyncot_target_cot_ratio: float | None = None
-    dyncot_target_window: int = 256
+    dyncot_target_window: int = 4096
     dyncot_cot_when: str = "below"
     dyncot_cot_mismatch: str = "warn"
     dyncot_missing_cot: str = "error"

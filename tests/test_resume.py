@@ -36,7 +36,7 @@ def test_resumed_target_share_run_continues_the_same_gamma_sequence(tiny_model_d
     write_plugin_dataset(tmp_path / "data", "toy", n=16)
     common = dict(
         max_steps=6, per_device_train_batch_size=4, save_strategy="steps", save_steps=3, save_only_model=False,
-        dyncot_strategy="dynamic", dyncot_target_cot_ratio=0.5, dyncot_target_window=12,
+        dyncot_strategy="dynamic", dyncot_target_cot_ratio=0.5,
     )
     full = tiny_sft_config(tiny_model_dir, tmp_path / "data", "toy", tmp_path / "full" / "out", **common)
     run_llamafactory("train", full, tmp_path / "full")
@@ -55,6 +55,15 @@ def test_resumed_target_share_run_continues_the_same_gamma_sequence(tiny_model_d
         assert after_resume[step]["gamma"] == pytest.approx(uninterrupted[step]["gamma"], rel=1e-9)
         assert after_resume[step]["loss"] == pytest.approx(uninterrupted[step]["loss"], rel=1e-6)
         assert after_resume[step]["cot_ratio"] == uninterrupted[step]["cot_ratio"]
+    # another target: the log names the change and the controller restarts (step 4 selects with its own quantile)
+    changed = tiny_sft_config(
+        tiny_model_dir, tmp_path / "data", "toy", tmp_path / "changed" / "out",
+        resume_from_checkpoint=str(checkpoint), **{**common, "dyncot_target_cot_ratio": 0.25, "max_steps": 4},
+    )
+    proc = run_llamafactory("train", changed, tmp_path / "changed")
+    assert "saved with another target 0.5 -> 0.25; the target-share controller restarts" in proc.stdout + proc.stderr
+    assert "gamma state restored" not in proc.stdout + proc.stderr
+    assert [e["cot_share"] for e in read_log(tmp_path / "changed" / "out") if "cot_share" in e] == [0.25]  # 1 of 4 rows
 
 
 def _wait_for(predicate, proc, timeout=600.0):

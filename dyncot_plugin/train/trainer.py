@@ -86,8 +86,9 @@ class DynCotTrainer(CustomSeq2SeqTrainer):
         checkpoint = checkpoint_folder(self.args, resume_from_checkpoint)
         if checkpoint is not None:
             resume_from_checkpoint = checkpoint
-            if self.gamma.adaptive and self.gamma.load(checkpoint):
-                logger.info_rank0(f"[dyncot] gamma state restored from {checkpoint}: gamma={self.gamma.gamma:.6g}")
+            restored = self.gamma.load(checkpoint) if self.gamma.adaptive else None
+            if restored is not None:  # continued, or restarted with the change named (never a silent continuation)
+                logger.info_rank0(f"[dyncot] {restored}")
             keep_logs_until(self.args, checkpoint_step(checkpoint), self._log_before_init)
         else:  # a fresh run: an earlier run's records in this output_dir would mix with this run's
             stale = os.path.join(self.args.output_dir, SELECTION_DIR, f"rank{self.args.process_index}.jsonl")
