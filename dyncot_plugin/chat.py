@@ -22,6 +22,11 @@ They never import the training entry point, so the seam (:mod:`dyncot_plugin.pat
   ``generate`` computes M-RoPE positions from (as prediction runs do; LLaMA-Factory's engine does not pass them, and
   transformers 5 then falls back to 1-D positions on image prompts), so a chat reply equals the prediction run's.
 
+* Per message (LlamaBoard's Chat tab, :mod:`dyncot_plugin.webui.chat`): the engine's model carries a
+  :class:`ThinkSwitch`, so the mode and threshold can change between two messages without reloading the model, and
+  each reply's ``think_prob`` and decision are handed back (:class:`ReplyThink`, the same line the engine logs at
+  ``LLAMAFACTORY_VERBOSITY=DEBUG``).
+
 A recipe without ``dyncot_*`` keys changes nothing: the engine is LLaMA-Factory's own, untouched.
 """
 
@@ -32,20 +37,24 @@ import json
 import logging
 import os
 import threading
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
 from llamafactory.extras import logging as lf_logging
 
 from dyncot_plugin.config import DynCotArguments, DynCotConfigError
-from dyncot_plugin.think import DEFAULT_THRESHOLD, THINK_SETTINGS_FILE, check_threshold
+from dyncot_plugin.think import DEFAULT_THRESHOLD, THINK_MODES, THINK_SETTINGS_FILE, check_threshold
 from dyncot_plugin.train.families import family_of
 from dyncot_plugin.train.generation import ThinkControl, generate_with_think, generation_inputs
+from dyncot_plugin.validate import check_backend
 
 logger = lf_logging.get_logger(f"llamafactory.{__name__}")
 
 INFERENCE_KEYS = ("dyncot_think", "dyncot_think_threshold")
 """The keys a chat front end honours; every other ``dyncot_*`` key is training-only there."""
+OFF = "off"
+"""A chat box's think mode meaning LLaMA-Factory's own generation (no decision, no ``think_prob``)."""
 _WRAPPED = "__dyncot_think__"
 
 
@@ -58,34 +67,21 @@ class ChatThink:
     threshold_from: str  # "the recipe", a dyncot_think.json path, or "the default"
 
 
-def check_backend(args: dict[str, Any] | list[str]) -> None:
-    """Only the Hugging Face engine generates through ``generate`` (where the decision runs): refuse the others.
-    ``args`` is the recipe as LLaMA-Factory's ``read_args`` returns it (a dict, or a ``--key value`` list); checked
-    before LLaMA-Factory's own parser, which would first ask for the backend's package."""
-    if isinstance(args, dict):
-        backend = args.get("infer_backend", "huggingface")
-    else:  # as HfArgumentParser reads it: --infer_backend, --infer-backend, an unambiguous prefix, "=value" or not
-        backend = "huggingface"
-        for i, item in enumerate(map(str, args)):
-            key, sep, value = item.partition("=")
-            key = key[2:].replace("-", "_") if key.startswith("--") else ""
-            if len(key) >= len("infer_b") and "infer_backend".startswith(key):
-                backend = value if sep else (args[i + 1] if i + 1 < len(args) else backend)
-    if str(backend) != "huggingface":
-        raise DynCotConfigError(
-            f"dyncot-plugin cannot honour `infer_backend: {backend}` with dyncot_think: LLaMA-Factory's {backend} "
-            "engine generates outside Hugging Face generate. Use infer_backend: huggingface, or serve the model "
-            "with dyncot-serve (vLLM, per-request control; README 'Predicting and serving on vLLM')."
-        )
+def model_folders(model_name_or_path: Any, adapter_name_or_path: Any = None) -> list[str]:
+    """Where a model's ``dyncot_think.json`` may be, in the order it is looked for: the last adapter of
+    ``adapter_name_or_path`` (a list, or LLaMA-Factory's comma-separated string) first, then ``model_name_or_path``."""
+    adapters = adapter_name_or_path or []
+    if isinstance(adapters, str):
+        adapters = [a.strip() for a in adapters.split(",") if a.strip()]
+    return [str(folder) for folder in [*reversed(list(adapters)), model_name_or_path] if folder]
 
 
-def _saved_threshold(model_args: Any) -> tuple[float, str] | None:
-    """The threshold in the ``dyncot_think.json`` of the last adapter, else of the model folder, if any."""
-    folders = list(reversed(getattr(model_args, "adapter_name_or_path", None) or []))
-    folders.append(getattr(model_args, "model_name_or_path", None))
+def saved_threshold(folders: list[str]) -> tuple[float, str] | None:
+    """``(threshold, path)`` from the first folder of ``folders`` holding a ``dyncot_think.json``, else None.
+    (The one place chat front ends read that file: the web UI's Chat tab takes its default threshold from it too.)"""
     for folder in folders:
-        path = os.path.join(str(folder), THINK_SETTINGS_FILE) if folder else None
-        if path and os.path.isfile(path):
+        path = os.path.join(folder, THINK_SETTINGS_FILE)
+        if os.path.isfile(path):
             try:
                 with open(path, encoding="utf-8") as f:
                     value = json.load(f)["threshold"]
@@ -93,6 +89,12 @@ def _saved_threshold(model_args: Any) -> tuple[float, str] | None:
             except (OSError, ValueError, KeyError, TypeError) as e:
                 raise DynCotConfigError(f"{path}: expected a JSON object with a numeric threshold ({e})") from None
     return None
+
+
+def _saved_threshold(model_args: Any) -> tuple[float, str] | None:
+    """The threshold in the ``dyncot_think.json`` of the last adapter, else of the model folder, if any."""
+    return saved_threshold(model_folders(getattr(model_args, "model_name_or_path", None),
+                                         getattr(model_args, "adapter_name_or_path", None)))
 
 
 def chat_think(dyncot_args: DynCotArguments, given: frozenset[str], model_args: Any) -> ChatThink:
@@ -108,21 +110,105 @@ def chat_think(dyncot_args: DynCotArguments, given: frozenset[str], model_args: 
     return ChatThink(dyncot_args.dyncot_think, threshold, source)
 
 
-def think_in_generate(model: Any, tokenizer: Any, think: ChatThink) -> None:
-    """Make ``model.generate`` (this model object only) generate under ``think``: each call gets a fresh
-    :class:`ThinkControl` and the family's position inputs. Calls on one model run one at a time (a lock): the
-    control's prefill hook is added to and removed from the shared model per call, and torch's hook tables must not
-    change under another thread's forward (LLaMA-Factory's Hugging Face engine runs one request at a time by default,
-    ``MAX_CONCURRENT=1``, but a streamed reply whose client left keeps generating in its thread). Idempotent."""
-    if getattr(model.generate, _WRAPPED, False):
-        return
-    base = ThinkControl.for_model(think.mode, tokenizer, think.threshold, model)
+@dataclass(frozen=True)
+class ReplyThink:
+    """The decision of one reply: its ``think_prob`` (the model's probability of opening it with ``<think>``),
+    whether it thinks, under which mode and threshold."""
+
+    think_prob: float
+    thinks: bool
+    mode: str
+    threshold: float
+
+    def line(self) -> str:
+        """The reply's decision as the engine logs it at DEBUG (``[dyncot] `` + this line)."""
+        return (f"think_prob {self.think_prob:.8g}, threshold {self.threshold}: "
+                f"{'thinks' if self.thinks else 'plain'} ({self.mode})")
+
+
+class ThinkSwitch:
+    """The think decision of one chat model, changeable between replies without reloading the model.
+
+    :func:`think_in_generate` puts one on a model; :meth:`set` picks the decision of the replies that start after it
+    (``None``: LLaMA-Factory's own generation, untouched), and every reply's :class:`ReplyThink` is numbered in the
+    order the replies finish (:meth:`wait`). Replies run one at a time (the model's lock), so a front end that sets
+    the decision, asks for a reply and waits for reply ``count + 1`` gets its own (LlamaBoard's Chat tab handles one
+    message at a time: Gradio runs an event's calls one at a time by default)."""
+
+    def __init__(self, think: ChatThink | None):
+        self._think = think
+        self._done = threading.Condition()
+        self._count = 0
+        self._replies: deque[tuple[int, ReplyThink | None]] = deque(maxlen=64)
+
+    @property
+    def think(self) -> ChatThink | None:
+        return self._think
+
+    def set(self, think: ChatThink | None) -> None:
+        """The decision of the replies that start from now on (None: LLaMA-Factory's own generation)."""
+        self._think = think
+
+    @property
+    def count(self) -> int:
+        """How many replies have finished."""
+        with self._done:
+            return self._count
+
+    def record(self, reply: ReplyThink | None) -> None:
+        with self._done:
+            self._count += 1
+            self._replies.append((self._count, reply))
+            self._done.notify_all()
+
+    def wait(self, number: int, timeout: float = 60.0) -> ReplyThink | None:
+        """The decision of reply ``number`` (1-based, in finishing order), waiting up to ``timeout`` seconds for it
+        to finish (a streamed reply's ``generate`` returns just after its last token reached the reader); None when
+        it generated under LLaMA-Factory's own decision or did not finish in time."""
+        with self._done:
+            self._done.wait_for(lambda: self._count >= number, timeout=timeout)
+            return next((reply for n, reply in self._replies if n == number), None)
+
+
+def think_switch(model: Any) -> ThinkSwitch | None:
+    """The :class:`ThinkSwitch` :func:`think_in_generate` put on ``model``, if any."""
+    return getattr(getattr(model, "generate", None), _WRAPPED, None)
+
+
+def think_in_generate(model: Any, tokenizer: Any, think: ChatThink | None) -> ThinkSwitch:
+    """Make ``model.generate`` (this model object only) generate under a :class:`ThinkSwitch` set to ``think``
+    (None: LLaMA-Factory's own generation until :meth:`ThinkSwitch.set` picks a mode): each call gets a fresh
+    :class:`ThinkControl` with the switch's mode and threshold, and the family's position inputs. Calls on one model
+    run one at a time (a lock): the control's prefill hook is added to and removed from the shared model per call,
+    and torch's hook tables must not change under another thread's forward (LLaMA-Factory's Hugging Face engine runs
+    one request at a time by default, ``MAX_CONCURRENT=1``, but a streamed reply whose client left keeps generating in
+    its thread). Idempotent: a model that has a switch keeps it (returned)."""
+    switch = think_switch(model)
+    if switch is not None:
+        return switch
+    switch = ThinkSwitch(think)
     original = model.generate
     family = family_of(model)
     one_at_a_time = threading.Lock()
+    built: list[ThinkControl] = []
+
+    def base() -> ThinkControl:  # the text ban decodes the whole vocabulary once: built on first use
+        if not built:
+            built.append(ThinkControl.for_model("greedy", tokenizer, DEFAULT_THRESHOLD, model))
+        return built[0]
+
+    if think is not None:
+        base()
 
     @functools.wraps(original)
     def generate(*args: Any, **kwargs: Any) -> Any:
+        think = switch.think
+        if think is None:  # LLaMA-Factory's own call, as it made it
+            with one_at_a_time:
+                try:
+                    return original(*args, **kwargs)
+                finally:
+                    switch.record(None)
         if args:  # generate(input_ids, ...): LLaMA-Factory passes everything by name
             kwargs["inputs"], args = args[0], args[1:]
         if args:
@@ -130,17 +216,51 @@ def think_in_generate(model: Any, tokenizer: Any, think: ChatThink) -> None:
         if "inputs" in kwargs:  # the engine's call: model.generate(inputs=prompt ids, attention_mask=..., ...)
             kwargs = generation_inputs(model, {"input_ids": kwargs.pop("inputs"), **kwargs}, family)
         processors = kwargs.pop("logits_processor", None)
-        control = base.fresh()
-        with one_at_a_time:
-            out = generate_with_think(model, kwargs, control, original, logits_processor=processors)
-        if logger.isEnabledFor(logging.DEBUG) and control.think_prob is not None:  # LLAMAFACTORY_VERBOSITY=DEBUG
-            for prob, thinks in zip(control.think_prob.tolist(), control.thinks.tolist()):
-                logger.debug(f"[dyncot] think_prob {prob:.8g}, threshold {think.threshold}: "
-                             f"{'thinks' if thinks else 'plain'} ({think.mode})")
+        control = base().fresh()
+        control.mode, control.threshold = think.mode, think.threshold  # both checked when the ChatThink was made
+        replies: list[ReplyThink] = []
+        try:
+            with one_at_a_time:
+                out = generate_with_think(model, kwargs, control, original, logits_processor=processors)
+            if control.think_prob is not None:
+                replies = [ReplyThink(prob, bool(thinks), think.mode, think.threshold)
+                           for prob, thinks in zip(control.think_prob.tolist(), control.thinks.tolist())]
+        finally:
+            switch.record(replies[0] if replies else None)
+        if logger.isEnabledFor(logging.DEBUG):  # LLAMAFACTORY_VERBOSITY=DEBUG
+            for reply in replies:
+                logger.debug(f"[dyncot] {reply.line()}")
         return out
 
-    setattr(generate, _WRAPPED, True)
+    setattr(generate, _WRAPPED, switch)
     model.generate = generate
+    return switch
 
 
-__all__ = ["INFERENCE_KEYS", "ChatThink", "chat_think", "check_backend", "think_in_generate"]
+def web_think(mode: str, threshold: Any) -> ChatThink | None:
+    """The decision a front end's two fields ask for (the web UI's Chat tab): ``mode`` one of
+    :data:`~dyncot_plugin.think.THINK_MODES` or :data:`OFF`; a bad threshold raises :class:`DynCotConfigError`."""
+    if mode == OFF:
+        return None
+    if mode not in THINK_MODES:
+        raise DynCotConfigError(f"dyncot_think: got {mode!r}; allowed values are {OFF}, {', '.join(THINK_MODES)}.")
+    try:
+        return ChatThink(mode, check_threshold(threshold), "the chat box")
+    except ValueError as exc:
+        raise DynCotConfigError(str(exc)) from None
+
+
+__all__ = [
+    "INFERENCE_KEYS",
+    "OFF",
+    "ChatThink",
+    "ReplyThink",
+    "ThinkSwitch",
+    "chat_think",
+    "check_backend",
+    "model_folders",
+    "saved_threshold",
+    "think_in_generate",
+    "think_switch",
+    "web_think",
+]

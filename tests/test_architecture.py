@@ -102,11 +102,11 @@ def test_the_seam_runs_one_way():
 
 
 def test_layers_import_downwards_only():
-    """The shared core (config, strategies, cot_format, think, io) never imports the training code, the tasks, the teacher or
+    """The shared core (config, strategies, cot_format, think, io, validate) never imports the training code, the tasks, the teacher or
     the CLI; the tasks never import the training code."""
     graph = import_graph()
     core = ("dyncot_plugin.config", "dyncot_plugin.strategies", "dyncot_plugin.cot_format", "dyncot_plugin.think",
-            "dyncot_plugin.io")
+            "dyncot_plugin.io", "dyncot_plugin.validate")
     upper = ("dyncot_plugin.train", "dyncot_plugin.tasks", "dyncot_plugin.teacher", "dyncot_plugin.cli",
              "dyncot_plugin.chat")
     for module, imports in graph.items():
