@@ -129,45 +129,49 @@ class ReplyThink:
 class ThinkSwitch:
     """The think decision of one chat model, changeable between replies without reloading the model.
 
-    :func:`think_in_generate` puts one on a model; :meth:`set` picks the decision of the replies that start after it
-    (``None``: LLaMA-Factory's own generation, untouched), and every reply's :class:`ReplyThink` is numbered in the
-    order the replies finish (:meth:`wait`). Replies run one at a time (the model's lock), so a front end that sets
-    the decision, asks for a reply and waits for reply ``count + 1`` gets its own (LlamaBoard's Chat tab handles one
-    message at a time: Gradio runs an event's calls one at a time by default)."""
+    :func:`think_in_generate` puts one on a model. :meth:`set` picks the decision of the replies that start after it
+    (``None``: LLaMA-Factory's own generation, untouched) and returns a ticket; every reply records its
+    :class:`ReplyThink` under the ticket in force when it started, and :meth:`wait` hands it back (a streamed
+    reply's ``generate`` returns just after its last token reached the reader). A front end that sets the decision
+    for each message and then asks for the reply (LlamaBoard's Chat tab, one message at a time: Gradio runs an
+    event's calls one at a time by default) gets each reply's own decision."""
 
     def __init__(self, think: ChatThink | None):
         self._think = think
+        self._ticket = 0
         self._done = threading.Condition()
-        self._count = 0
         self._replies: deque[tuple[int, ReplyThink | None]] = deque(maxlen=64)
 
     @property
     def think(self) -> ChatThink | None:
         return self._think
 
-    def set(self, think: ChatThink | None) -> None:
-        """The decision of the replies that start from now on (None: LLaMA-Factory's own generation)."""
-        self._think = think
-
-    @property
-    def count(self) -> int:
-        """How many replies have finished."""
+    def set(self, think: ChatThink | None) -> int:
+        """The decision of the replies that start from now on (None: LLaMA-Factory's own generation); returns the
+        ticket they record under."""
         with self._done:
-            return self._count
+            self._think, self._ticket = think, self._ticket + 1
+            return self._ticket
 
-    def record(self, reply: ReplyThink | None) -> None:
+    def current(self) -> tuple[ChatThink | None, int]:
+        """The decision in force and its ticket (read by a reply as it starts)."""
         with self._done:
-            self._count += 1
-            self._replies.append((self._count, reply))
+            return self._think, self._ticket
+
+    def record(self, ticket: int, reply: ReplyThink | None) -> None:
+        with self._done:
+            self._replies.append((ticket, reply))
             self._done.notify_all()
 
-    def wait(self, number: int, timeout: float = 60.0) -> ReplyThink | None:
-        """The decision of reply ``number`` (1-based, in finishing order), waiting up to ``timeout`` seconds for it
-        to finish (a streamed reply's ``generate`` returns just after its last token reached the reader); None when
-        it generated under LLaMA-Factory's own decision or did not finish in time."""
+    def wait(self, ticket: int, timeout: float = 60.0) -> ReplyThink | None:
+        """The decision of the first reply that started under ``ticket``, waiting up to ``timeout`` seconds for it to
+        finish; None when it generated under LLaMA-Factory's own decision or did not finish in time."""
+        def found() -> bool:
+            return any(t == ticket for t, _ in self._replies)
+
         with self._done:
-            self._done.wait_for(lambda: self._count >= number, timeout=timeout)
-            return next((reply for n, reply in self._replies if n == number), None)
+            self._done.wait_for(found, timeout=timeout)
+            return next((reply for t, reply in self._replies if t == ticket), None)
 
 
 def think_switch(model: Any) -> ThinkSwitch | None:
@@ -202,13 +206,13 @@ def think_in_generate(model: Any, tokenizer: Any, think: ChatThink | None) -> Th
 
     @functools.wraps(original)
     def generate(*args: Any, **kwargs: Any) -> Any:
-        think = switch.think
+        think, ticket = switch.current()
         if think is None:  # LLaMA-Factory's own call, as it made it
             with one_at_a_time:
                 try:
                     return original(*args, **kwargs)
                 finally:
-                    switch.record(None)
+                    switch.record(ticket, None)
         if args:  # generate(input_ids, ...): LLaMA-Factory passes everything by name
             kwargs["inputs"], args = args[0], args[1:]
         if args:
@@ -226,7 +230,7 @@ def think_in_generate(model: Any, tokenizer: Any, think: ChatThink | None) -> Th
                 replies = [ReplyThink(prob, bool(thinks), think.mode, think.threshold)
                            for prob, thinks in zip(control.think_prob.tolist(), control.thinks.tolist())]
         finally:
-            switch.record(replies[0] if replies else None)
+            switch.record(ticket, replies[0] if replies else None)
         if logger.isEnabledFor(logging.DEBUG):  # LLAMAFACTORY_VERBOSITY=DEBUG
             for reply in replies:
                 logger.debug(f"[dyncot] {reply.line()}")

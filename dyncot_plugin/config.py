@@ -177,7 +177,8 @@ CHOICES: dict[str, tuple[str, ...]] = {f.name: f.metadata["choices"] for f in fi
 
 
 def _field_docs(doc: str) -> dict[str, str]:
-    """The ``Fields:`` section of :class:`DynCotArguments`'s docstring: key -> its text (RST markup removed)."""
+    """The ``Fields:`` section of :class:`DynCotArguments`'s docstring: key -> its text, the RST literals as Markdown
+    code spans (``<think>`` stays visible where the text is rendered as Markdown)."""
     docs: dict[str, list[str]] = {}
     current = None
     for line in doc.split("Fields:", 1)[-1].splitlines():
@@ -190,13 +191,13 @@ def _field_docs(doc: str) -> dict[str, str]:
         elif line.strip():
             current = None
     plain = {key: " ".join(lines) for key, lines in docs.items()}
-    for pattern, repl in ((r":\w+:`([^`]*)`", r"\1"), (r"``([^`]*)``", r"\1"), (r"\*\*([^*]*)\*\*", r"\1")):
+    for pattern, repl in ((r":\w+:`([^`]*)`", r"`\1`"), (r"``([^`]*)``", r"`\1`"), (r"\*\*([^*]*)\*\*", r"\1")):
         plain = {key: re.sub(pattern, repl, text) for key, text in plain.items()}
     return plain
 
 
 FIELD_DOCS: dict[str, str] = _field_docs(DynCotArguments.__doc__ or "")
-"""Key -> what it means (its paragraph of the docstring): the help text LlamaBoard shows under each field."""
+"""Key -> what it means (its paragraph of the docstring, Markdown): the help LlamaBoard shows under each field."""
 _TYPES = {
     "dyncot_gamma": float,
     "dyncot_think_threshold": float,

@@ -40,9 +40,9 @@ def _verdict(fn):
 
 
 CASES = [
-    ({"dyncot_strategy": "cot"}, "plain", "Dataset `plain`: dyncot_strategy=cot needs a CoT text per sample, but the "
+    ({"dyncot_strategy": "cot"}, "plain", ("Dataset `plain`: dyncot_strategy=cot needs a CoT text per sample, but the "
      "dataset has no `cot` key under `columns` in dataset_info.json. Add the CoT column (`dyncot-data gen-cot`) or set "
-     "`dyncot_missing_cot: sft`."),
+     "`dyncot_missing_cot: sft`.")),
     ({"dyncot_strategy": "dynamic", "dyncot_missing_cot": "sft"}, "plain", None),
     ({"dyncot_strategy": "sft"}, "plain", None),
     ({"dyncot_strategy": "dynamic"}, "toy", None),
