@@ -92,3 +92,32 @@ def warm_model(tiny_model_dir, tmp_path_factory) -> tuple[str, str]:
                              per_device_train_batch_size=4, num_train_epochs=100, logging_steps=16)
     run_llamafactory("train", config, root / "work")
     return str(root / "model"), str(root / "data")
+
+
+# Chat front ends (test_chat_frontends, the LlamaBoard browser tests) -------------------------------------------------
+def _chat_cot_rows(rows: list[dict]) -> None:
+    for i, row in enumerate(rows):
+        answer = row["messages"][1]["content"]
+        lead = "\n" if i % 4 == 3 else ""
+        row["cot"] = f"<think>{lead}The picture and the post are about {answer}.</think><answer>{answer}</answer>"
+
+
+@pytest.fixture(scope="session")
+def cot_chat_model(tmp_path_factory):
+    """Path of a tiny Qwen2-VL with Qwen's real vocabulary (``<think>`` is three tokens), trained 12 steps with
+    ``dyncot_strategy: cot`` on the 16-row ``toy`` dataset (in ``<path>/../data``) so that, left alone, it opens its
+    replies with the tag; its ``dyncot_think.json`` holds threshold 0.5. ``template: qwen2_vl``. Read-only."""
+    import json
+
+    from dyncot_plugin.testing.lf_runner import run_llamafactory, tiny_sft_config
+    from dyncot_plugin.testing.plugin_data import write_plugin_dataset
+    from dyncot_plugin.testing.tiny_families import build_tiny_model
+
+    root = tmp_path_factory.mktemp("chat")
+    base = build_tiny_model(root / "base", "qwen2_vl", tokenizer="qwen")
+    write_plugin_dataset(root / "data", "toy", n=16, mutate=_chat_cot_rows)
+    run_llamafactory("train", tiny_sft_config(base, root / "data", "toy", root / "cot", learning_rate=3e-3,
+                                              max_steps=12, dyncot_strategy="cot", per_device_train_batch_size=4),
+                     root)
+    assert json.loads((root / "cot" / "dyncot_think.json").read_text())["threshold"] == 0.5
+    return root / "cot"

@@ -26,7 +26,6 @@ import pytest
 import yaml
 
 from dyncot_plugin.testing.lf_runner import llamafactory_cli, make_image, offline_env, run_llamafactory, tiny_sft_config
-from dyncot_plugin.testing.plugin_data import write_plugin_dataset
 
 pytestmark = pytest.mark.slow
 
@@ -36,24 +35,10 @@ POSTS = ["a morning run by the river #", "new phone, who dis", "the match tonigh
 GEN = dict(do_sample=False, max_new_tokens=12)
 
 
-def _cot_rows(rows: list[dict]) -> None:
-    for i, row in enumerate(rows):
-        answer = row["messages"][1]["content"]
-        lead = "\n" if i % 4 == 3 else ""
-        row["cot"] = f"<think>{lead}The picture and the post are about {answer}.</think><answer>{answer}</answer>"
-
-
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    from dyncot_plugin.testing.tiny_families import build_tiny_model
-
-    root = tmp_path_factory.mktemp("chat")
-    base = build_tiny_model(root / "base", "qwen2_vl", tokenizer="qwen")
-    write_plugin_dataset(root / "data", "toy", n=16, mutate=_cot_rows)
-    run_llamafactory("train", tiny_sft_config(base, root / "data", "toy", root / "cot", learning_rate=3e-3, max_steps=12,
-                                              dyncot_strategy="cot", per_device_train_batch_size=4), root)
-    assert json.loads((root / "cot" / "dyncot_think.json").read_text())["threshold"] == 0.5
-    return root / "cot"
+def model_dir(cot_chat_model) -> Path:
+    """The cot-trained tiny Qwen2-VL (real vocabulary) of ``conftest.cot_chat_model``; its data in ``../data``."""
+    return cot_chat_model
 
 
 def _recipe(model_dir: Path, **keys) -> dict:
