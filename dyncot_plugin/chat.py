@@ -33,9 +33,7 @@ A recipe without ``dyncot_*`` keys changes nothing: the engine is LLaMA-Factory'
 from __future__ import annotations
 
 import functools
-import json
 import logging
-import os
 import threading
 from collections import deque
 from dataclasses import dataclass
@@ -44,7 +42,8 @@ from typing import Any
 from llamafactory.extras import logging as lf_logging
 
 from dyncot_plugin.config import DynCotArguments, DynCotConfigError
-from dyncot_plugin.think import DEFAULT_THRESHOLD, THINK_MODES, THINK_SETTINGS_FILE, check_threshold
+from dyncot_plugin.think import DEFAULT_THRESHOLD, THINK_MODES, check_threshold
+from dyncot_plugin.think_settings import ThinkSettingsError, resolve_think_settings
 from dyncot_plugin.train.families import family_of
 from dyncot_plugin.train.generation import ThinkControl, generate_with_think, generation_inputs
 from dyncot_plugin.validate import check_backend
@@ -67,34 +66,21 @@ class ChatThink:
     threshold_from: str  # "the recipe", a dyncot_think.json path, or "the default"
 
 
-def model_folders(model_name_or_path: Any, adapter_name_or_path: Any = None) -> list[str]:
-    """Where a model's ``dyncot_think.json`` may be, in the order it is looked for: the last adapter of
-    ``adapter_name_or_path`` (a list, or LLaMA-Factory's comma-separated string) first, then ``model_name_or_path``."""
-    adapters = adapter_name_or_path or []
-    if isinstance(adapters, str):
-        adapters = [a.strip() for a in adapters.split(",") if a.strip()]
-    return [str(folder) for folder in [*reversed(list(adapters)), model_name_or_path] if folder]
-
-
-def saved_threshold(folders: list[str]) -> tuple[float, str] | None:
-    """``(threshold, path)`` from the first folder of ``folders`` holding a ``dyncot_think.json``, else None.
-    (The one place chat front ends read that file: the web UI's Chat tab takes its default threshold from it too.)"""
-    for folder in folders:
-        path = os.path.join(folder, THINK_SETTINGS_FILE)
-        if os.path.isfile(path):
-            try:
-                with open(path, encoding="utf-8") as f:
-                    value = json.load(f)["threshold"]
-                return check_threshold(value, f"{path}: threshold"), path
-            except (OSError, ValueError, KeyError, TypeError) as e:
-                raise DynCotConfigError(f"{path}: expected a JSON object with a numeric threshold ({e})") from None
-    return None
+def saved_threshold(model_name_or_path: Any, adapter_name_or_path: Any = None) -> tuple[float, str] | None:
+    """``(threshold, path)`` from the ``dyncot_think.json`` of the last adapter of ``adapter_name_or_path`` (a list,
+    or LLaMA-Factory's comma-separated string), else of ``model_name_or_path``; None when neither has one
+    (:func:`dyncot_plugin.think_settings.resolve_think_settings`; the web UI's Chat tab takes its default from it)."""
+    try:
+        settings = resolve_think_settings(model_name_or_path, adapter_name_or_path)
+    except ThinkSettingsError as e:
+        raise DynCotConfigError(str(e)) from None
+    return None if settings.path is None else (settings.threshold, settings.path)
 
 
 def _saved_threshold(model_args: Any) -> tuple[float, str] | None:
     """The threshold in the ``dyncot_think.json`` of the last adapter, else of the model folder, if any."""
-    return saved_threshold(model_folders(getattr(model_args, "model_name_or_path", None),
-                                         getattr(model_args, "adapter_name_or_path", None)))
+    return saved_threshold(getattr(model_args, "model_name_or_path", None),
+                           getattr(model_args, "adapter_name_or_path", None))
 
 
 def chat_think(dyncot_args: DynCotArguments, given: frozenset[str], model_args: Any) -> ChatThink:

@@ -7,8 +7,17 @@ before any test imports transformers / datasets / llamafactory.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
+
+from fixtures.shared import build_once
+from fixtures.suite import (  # noqa: F401  (the suite's hooks: workers, order, serial tests; fixtures/suite.py)
+    pytest_collection_modifyitems,
+    pytest_configure,
+    pytest_runtest_protocol,
+    pytest_xdist_auto_num_workers,
+)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -31,7 +40,7 @@ def tiny_model_dir(tmp_path_factory) -> str:
     """
     from dyncot_plugin.testing.tiny_model import build_tiny_qwen2vl
 
-    return str(build_tiny_qwen2vl(tmp_path_factory.mktemp("tiny_qwen2vl"), seed=0))
+    return str(build_once(tmp_path_factory, "tiny_qwen2vl", lambda out: build_tiny_qwen2vl(out, seed=0)))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -54,13 +63,10 @@ def real_vocab_model(tmp_path_factory):
     """
     from dyncot_plugin.testing.tiny_families import build_tiny_model
 
-    built: dict[str, str] = {}
-
     def get(family: str = "qwen2_vl") -> str:
-        if family not in built:
-            out = tmp_path_factory.mktemp(f"real_vocab_{family}")
-            built[family] = str(build_tiny_model(out, family, seed=0, tokenizer="qwen"))
-        return built[family]
+        folder = build_once(tmp_path_factory, f"real_vocab_{family}",
+                            lambda out: build_tiny_model(out / "model", family, seed=0, tokenizer="qwen"))
+        return str(folder / "model")
 
     return get
 
@@ -86,11 +92,13 @@ def warm_model(tiny_model_dir, tmp_path_factory) -> tuple[str, str]:
     from dyncot_plugin.testing.lf_runner import run_llamafactory, tiny_sft_config
     from dyncot_plugin.testing.plugin_data import write_plugin_dataset
 
-    root = tmp_path_factory.mktemp("warm")
-    write_plugin_dataset(root / "data", "spread", n=32, image_size=(32, 32))
-    config = tiny_sft_config(tiny_model_dir, root / "data", "spread", root / "model", max_steps=64,
-                             per_device_train_batch_size=4, num_train_epochs=100, logging_steps=16)
-    run_llamafactory("train", config, root / "work")
+    def build(root):
+        write_plugin_dataset(root / "data", "spread", n=32, image_size=(32, 32))
+        config = tiny_sft_config(tiny_model_dir, root / "data", "spread", root / "model", max_steps=64,
+                                 per_device_train_batch_size=4, num_train_epochs=100, logging_steps=16)
+        run_llamafactory("train", config, root / "work")
+
+    root = build_once(tmp_path_factory, "warm", build)
     return str(root / "model"), str(root / "data")
 
 
@@ -103,21 +111,23 @@ def _chat_cot_rows(rows: list[dict]) -> None:
 
 
 @pytest.fixture(scope="session")
-def cot_chat_model(tmp_path_factory):
+def cot_chat_model(tmp_path_factory) -> Path:
     """Path of a tiny Qwen2-VL with Qwen's real vocabulary (``<think>`` is three tokens), trained 12 steps with
     ``dyncot_strategy: cot`` on the 16-row ``toy`` dataset (in ``<path>/../data``) so that, left alone, it opens its
-    replies with the tag; its ``dyncot_think.json`` holds threshold 0.5. ``template: qwen2_vl``. Read-only."""
+    replies with the tag; its ``dyncot_think.json`` holds threshold 0.5. ``template: qwen2_vl``. Built once per run
+    (test_chat_frontends, the LlamaBoard browser tests). Read-only: copy it before modifying."""
     import json
 
     from dyncot_plugin.testing.lf_runner import run_llamafactory, tiny_sft_config
     from dyncot_plugin.testing.plugin_data import write_plugin_dataset
     from dyncot_plugin.testing.tiny_families import build_tiny_model
 
-    root = tmp_path_factory.mktemp("chat")
-    base = build_tiny_model(root / "base", "qwen2_vl", tokenizer="qwen")
-    write_plugin_dataset(root / "data", "toy", n=16, mutate=_chat_cot_rows)
-    run_llamafactory("train", tiny_sft_config(base, root / "data", "toy", root / "cot", learning_rate=3e-3,
-                                              max_steps=12, dyncot_strategy="cot", per_device_train_batch_size=4),
-                     root)
-    assert json.loads((root / "cot" / "dyncot_think.json").read_text())["threshold"] == 0.5
-    return root / "cot"
+    def build(root):
+        base = build_tiny_model(root / "base", "qwen2_vl", tokenizer="qwen")
+        write_plugin_dataset(root / "data", "toy", n=16, mutate=_chat_cot_rows)
+        run_llamafactory("train", tiny_sft_config(base, root / "data", "toy", root / "cot", learning_rate=3e-3,
+                                                  max_steps=12, dyncot_strategy="cot", per_device_train_batch_size=4),
+                         root)
+        assert json.loads((root / "cot" / "dyncot_think.json").read_text())["threshold"] == 0.5
+
+    return Path(build_once(tmp_path_factory, "cot_chat", build)) / "cot"

@@ -15,7 +15,7 @@ import yaml
 from dyncot_plugin.testing.lf_runner import llamafactory_cli, offline_env, tiny_sft_config
 from dyncot_plugin.testing.plugin_data import read_log, write_plugin_dataset
 
-pytestmark = [pytest.mark.slow, pytest.mark.distributed]
+pytestmark = [pytest.mark.slow, pytest.mark.distributed, pytest.mark.serial]
 DS_Z3 = Path(__file__).resolve().parents[1] / "examples" / "deepspeed" / "ds_z3.json"
 
 

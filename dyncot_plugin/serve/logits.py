@@ -23,7 +23,6 @@ processor, so the forced tag's logprobs are the model's: that is how ``think_pro
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from typing import Any
@@ -33,18 +32,15 @@ from vllm import SamplingParams
 from vllm.v1.sample.logits_processor import AdapterLogitsProcessor
 
 from dyncot_plugin.serve.fields import DEFAULT_MODE_ENV, MODE_KEY, PROB_KEY, THRESHOLD_KEY
-from dyncot_plugin.think import DEFAULT_THRESHOLD, THINK_MODES, THINK_SETTINGS_FILE, TagTextBan, check_threshold, decide, \
-    think_tag_ids
+from dyncot_plugin.think import DEFAULT_THRESHOLD, THINK_MODES, TagTextBan, check_threshold, decide, think_tag_ids
+from dyncot_plugin.think_settings import resolve_think_settings
 
 
 
 def model_think_settings(model_dir: str) -> dict[str, Any]:
-    """The model's ``dyncot_think.json`` (written by training and prediction runs), or {}."""
-    path = os.path.join(model_dir, THINK_SETTINGS_FILE)
-    if os.path.isfile(path):
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    return {}
+    """The model's ``dyncot_think.json`` (written by training and prediction runs), or {}
+    (:func:`dyncot_plugin.think_settings.resolve_think_settings`)."""
+    return dict(resolve_think_settings(model_dir).values)
 
 
 def request_settings(extra: dict[str, Any] | None, default_threshold: float) -> tuple[str, float, float | None]:

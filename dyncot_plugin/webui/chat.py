@@ -94,7 +94,7 @@ def engine_defaults(chatter: Any, model_path: str, model_name: str, finetuning_t
             args["adapter_name_or_path"] = ",".join(get_save_dir(model_name, finetuning_type, a) for a in checkpoint_path)
         else:
             args["model_name_or_path"] = get_save_dir(model_name, finetuning_type, checkpoint_path)
-    saved = chat.saved_threshold(chat.model_folders(args.get("model_name_or_path"), args.get("adapter_name_or_path")))
+    saved = chat.saved_threshold(args.get("model_name_or_path"), args.get("adapter_name_or_path"))
     return ("auto", saved[0]) if saved is not None else None
 
 

@@ -68,6 +68,7 @@ from dyncot_plugin.tasks.mmkp.normalize import label_keyphrases, split_keyphrase
 from dyncot_plugin.tasks.mmkp.plots import write_plot
 from dyncot_plugin.tasks.mmkp.rows import row_keyphrases
 from dyncot_plugin.think import THINK_SETTINGS_FILE
+from dyncot_plugin.think_settings import ThinkSettingsError, read_think_settings
 
 SEP = "<sep>"
 
@@ -349,10 +350,9 @@ def _think_settings(pred_path: Path) -> dict:
     """The ``dyncot_think.json`` a prediction run writes beside its predictions (``think``: the rule, ``threshold``),
     or {} when there is none or it cannot be read (only labels depend on it)."""
     try:
-        settings = json.loads((Path(pred_path).parent / THINK_SETTINGS_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        return read_think_settings(Path(pred_path).parent) or {}
+    except ThinkSettingsError:
         return {}
-    return settings if isinstance(settings, dict) else {}
 
 
 def _add_frontier(result: dict, by_mode: dict, lengths: dict, train_set, ks, variant, threshold, think_rate) -> None:
