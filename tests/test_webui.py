@@ -44,6 +44,10 @@ def test_fields_left_at_their_default_add_nothing_and_others_add_their_key():
     # what the widgets send back: a number box gives floats, an empty one None
     assert recipe_keys("train", {**train, "dyncot_target_window": 256.0, "dyncot_target_cot_ratio": None,
                                  "dyncot_gamma": 0.4}) == {}
+    # an optional float is a text box: empty = null, a number is a float, anything else goes to the recipe check as is
+    assert recipe_keys("train", {**train, "dyncot_target_cot_ratio": " "}) == {}
+    assert recipe_keys("train", {**train, "dyncot_target_cot_ratio": "0.5"}) == {"dyncot_target_cot_ratio": 0.5}
+    assert recipe_keys("train", {**train, "dyncot_target_cot_ratio": "half"}) == {"dyncot_target_cot_ratio": "half"}
     changed = {**train, "dyncot_strategy": "dynamic", "dyncot_target_cot_ratio": 0.5, "dyncot_target_window": 64.0,
                "dyncot_log_selection": True, "dyncot_gamma": 1}
     assert recipe_keys("train", changed) == {"dyncot_strategy": "dynamic", "dyncot_target_cot_ratio": 0.5,

@@ -130,7 +130,7 @@ def test_every_language_shows_the_group(page):
         current = LANGUAGES[i] if i < len(LANGUAGES) - 1 else LANGUAGES[-1]
         page.choose(lang, label=LANGUAGE_LABEL[current])
         index = LANGUAGES.index(lang)
-        wait_for(lambda: page.find("#dyncot_tab > button").text.strip() == LABELS["dyncot_tab"][index], 30,
+        wait_for(lambda: page.find("#dyncot_tab > button > span").text.strip() == LABELS["dyncot_tab"][index], 30,
                  f"the group's title in {lang}")
         page.expand(elem_id="dyncot_tab")
         assert page.find("#dyncot_gamma [data-testid=block-info]").text.strip() == LABELS["dyncot_gamma"][index]

@@ -2,7 +2,7 @@
 added to (or removed from) the dataclass appears in (or leaves) the Train tab without an edit here.
 
 A field's widget follows the key's declaration: a key with a fixed set of values (``CHOICES``) is a drop-down, a
-``bool`` a checkbox, an ``int`` or ``float`` a number box (an ``float | None`` key's box starts empty: null), and its
+``bool`` a checkbox, an ``int`` or ``float`` a number box, a ``float | None`` key a text box (empty: null), and its
 help text is the key's paragraph of the dataclass docstring (``FIELD_DOCS``). What the user leaves at the key's
 default is never written into a recipe or a saved configuration (:meth:`FormField.recipe_value`), so an untouched
 group leaves LlamaBoard's files byte for byte as vanilla LlamaBoard writes them.
@@ -52,14 +52,21 @@ class FormField:
             return gr.Checkbox(value=self.default, **common)
         if self.kind == "int":
             return gr.Number(value=self.default, precision=0, **common)
-        if self.kind in ("float", "optional_float"):
+        if self.kind == "float":
             return gr.Number(value=self.default, **common)
-        return gr.Textbox(value=self.default or "", **common)
+        # optional_float: a text box, empty = null (Gradio's number box has no stable empty state: in the browser an
+        # untouched empty box came back as 0.0, which the key refuses)
+        return gr.Textbox(value="" if self.default is None else str(self.default), **common)
 
     def recipe_value(self, raw: Any) -> Any:
         """The value the widget's ``raw`` value stands for in a recipe (an empty number box: the default)."""
-        if raw is None or (self.kind == "text" and raw == ""):
+        if raw is None or (self.kind in ("text", "optional_float") and str(raw).strip() == ""):
             return self.default
+        if self.kind == "optional_float" and isinstance(raw, str):
+            try:
+                return float(raw)
+            except ValueError:
+                return raw.strip()  # the recipe check refuses it with the command line's message
         if self.kind == "int" and isinstance(raw, float) and raw.is_integer():
             return int(raw)
         if self.kind in ("float", "optional_float") and isinstance(raw, int) and not isinstance(raw, bool):

@@ -71,8 +71,8 @@ def wrap_initialize(original: Callable) -> Callable:
 def wrap_build_config_dict(original: Callable) -> Callable:
     def _build_config_dict(self: Any, data: dict) -> dict[str, Any]:
         config = original(self, data)
-        return {elem_id: value for elem_id, value in config.items()
-                if (f := field_of(elem_id)) is None or not f.is_default(value)}
+        return {elem_id: value if (f := field_of(elem_id)) is None else f.recipe_value(value)
+                for elem_id, value in config.items() if (f := field_of(elem_id)) is None or not f.is_default(value)}
 
     return _build_config_dict
 
