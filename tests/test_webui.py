@@ -92,13 +92,17 @@ def probes(tiny_model_dir, tmp_path_factory) -> dict:
     for name, env in (("plugin", {}), ("vanilla", {"DYNCOT_DISABLE": "1"})):
         work = root / name
         work.mkdir()
+        predict = {"eval.dataset_dir": str(root / "data"), "eval.dataset": ["toy"], "eval.output_dir": "pred"}
         scenarios = [{"name": "untouched", "save": "untouched.yaml", "launch": True,
-                      "values": {"train.output_dir": str(work / "out_untouched")}}]
+                      "values": {"train.output_dir": str(work / "out_untouched")}},
+                     {"name": "predict_off", "eval_args": True, "values": predict}]
         if name == "plugin":
             scenarios += [
                 {"name": "dynamic", "save": "dynamic.yaml", "launch": True, "load": "dynamic.yaml",
                  "values": {"train.output_dir": str(work / "out_dynamic"), "train.dyncot_strategy": "dynamic",
                             "train.dyncot_target_cot_ratio": 0.5, "train.dyncot_target_window": 64.0}},
+                {"name": "predict_never", "eval_args": True,
+                 "values": {**predict, "eval.dyncot_predict_think": "never", "eval.dyncot_predict_think_threshold": 0.3}},
                 # then a file without dyncot entries (the untouched one, = vanilla's bytes): the fields reset
                 {"name": "older_file", "load": "untouched.yaml"},
             ]
@@ -163,3 +167,14 @@ def test_changed_fields_reach_the_recipe_the_saved_file_and_come_back_on_load(pr
     older = probes["plugin"]["scenarios"]["older_file"]["loaded"]
     assert {k: v for k, v in older.items() if "dyncot" in k} == {
         f"train.{f.name}": f.default for f in TAB_FIELDS["train"]}
+
+
+@pytest.mark.slow
+def test_the_prediction_runs_think_mode_reaches_its_recipe_and_off_leaves_vanillas(probes):
+    plugin, vanilla = probes["plugin"]["scenarios"], probes["vanilla"]["scenarios"]
+    assert plugin["predict_off"]["eval_args"] == vanilla["predict_off"]["eval_args"]
+    assert not any(k.startswith("dyncot_") for k in plugin["predict_off"]["eval_args"])
+    never = plugin["predict_never"]["eval_args"]
+    assert {k: v for k, v in never.items() if k.startswith("dyncot_")} == {"dyncot_think": "never",
+                                                                           "dyncot_think_threshold": 0.3}
+    assert {k: v for k, v in never.items() if not k.startswith("dyncot_")} == plugin["predict_off"]["eval_args"]

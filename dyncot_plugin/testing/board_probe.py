@@ -9,7 +9,8 @@ Train tab's fields start at their defaults; ``values`` and then the scenario's v
 the Save button's handler (``Runner.save_args``) and reports the saved file; ``launch`` calls Start's
 (``Runner.run_train``: the recipe and ``llamaboard_config.yaml`` are written, the real ``llamafactory-cli train``
 starts and is aborted at its first progress report, as the Abort button does); ``load`` calls Load's
-(``Runner.load_args``) and reports the field values it sets. Also reported: which LlamaBoard names are patched,
+(``Runner.load_args``) and reports the field values it sets; ``eval_args`` reports the recipe Evaluate & Predict's
+Start would run (``Runner._parse_eval_args``, nothing started). Also reported: which LlamaBoard names are patched,
 the element ids containing ``dyncot``, and every element's label per language (``Engine.change_lang``).
 """
 
@@ -76,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
         values = {**spec.get("values", {}), **scenario.get("values", {})}
         data = {component: component.value for component in inputs}
         for elem_id, value in values.items():
-            data[ids[elem_id]] = value
+            if elem_id in ids:  # the Train tab's and the top's (eval.* are for eval_args)
+                data[ids[elem_id]] = value
         result: dict[str, Any] = {}
         if scenario.get("save"):
             data[ids["train.config_path"]] = scenario["save"]
@@ -91,6 +93,10 @@ def main(argv: list[str] | None = None) -> int:
                 pass
             result["recipe"] = _read(output_dir / "training_args.yaml")
             result["board_config"] = _read(output_dir / "llamaboard_config.yaml")
+        if scenario.get("eval_args"):  # what Evaluate & Predict's Start would run (its recipe; nothing started)
+            every = {elem: elem.value for elem in manager._id_to_elem.values()}
+            every.update({manager.get_elem_by_id(elem_id): value for elem_id, value in values.items()})
+            result["eval_args"] = runner._parse_eval_args(every)
         if scenario.get("load"):
             loaded = runner.load_args("en", scenario["load"])
             result["loaded"] = {manager.get_id_by_elem(elem): value for elem, value in loaded.items()
