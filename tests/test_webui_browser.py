@@ -143,6 +143,7 @@ def test_a_refused_recipe_shows_the_command_lines_error_and_starts_nothing(page,
     page.tab("Train")
     _set_model(page, tiny_model_dir)
     page.type(str(data), label="Data dir")
+    page.clear(label="Dataset")
     page.choose("plain", label="Dataset")
     page.expand(elem_id="dyncot_tab")
     wait_for(lambda: "plain: no CoT column" in page.text("#dyncot_cot_columns"), 30, "the dataset's CoT column line")
@@ -179,6 +180,7 @@ def test_a_dynamic_run_with_a_target_share_is_previewed_started_and_watched(page
     page.tab("Train")
     _set_model(page, tiny_model_dir)
     page.type(str(data), label="Data dir")
+    page.clear(label="Dataset")  # the previous test chose `plain` (a multi-select)
     page.choose("toy", label="Dataset")
     page.expand(text="Extra configurations")
     page.type(json.dumps(EXTRA), label="Extra arguments")
@@ -187,7 +189,10 @@ def test_a_dynamic_run_with_a_target_share_is_previewed_started_and_watched(page
     page.type("0.5", elem_id="dyncot_target_cot_ratio")
     page.check(True, elem_id="dyncot_log_selection")
     page.click("Preview command")
-    preview = wait_for(lambda: "llamafactory-cli train" in _output(page) and _output(page), 30, "the preview")
+    try:
+        preview = wait_for(lambda: "llamafactory-cli train" in _output(page) and _output(page), 30, "the preview")
+    except TimeoutError as err:
+        raise AssertionError(f"{err}; the output box shows {_output(page)!r}") from None
     for line in ("--dyncot_strategy dynamic", "--dyncot_target_cot_ratio 0.5", "--dyncot_log_selection True"):
         assert line in preview
     assert preview.count("--dyncot_") == 3  # the fields left alone add nothing
@@ -246,8 +251,16 @@ def _split(shown: str) -> tuple[str, re.Match]:
 
 
 def _as_shown(reply: str) -> str:
-    """A raw reply as LlamaBoard shows it (its thought block's markers and the Markdown line breaks dropped)."""
-    return " ".join(reply.replace("<think>", " ").replace("</think>", " ").split())
+    """A raw reply as LlamaBoard's Chat tab shows it, whitespace collapsed: as is without ``<think>``; with it, its
+    thought block (``chatter._format_response``: the summary line, the thought, then the answer, the tags dropped)."""
+    from llamafactory.webui.locales import ALERTS
+
+    if "<think>" not in reply:
+        return " ".join(reply.split())
+    text = reply.replace("<think>", "")
+    thought, closed, answer = text.partition("</think>")
+    summary = ALERTS["info_thought" if closed else "info_thinking"]["en"]
+    return " ".join(f"{summary} {thought} {answer}".split())
 
 
 def test_chat_think_mode_per_message(page, board, cot_chat_model, cli_chat, tmp_path):

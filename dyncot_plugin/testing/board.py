@@ -268,6 +268,14 @@ class Page:
         field.send_keys(Keys.ESCAPE)
         time.sleep(0.2)
 
+    def clear(self, label: str | None = None, elem_id: str | None = None) -> None:
+        """Empty a multi-select drop-down (its "clear" cross; nothing to do when nothing is selected)."""
+        block = wait_for(lambda: self.block(label, elem_id), 30, f"drop-down {label or elem_id!r}")
+        for cross in block.find_elements("css selector", ".remove-all"):
+            self.driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", cross)
+            cross.click()
+            time.sleep(0.3)
+
     def check(self, value: bool, elem_id: str) -> None:
         box = self.find(f"#{elem_id} input[type=checkbox]")
         if box.is_selected() != value:
