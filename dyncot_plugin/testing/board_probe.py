@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
             result["recipe"] = _read(output_dir / "training_args.yaml")
             result["board_config"] = _read(output_dir / "llamaboard_config.yaml")
         if scenario.get("eval_args"):  # what Evaluate & Predict's Start would run (its recipe; nothing started)
-            every = {elem: elem.value for elem in manager._id_to_elem.values()}
+            every = {elem: getattr(elem, "value", None) for elem in manager._id_to_elem.values()}
             every.update({manager.get_elem_by_id(elem_id): value for elem_id, value in values.items()})
             result["eval_args"] = runner._parse_eval_args(every)
         if scenario.get("load"):
