@@ -204,7 +204,10 @@ def test_a_dynamic_run_with_a_target_share_is_previewed_started_and_watched(page
     out = wait_for(lambda: next(iter(saves.iterdir()), None), 60, "the run's output folder")
     wait_for(lambda: board.children(), 30, "LlamaBoard's training process")
     wait_for(lambda: not board.children(), 600, "the run to finish", poll=1)
-    assert wait_for(lambda: "Finished." in _output(page), 30, "LlamaBoard's finish line")
+    try:
+        wait_for(lambda: "Finished." in _output(page), 30, "LlamaBoard's finish line")
+    except TimeoutError as err:
+        raise AssertionError(f"{err}; the output box shows {_output(page)[-1500:]!r}") from None
     recipe = (out / "training_args.yaml").read_text()
     assert "dyncot_strategy: dynamic" in recipe and "dyncot_target_cot_ratio: 0.5" in recipe
     rows = read_log(out)
