@@ -119,7 +119,9 @@ def _output(page: Page) -> str:
     """The Train tab's output box (LlamaBoard's Markdown under the buttons), as shown."""
     from selenium.webdriver.common.by import By
 
-    boxes = [e for e in page.driver.find_elements(By.CSS_SELECTOR, "div.prose") if e.is_displayed() and e.text]
+    boxes = [e for e in page.driver.find_elements(  # not the plugin's own Markdown (the CoT-share summary)
+        By.XPATH, "//div[contains(@class, 'prose')][not(ancestor-or-self::*[starts-with(@id, 'dyncot_')])]")
+        if e.is_displayed() and e.text]
     return boxes[-1].text if boxes else ""
 
 
@@ -173,8 +175,9 @@ def test_a_refused_recipe_shows_the_command_lines_error_and_starts_nothing(page,
     assert "Dataset plain: dyncot_strategy=cot needs a CoT text per sample" in shown
 
 
-@pytest.mark.xfail(strict=False, reason="issue 32, open: the last run (13:31) finished training but the output box "
-                   "did not show LlamaBoard's 'Finished.' within 30 s; not yet diagnosed")
+@pytest.mark.xfail(strict=False, reason="issue 32, open: the 13:37 run trained, showed the CoT-share summary "
+                   "(step 8, cot_share, target 0.5, γ, epoch flip share) but read it as LlamaBoard's output box; the "
+                   "fix (the output box excludes dyncot_* elements) is not yet run")
 def test_a_dynamic_run_with_a_target_share_is_previewed_started_and_watched(page, board, data, tiny_model_dir,
                                                                             tmp_path):
     from dyncot_plugin.train.report import selection_records, view_changes
@@ -271,9 +274,6 @@ def _as_shown(reply: str) -> str:
     return " ".join(f"{summary} {thought} {answer}".split())
 
 
-@pytest.mark.xfail(strict=False, reason="issue 32, open: the comparison with llamafactory-cli chat now renders "
-                   "replies with the template's thought_words (fix not yet run); never, the mode switch and the "
-                   "decisions passed in the last run")
 def test_chat_think_mode_per_message(page, board, cot_chat_model, cli_chat, tmp_path):
     model = tmp_path / "model"
     shutil.copytree(cot_chat_model, model)
