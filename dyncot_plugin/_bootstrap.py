@@ -13,7 +13,8 @@ in each torchrun worker), ``llamafactory.chat.chat_model`` (``llamafactory-cli c
 import os
 import sys
 
-SEAM_MODULES = ("llamafactory.train.tuner", "llamafactory.chat.chat_model", "llamafactory.chat.hf_engine")
+SEAM_MODULES = ("llamafactory.train.tuner", "llamafactory.chat.chat_model", "llamafactory.chat.hf_engine",
+                "llamafactory.webui.interface")
 """= the keys of :data:`dyncot_plugin.patches.SEAMS`."""
 
 

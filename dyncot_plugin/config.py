@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import difflib
 import math
-from dataclasses import asdict, dataclass, fields
+import re
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from dyncot_plugin.strategies import STRATEGIES as _STRATEGY_TABLE
@@ -26,6 +27,11 @@ MISMATCH_POLICIES = ("warn", "error")
 
 class DynCotConfigError(ValueError):
     """A ``dyncot_*`` key is unknown or has a value outside what is allowed."""
+
+
+def _choice(default: str, allowed: tuple[str, ...]) -> Any:
+    """A field whose value is one of ``allowed`` (validated in ``__post_init__``; a drop-down in LlamaBoard)."""
+    return field(default=default, metadata={"choices": tuple(allowed)})
 
 
 @dataclass
@@ -105,39 +111,29 @@ class DynCotArguments:
             the vision tower in both forwards.
     """
 
-    dyncot_strategy: str = "sft"
+    dyncot_strategy: str = _choice("sft", STRATEGIES)
     dyncot_gamma: float = 0.4
     dyncot_target_cot_ratio: float | None = None
     dyncot_target_window: int = 4096
-    dyncot_cot_when: str = "below"
-    dyncot_cot_mismatch: str = "warn"
-    dyncot_missing_cot: str = "error"
+    dyncot_cot_when: str = _choice("below", COT_WHEN)
+    dyncot_cot_mismatch: str = _choice("warn", MISMATCH_POLICIES)
+    dyncot_missing_cot: str = _choice("error", MISSING_COT_POLICIES)
     dyncot_eval_samples: int = 0
     dyncot_eval_max_new_tokens: int = 256
-    dyncot_eval_task: str = "auto"
-    dyncot_think: str = "auto"
+    dyncot_eval_task: str = _choice("auto", EVAL_TASKS)
+    dyncot_think: str = _choice("auto", THINK_MODES)
     dyncot_think_threshold: float = DEFAULT_THRESHOLD
     dyncot_log_selection: bool = False
     dyncot_reuse_image_features: bool = True
 
     def __post_init__(self) -> None:
-        if self.dyncot_strategy not in STRATEGIES:
-            raise DynCotConfigError(
-                f"dyncot_strategy: got {self.dyncot_strategy!r}; allowed values are {', '.join(STRATEGIES)}."
-            )
+        for key, allowed in CHOICES.items():  # every field with a fixed set of values (dyncot_strategy first)
+            if getattr(self, key) not in allowed:
+                raise DynCotConfigError(f"{key}: got {getattr(self, key)!r}; allowed values are {', '.join(allowed)}.")
         if not isinstance(self.dyncot_gamma, (int, float)) or isinstance(self.dyncot_gamma, bool):
             raise DynCotConfigError(f"dyncot_gamma: got {self.dyncot_gamma!r}; expected a number >= 0.")
         if not math.isfinite(self.dyncot_gamma) or self.dyncot_gamma < 0:
             raise DynCotConfigError(f"dyncot_gamma: got {self.dyncot_gamma!r}; expected a finite number >= 0.")
-        for key, allowed in (
-            ("dyncot_missing_cot", MISSING_COT_POLICIES),
-            ("dyncot_eval_task", EVAL_TASKS),
-            ("dyncot_cot_when", COT_WHEN),
-            ("dyncot_think", THINK_MODES),
-            ("dyncot_cot_mismatch", MISMATCH_POLICIES),
-        ):
-            if getattr(self, key) not in allowed:
-                raise DynCotConfigError(f"{key}: got {getattr(self, key)!r}; allowed values are {', '.join(allowed)}.")
         try:
             self.dyncot_think_threshold = check_threshold(self.dyncot_think_threshold)
         except ValueError as exc:
@@ -176,6 +172,33 @@ class DynCotArguments:
 
 
 KNOWN_KEYS = tuple(f.name for f in fields(DynCotArguments))
+CHOICES: dict[str, tuple[str, ...]] = {f.name: f.metadata["choices"] for f in fields(DynCotArguments)
+                                       if "choices" in f.metadata}
+"""Key -> its allowed values, for every key with a fixed set of them."""
+
+
+def _field_docs(doc: str) -> dict[str, str]:
+    """The ``Fields:`` section of :class:`DynCotArguments`'s docstring: key -> its text, the RST literals as Markdown
+    code spans (``<think>`` stays visible where the text is rendered as Markdown)."""
+    docs: dict[str, list[str]] = {}
+    current = None
+    for line in doc.split("Fields:", 1)[-1].splitlines():
+        head = re.match(r"^ {8}(dyncot_\w+) \(", line)
+        if head:
+            current = head.group(1)
+            docs[current] = []
+        elif current and line.startswith(" " * 12):
+            docs[current].append(line.strip())
+        elif line.strip():
+            current = None
+    plain = {key: " ".join(lines) for key, lines in docs.items()}
+    for pattern, repl in ((r":\w+:`([^`]*)`", r"`\1`"), (r"``([^`]*)``", r"`\1`"), (r"\*\*([^*]*)\*\*", r"\1")):
+        plain = {key: re.sub(pattern, repl, text) for key, text in plain.items()}
+    return plain
+
+
+FIELD_DOCS: dict[str, str] = _field_docs(DynCotArguments.__doc__ or "")
+"""Key -> what it means (its paragraph of the docstring, Markdown): the help LlamaBoard shows under each field."""
 _TYPES = {
     "dyncot_gamma": float,
     "dyncot_think_threshold": float,

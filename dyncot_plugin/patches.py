@@ -1,12 +1,12 @@
 """The plugin's seam into LLaMA-Factory 0.9.5: every name it replaces for good, each by one named, idempotent function
 (Liger-Kernel's ``monkey_patch.py`` style). Wiring only: what a plugin run does lives in
 :mod:`dyncot_plugin.train.workflow`, what a chat front end does in :mod:`dyncot_plugin.chat`, what export adds in
-:mod:`dyncot_plugin.export`.
+:mod:`dyncot_plugin.export`, what LlamaBoard shows in :mod:`dyncot_plugin.webui`.
 
 Applied when a seam module is first imported (see :mod:`dyncot_plugin._bootstrap`), per :data:`SEAMS`:
 ``llamafactory.train.tuner`` (``llamafactory-cli train`` and ``export``, torchrun workers),
-``llamafactory.chat.chat_model`` (``llamafactory-cli chat``, ``api``, ``webchat``) and
-``llamafactory.chat.hf_engine`` (their Hugging Face engine):
+``llamafactory.chat.chat_model`` (``llamafactory-cli chat``, ``api``, ``webchat``),
+``llamafactory.chat.hf_engine`` (their Hugging Face engine) and ``llamafactory.webui.interface`` (below):
 
 ======================================================  ===========================================================
 LLaMA-Factory name                                      why
@@ -29,7 +29,27 @@ LLaMA-Factory name                                      why
 ``.__init__``                                           reply under the recipe's ``dyncot_think`` and threshold.
 ======================================================  ===========================================================
 
-A recipe without any ``dyncot_*`` key therefore runs LLaMA-Factory's own code path, value for value.
+and when ``llamafactory.webui.interface`` is (``llamafactory-cli webui``, ``webchat``), the web UI's names, each
+wrapped by a factory of :mod:`dyncot_plugin.webui`:
+
+======================================================  ===========================================================
+``llamafactory.webui.locales.LOCALES``                  entries for the plugin's elements, five languages each.
+``...webui.interface.create_train_tab``                 the "Dynamic CoT" group; the CoT share and γ beside the
+                                                        loss curve.
+``...webui.interface.create_eval_tab``                  the prediction run's think mode and threshold.
+``...webui.interface.create_infer_tab``,                the Chat box's think mode and threshold, sent with each
+``...webui.interface.create_chat_box``                  message; each reply's ``think_prob`` shown.
+``...webui.chatter.WebChatModel.load_model``            the Chat tab's ``dyncot_*`` extra arguments checked first.
+``...webui.runner.Runner._parse_train_args``,           the tab's non-default fields become ``dyncot_*`` keys of
+``._parse_eval_args``                                   the recipe.
+``...webui.runner.Runner._initialize``                  the recipe checked as the command line checks it
+                                                        (:mod:`dyncot_plugin.validate`) before anything starts.
+``...webui.runner.Runner._build_config_dict``           fields at their default stay out of saved configurations.
+``...webui.runner.load_args``                           a configuration without a field resets it to its default.
+======================================================  ===========================================================
+
+A recipe without any ``dyncot_*`` key therefore runs LLaMA-Factory's own code path, value for value, and a
+LlamaBoard user who leaves the Dynamic CoT fields alone gets LlamaBoard's own recipes and saved files, byte for byte.
 """
 
 from __future__ import annotations
@@ -185,11 +205,124 @@ def patch_hf_engine() -> None:
     HuggingfaceEngine.__init__ = _wrap(original, __init__)
 
 
+# ------------------------------------------------------------------------------ LlamaBoard (webui, webchat)
+def _replace(owner: Any, name: str, make: Callable[[Callable], Callable]) -> None:
+    """``owner.name = make(original)`` unless already done (the shape of every web UI patch below)."""
+    original = getattr(owner, name)
+    if not is_patched(original):
+        setattr(owner, name, _wrap(original, make(original)))
+
+
+def patch_webui_locales() -> None:
+    """Add the plugin's elements to ``llamafactory.webui.locales.LOCALES`` (labels in LlamaBoard's five languages)."""
+    from llamafactory.webui import locales
+
+    from dyncot_plugin.webui.locales import add_to
+
+    add_to(locales.LOCALES)
+
+
+def patch_webui_train_tab() -> None:
+    """``llamafactory.webui.interface.create_train_tab``: the "Dynamic CoT" group, the CoT-share plot."""
+    from llamafactory.webui import interface
+
+    from dyncot_plugin.webui.train import wrap_create_train_tab
+
+    _replace(interface, "create_train_tab", wrap_create_train_tab)
+
+
+def patch_webui_eval_tab() -> None:
+    """``llamafactory.webui.interface.create_eval_tab``: the prediction run's think mode and threshold."""
+    from llamafactory.webui import interface
+
+    from dyncot_plugin.webui.evaluate import wrap_create_eval_tab
+
+    _replace(interface, "create_eval_tab", wrap_create_eval_tab)
+
+
+def patch_webui_infer_tab() -> None:
+    """``llamafactory.webui.interface.create_infer_tab``: the Chat tab's think mode and threshold per message."""
+    from llamafactory.webui import interface
+
+    from dyncot_plugin.webui.chat import wrap_create_infer_tab
+
+    _replace(interface, "create_infer_tab", wrap_create_infer_tab)
+
+
+def patch_webui_chat_box() -> None:
+    """``llamafactory.webui.interface.create_chat_box`` (``webchat``'s page): the same two fields."""
+    from llamafactory.webui import interface
+
+    from dyncot_plugin.webui.chat import wrap_create_chat_box
+
+    _replace(interface, "create_chat_box", wrap_create_chat_box)
+
+
+def patch_webui_load_model() -> None:
+    """``WebChatModel.load_model``: the Chat tab's ``dyncot_*`` extra arguments checked before loading."""
+    from llamafactory.webui.chatter import WebChatModel
+
+    from dyncot_plugin.webui.chat import wrap_load_model
+
+    _replace(WebChatModel, "load_model", wrap_load_model)
+
+
+def patch_webui_train_args() -> None:
+    """``Runner._parse_train_args``: the Train tab's non-default fields become ``dyncot_*`` keys of the recipe."""
+    from llamafactory.webui.runner import Runner
+
+    from dyncot_plugin.webui.runner import wrap_parse_train_args
+
+    _replace(Runner, "_parse_train_args", wrap_parse_train_args)
+
+
+def patch_webui_eval_args() -> None:
+    """``Runner._parse_eval_args``: the prediction run's think mode (when not off) joins its recipe."""
+    from llamafactory.webui.runner import Runner
+
+    from dyncot_plugin.webui.runner import wrap_parse_eval_args
+
+    _replace(Runner, "_parse_eval_args", wrap_parse_eval_args)
+
+
+def patch_webui_initialize() -> None:
+    """``Runner._initialize``: the recipe is checked as the command line checks it before Preview, Save and Start."""
+    from llamafactory.webui.runner import Runner
+
+    from dyncot_plugin.webui.runner import wrap_initialize
+
+    _replace(Runner, "_initialize", wrap_initialize)
+
+
+def patch_webui_config_dict() -> None:
+    """``Runner._build_config_dict``: fields at their default stay out of saved configurations."""
+    from llamafactory.webui.runner import Runner
+
+    from dyncot_plugin.webui.runner import wrap_build_config_dict
+
+    _replace(Runner, "_build_config_dict", wrap_build_config_dict)
+
+
+def patch_webui_load_args() -> None:
+    """``llamafactory.webui.runner.load_args``: a configuration without a field sets it back to its default."""
+    from llamafactory.webui import runner
+
+    from dyncot_plugin.webui.runner import wrap_load_args
+
+    _replace(runner, "load_args", wrap_load_args)
+
+
 SEAMS: dict[str, tuple[Callable[[], None], ...]] = {
     "llamafactory.train.tuner": (patch_argument_reader, patch_sft_entry, patch_export_model, patch_log_callback),
     "llamafactory.chat.chat_model": (patch_argument_reader, patch_infer_args),
     # its own seam: LLaMA-Factory imports the engine only for infer_backend huggingface, and so does the plugin
     "llamafactory.chat.hf_engine": (patch_hf_engine,),
+    # LlamaBoard and webchat: the module that builds their pages (it has imported everything patched below)
+    "llamafactory.webui.interface": (
+        patch_webui_locales, patch_webui_train_tab, patch_webui_eval_tab, patch_webui_infer_tab,
+        patch_webui_chat_box, patch_webui_load_model, patch_webui_train_args, patch_webui_eval_args,
+        patch_webui_initialize, patch_webui_config_dict, patch_webui_load_args,
+    ),
 }
 """Seam module -> the patches its first import applies (the keys are what :mod:`dyncot_plugin._bootstrap` watches)."""
 
@@ -204,13 +337,27 @@ def _targets() -> list[tuple[Any, str]]:
         targets.append((chat_model, "get_infer_args"))
     if hf_engine is not None:
         targets.append((hf_engine.HuggingfaceEngine, "__init__"))
+    if "llamafactory.webui.interface" in sys.modules:
+        from llamafactory.webui import chatter, interface, runner
+
+        targets += [(interface, name) for name in ("create_train_tab", "create_eval_tab", "create_infer_tab",
+                                                   "create_chat_box")]
+        targets += [(chatter.WebChatModel, "load_model"), (runner, "load_args")]
+        targets += [(runner.Runner, name) for name in ("_parse_train_args", "_parse_eval_args", "_initialize",
+                                                       "_build_config_dict")]
     return targets
 
 
+LAZY_SEAMS = ("llamafactory.webui.interface",)
+"""Seams :func:`apply_patches` without a seam leaves alone until their module is imported (it would import Gradio)."""
+
+
 def apply_patches(seam: str | None = None) -> None:
-    """Apply the patches of ``seam`` (a key of :data:`SEAMS`), or of every seam (idempotent)."""
+    """Apply the patches of ``seam`` (a key of :data:`SEAMS`), or of every seam (idempotent; a seam of
+    :data:`LAZY_SEAMS` only once its module is imported)."""
     global _APPLIED
-    for name in [seam] if seam else list(SEAMS):
+    every = [name for name in SEAMS if name not in LAZY_SEAMS or name in sys.modules]
+    for name in [seam] if seam else every:
         for patch in SEAMS[name]:
             patch()
     if not _APPLIED:

@@ -225,3 +225,13 @@ def cot_real_vocab_model(tmp_path_factory, real_vocab_model):
         return build_once(tmp_path_factory, f"cot_real_vocab_{family}", build, steps=COT_STEPS)
 
     return get
+
+
+
+@pytest.fixture(scope="session")
+def cot_chat_model(cot_real_vocab_model) -> Path:
+    """Path of ``cot_real_vocab_model("qwen2_vl")``'s ``cot/`` model (Qwen's real vocabulary, ``<think>`` three
+    tokens, trained with ``dyncot_strategy: cot`` so that, left alone, it opens its replies with the tag; its
+    ``dyncot_think.json`` holds threshold 0.5; ``template: qwen2_vl``), its dataset in ``<path>/../data``. The
+    LlamaBoard browser tests use it; read-only: copy it before modifying."""
+    return Path(cot_real_vocab_model("qwen2_vl")) / "cot"

@@ -95,19 +95,27 @@ def test_the_package_has_no_import_cycle():
 def test_the_seam_runs_one_way():
     graph = import_graph()
     assert graph["dyncot_plugin._bootstrap"] == {"dyncot_plugin.patches"}
-    assert graph["dyncot_plugin.patches"] == {"dyncot_plugin.config", "dyncot_plugin.train.workflow", "dyncot_plugin.chat",
-                                              "dyncot_plugin.export"}
+    webui = {m for m in graph if m.startswith("dyncot_plugin.webui.")}
+    assert graph["dyncot_plugin.patches"] - webui == {"dyncot_plugin.config", "dyncot_plugin.train.workflow",
+                                                      "dyncot_plugin.chat", "dyncot_plugin.export"}
+    # LlamaBoard's parts: one module per tab, wired only through the seam
+    assert graph["dyncot_plugin.patches"] & webui == {"dyncot_plugin.webui.locales", "dyncot_plugin.webui.train",
+                                                      "dyncot_plugin.webui.evaluate", "dyncot_plugin.webui.chat",
+                                                      "dyncot_plugin.webui.runner"}
+    for module, imports in graph.items():  # the web UI sits on top: only the seam and the test helpers reach it
+        if not module.startswith(("dyncot_plugin.webui", "dyncot_plugin.patches", "dyncot_plugin.testing")):
+            assert not {i for i in imports if i.startswith("dyncot_plugin.webui")}, module
     for module, imports in graph.items():  # nothing reaches back into the seam
         if module not in ("dyncot_plugin", "dyncot_plugin._bootstrap"):
             assert not imports & {"dyncot_plugin._bootstrap", "dyncot_plugin.patches"}, module
 
 
 def test_layers_import_downwards_only():
-    """The shared core (config, strategies, cot_format, think, io) never imports the training code, the tasks, the teacher or
+    """The shared core (config, strategies, cot_format, think, io, validate) never imports the training code, the tasks, the teacher or
     the CLI; the tasks never import the training code."""
     graph = import_graph()
     core = ("dyncot_plugin.config", "dyncot_plugin.strategies", "dyncot_plugin.cot_format", "dyncot_plugin.think",
-            "dyncot_plugin.io")
+            "dyncot_plugin.io", "dyncot_plugin.validate")
     upper = ("dyncot_plugin.train", "dyncot_plugin.tasks", "dyncot_plugin.teacher", "dyncot_plugin.cli",
              "dyncot_plugin.chat", "dyncot_plugin.export")
     for module, imports in graph.items():

@@ -122,8 +122,7 @@ def _save_fake_cache(path, columns: dict) -> None:
 
 
 def test_a_tokenized_cache_without_cot_views_or_with_missing_cot_is_refused(tmp_path):
-    from dyncot_plugin.train.views import COT_MISSING, COT_OK, COT_STATUS
-    from dyncot_plugin.train.workflow import check_tokenized_cache
+    from dyncot_plugin.validate import COT_MISSING, COT_OK, COT_STATUS, check_tokenized_cache
 
     plain = {"input_ids": [[1, 2], [3, 4]], "labels": [[-100, 2], [-100, 4]]}
     _save_fake_cache(tmp_path / "sft", plain)

@@ -16,7 +16,8 @@ keys as the plain view and the two can be merged or stacked row by row:
   the Qwen-VL families; see :mod:`dyncot_plugin.train.generation`);
 * ``reuse_image_features``: whether the family's ``get_image_features`` has the signature the cache of
   :mod:`dyncot_plugin.train.image_features` wraps;
-* ``unsupported``: why the plugin refuses the family (a key it cannot carry into the CoT view), or None.
+* a family the two-view strategies cannot run on is refused before the model loads, by model type
+  (:data:`dyncot_plugin.validate.REFUSED_MODEL_TYPES`: mllama's ``cross_attention_mask``).
 
 A ``model_type`` that is not in the table gets :data:`DEFAULT_FAMILY`, which is what the plugin detected before the
 table existed (Qwen2-VL's layout); a batch key that no row of the family names stops the run with the key's name
@@ -52,7 +53,6 @@ class ModelFamily:
     reuse_image_features: bool = True  # get_image_features(pixel_values, image_grid_thw) can be cached (Qwen)
     generation_type_key: str = "mm_token_type_ids"
     generation_type_ids: tuple[tuple[str, int], ...] = ()
-    unsupported: str | None = None
     seq_pad: dict[str, int | None] = field(init=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -95,7 +95,6 @@ FAMILIES: tuple[ModelFamily, ...] = (
     ModelFamily(
         "mllama", ("mllama",), templates=("mllama",), media_keys=("pixel_values", "aspect_ratio_ids",
                                                                    "aspect_ratio_mask"),
-        unsupported="its cross_attention_mask [batch, seq, images, tiles] would have to be rebuilt for the CoT view",
     ),
 )
 MODEL_TYPE_TO_FAMILY: dict[str, ModelFamily] = {t: family for family in FAMILIES for t in family.model_types}

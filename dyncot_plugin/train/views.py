@@ -43,13 +43,15 @@ from dyncot_plugin.io.read import InputError
 from dyncot_plugin.strategies import Strategy
 from dyncot_plugin.think import encode_segments
 from dyncot_plugin.train.families import ROPE_INPUT_KEYS, ModelFamily, derive_token_types
+from dyncot_plugin.validate import COT_MISSING, COT_OK, COT_STATUS, COT_TOO_LONG, NO_COT_KEY, cot_column_message
 
 logger = logging.get_logger(f"llamafactory.{__name__}")  # under LLaMA-Factory's handler and verbosity
 
 # ------------------------------------------------------------------------------------- the view contract (once)
 COT_COLUMN = "_cot"  # aligned dataset: the CoT text of each row (None where there is none)
-COT_INPUT_IDS, COT_LABELS, COT_STATUS = "cot_input_ids", "cot_labels", "cot_status"  # tokenised dataset columns
-COT_OK, COT_MISSING, COT_TOO_LONG = 0, 1, 2  # values of the COT_STATUS column
+COT_INPUT_IDS, COT_LABELS = "cot_input_ids", "cot_labels"  # tokenised dataset columns, with COT_STATUS:
+# COT_STATUS ("cot_status") and its values COT_OK, COT_MISSING, COT_TOO_LONG live in dyncot_plugin.validate, whose
+# tokenized_path check reads them before the training code loads.
 COT_PREFIX = "cot_"  # collated batch: the CoT view's tensors, e.g. ``cot_input_ids``, ``cot_position_ids``
 HAS_COT = "dyncot_has_cot"  # collated batch: [B] bool, the row has a usable CoT view
 IS_COT_ROW = "dyncot_is_cot_row"  # stacked (multitask) batch: [2B] bool, the row is a CoT row
@@ -165,12 +167,9 @@ def collect_cot(dataset: Any, dataset_attr: Any, dyncot_args: DynCotArguments) -
     if not dyncot_args.needs_cot:
         return [None] * n
     if column is None or column not in dataset.column_names:
-        where = "no `cot` key under `columns` in dataset_info.json" if column is None else f"no column `{column}`"
-        if strict:
-            raise DynCotDataError(
-                f"Dataset `{name}`: dyncot_strategy={dyncot_args.dyncot_strategy} needs a CoT text per sample, but "
-                f"the dataset has {where}. Add the CoT column (`dyncot-data gen-cot`) or set `dyncot_missing_cot: sft`."
-            )
+        where = NO_COT_KEY if column is None else f"no column `{column}`"
+        if strict:  # the first case is refused earlier too, from dataset_info.json (validate.check_cot_columns)
+            raise DynCotDataError(cot_column_message(name, dyncot_args.dyncot_strategy, where))
         return [None] * n
 
     cots: list[str | None] = []

@@ -33,6 +33,7 @@ from llamafactory.extras import logging
 from dyncot_plugin.config import DynCotArguments, DynCotConfigError
 from dyncot_plugin.io.read import InputError
 from dyncot_plugin.train.metrics import LOGGED_KEYS
+from dyncot_plugin.validate import Options, check_options, error_line
 
 logger = logging.get_logger(f"llamafactory.{__name__}")  # under LLaMA-Factory's handler and verbosity
 
@@ -181,128 +182,17 @@ def reported_errors() -> Iterator[None]:
     try:
         yield
     except USER_ERRORS as err:
-        print(f"[dyncot-plugin] error: {err}", file=sys.stderr, flush=True)
+        print(error_line(err), file=sys.stderr, flush=True)
         raise SystemExit(2) from None
-
-
-def _refuse(option: str, why: str, fix: str) -> None:
-    raise DynCotConfigError(f"dyncot-plugin cannot honour `{option}`: {why}. {fix}")
 
 
 def check_compatibility(
     dyncot_args: DynCotArguments, model_args: Any, data_args: Any, training_args: Any, finetuning_args: Any
 ) -> None:
-    """LLaMA-Factory options the plugin cannot honour, refused by name before the model loads (the README's table
-    lists what is supported and tested). ``sft`` runs LLaMA-Factory's own data path, so packing and streaming work
-    there as in vanilla."""
-    strategy = dyncot_args.strategy
-    name = dyncot_args.dyncot_strategy
-    from llamafactory.data.template import TEMPLATES, ReasoningTemplate
-    from llamafactory.model.loader import load_config
-
-    from dyncot_plugin.train.families import MODEL_TYPE_TO_FAMILY
-
-    model_type = getattr(load_config(model_args), "model_type", None)  # config.json only, no weights
-    family = MODEL_TYPE_TO_FAMILY.get(model_type or "")
-    if family is not None and family.unsupported and strategy.views == "both":
-        _refuse(f"model_type: {model_type}", family.unsupported, "Use dyncot_strategy sft or cot with this model.")
-
-    if isinstance(TEMPLATES.get(data_args.template), ReasoningTemplate):
-        sibling = f"{data_args.template}_nothink"
-        fix = f"use `template: {sibling}`" if sibling in TEMPLATES else "use a template without built-in thinking"
-        _refuse(
-            f"template: {data_args.template}",
-            "it is a reasoning template, which writes its own (empty) <think> block into every plain answer, so the "
-            "plain and CoT views no longer differ only by the reasoning and every plain output reads as thinking",
-            f"The plugin supplies the <think>…</think> targets itself: {fix}.",
-        )
-    if strategy.needs_cot:
-        if data_args.packing or data_args.neat_packing:
-            _refuse(
-                "packing" if data_args.packing else "neat_packing",
-                f"dyncot_strategy={name} chooses a target per sample, which packing hides by merging samples into one "
-                "row",
-                "Set `packing: false` (dyncot_strategy: sft packs as LLaMA-Factory does).",
-            )
-        if data_args.streaming:
-            _refuse(
-                "streaming", f"dyncot_strategy={name} reads both views of every sample from a map-style dataset",
-                "Set `streaming: false` (dyncot_strategy: sft streams as LLaMA-Factory does).",
-            )
-    if strategy.batch == "stack":
-        for option in ("use_dft_loss", "use_eaft_loss", "use_asft_loss"):
-            if getattr(finetuning_args, option, False):
-                _refuse(
-                    option, "multitask computes its own loss (the mean of the plain and CoT token means)",
-                    "Use it with dyncot_strategy sft, cot or dynamic, whose batches go through LLaMA-Factory's loss.",
-                )
-    if strategy.batch in ("select", "stack"):
-        for option in ("enable_liger_kernel", "use_unsloth"):
-            if getattr(model_args, option, False):
-                _refuse(
-                    option,
-                    f"dyncot_strategy={name} needs the model's logits (the selection pass scores answer tokens; "
-                    "multitask averages two losses), which these patched forwards fuse away",
-                    "Use it with dyncot_strategy sft or cot.",
-                )
-    if getattr(data_args, "train_on_prompt", False):
-        why = {
-            "select": "the selection pass would score every prompt token (image tokens included) instead of the "
-            "answer, so γ would no longer threshold the plain answer's loss",
-            "stack": "both views would train the same prompt, counting it twice in the mean of the two answer losses",
-        }.get(strategy.batch)
-        if why is None and dyncot_args.dyncot_eval_samples > 0:
-            why = "the training-time evaluation generates from the prompt before the first target token, which " \
-                  "train_on_prompt makes empty"
-        if why is not None:
-            _refuse("train_on_prompt", why, "Set `train_on_prompt: false` (sft and cot train on prompts as LLaMA-Factory does).")
-    if training_args.do_train and training_args.predict_with_generate:
-        _refuse(
-            "predict_with_generate",
-            "with `do_train: true` LLaMA-Factory then builds the training collator without the model, so Qwen-VL "
-            "models train on 1-D positions and the plugin cannot tell the model family",
-            "Train with `predict_with_generate: false`, then predict in a run of its own (examples/qwen2vl_predict.yaml).",
-        )
-    if data_args.tokenized_path is not None and strategy.needs_cot:
-        check_tokenized_cache(data_args.tokenized_path, dyncot_args)
-
-
-def check_tokenized_cache(path: str, dyncot_args: DynCotArguments) -> None:
-    """A ``tokenized_path`` that LLaMA-Factory will load instead of the datasets must carry the CoT views (it skips
-    alignment, so nothing else would notice): refuse a cache without them, and one with samples lacking CoT text
-    when ``dyncot_missing_cot: error``. A path that does not hold a dataset yet is where this run saves its own."""
-    import os
-
-    from datasets import DatasetDict, load_from_disk
-
-    from dyncot_plugin.train.views import COT_MISSING, COT_STATUS
-
-    if not os.path.isdir(path) or not os.listdir(path):  # LLaMA-Factory's has_tokenized_data
-        return
-    try:
-        cached = load_from_disk(path)  # memory-mapped: columns are read, not the rows
-    except Exception as err:  # noqa: BLE001 (any unreadable cache is the same user error)
-        raise DynCotConfigError(f"`tokenized_path: {path}`: not a dataset saved by LLaMA-Factory ({err}).") from None
-    train = cached.get("train") if isinstance(cached, DatasetDict) else cached
-    if train is None:
-        return
-    name = dyncot_args.dyncot_strategy
-    if COT_STATUS not in train.column_names:
-        _refuse(
-            f"tokenized_path: {path}",
-            f"that cache was tokenised without CoT views (by an sft or vanilla run), so dyncot_strategy={name} would "
-            "train every sample on its plain target",
-            "Point `tokenized_path` to a new folder (the plugin then tokenises both views and saves them there) or "
-            "remove the folder.",
-        )
-    missing = sum(1 for status in train[COT_STATUS] if status == COT_MISSING)
-    if missing and dyncot_args.dyncot_missing_cot == "error":
-        _refuse(
-            f"tokenized_path: {path}",
-            f"{missing} of its {len(train)} training samples have no CoT text (the cache was written with "
-            "dyncot_missing_cot: sft) and dyncot_missing_cot is error",
-            "Set `dyncot_missing_cot: sft`, or tokenise again into a new folder.",
-        )
+    """What a plugin run refuses before the model loads (:func:`dyncot_plugin.validate.check_options`: options the
+    strategy cannot honour, by name; training datasets without a CoT column), on the arguments LLaMA-Factory parsed.
+    LlamaBoard runs the same checks on the recipe it is about to start."""
+    check_options(dyncot_args, Options.parsed(model_args, data_args, training_args, finetuning_args))
 
 
 def run_dyncot_sft(
@@ -338,7 +228,6 @@ __all__ = [
     "USER_ERRORS",
     "Run",
     "check_compatibility",
-    "check_tokenized_cache",
     "reported_errors",
     "run_dyncot_sft",
     "swapped",
