@@ -42,7 +42,7 @@ def test_fields_left_at_their_default_add_nothing_and_others_add_their_key():
     train = {f.name: f.default for f in TAB_FIELDS["train"]}
     assert recipe_keys("train", train) == {}
     # what the widgets send back: a number box gives floats, an empty one None
-    assert recipe_keys("train", {**train, "dyncot_target_window": 256.0, "dyncot_target_cot_ratio": None,
+    assert recipe_keys("train", {**train, "dyncot_target_window": 4096.0, "dyncot_target_cot_ratio": None,
                                  "dyncot_gamma": 0.4}) == {}
     # an optional float is a text box: empty = null, a number is a float, anything else goes to the recipe check as is
     assert recipe_keys("train", {**train, "dyncot_target_cot_ratio": " "}) == {}
