@@ -199,6 +199,16 @@ def llamafactory_cli() -> str:
     return found
 
 
+def chat_cli_ended(returncode: int, stdout: str, replies: int) -> bool:
+    """Whether a ``llamafactory-cli chat`` run fed ``replies`` prompts and ``exit`` ended as it should: exit status 0,
+    or SIGABRT at interpreter shutdown *after* every reply was printed and the next prompt shown (vanilla
+    LLaMA-Factory 0.9.5 + torch 2.11 does that too: "terminate called without an active exception" in 2 of 9 runs of a
+    plain recipe with ``DYNCOT_DISABLE=1`` here; the chat loop has returned by then, so no reply is affected)."""
+    if returncode == 0:
+        return True
+    return returncode == -6 and stdout.count("Assistant: ") == replies and stdout.rstrip().endswith("User:")
+
+
 def offline_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """``os.environ`` plus the offline/quiet settings a test run needs, plus ``extra``."""
     env = dict(os.environ)
