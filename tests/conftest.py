@@ -229,9 +229,25 @@ def cot_real_vocab_model(tmp_path_factory, real_vocab_model):
 
 
 @pytest.fixture(scope="session")
-def cot_chat_model(cot_real_vocab_model) -> Path:
-    """Path of ``cot_real_vocab_model("qwen2_vl")``'s ``cot/`` model (Qwen's real vocabulary, ``<think>`` three
-    tokens, trained with ``dyncot_strategy: cot`` so that, left alone, it opens its replies with the tag; its
-    ``dyncot_think.json`` holds threshold 0.5; ``template: qwen2_vl``), its dataset in ``<path>/../data``. The
-    LlamaBoard browser tests use it; read-only: copy it before modifying."""
-    return Path(cot_real_vocab_model("qwen2_vl")) / "cot"
+def cot_chat_model(tmp_path_factory) -> Path:
+    """Path of a tiny Qwen2-VL with Qwen's real vocabulary (``<think>`` is three tokens), trained 12 steps with
+    ``dyncot_strategy: cot`` on the 16-row ``toy`` dataset (in ``<path>/../data``) so that, left alone, it opens its
+    replies with the tag; its ``dyncot_think.json`` holds threshold 0.5. ``template: qwen2_vl``. Built once per run
+    (test_chat_frontends, the LlamaBoard browser tests). Read-only: copy it before modifying. Not
+    ``cot_real_vocab_model``: on that base the 12-step model's greedy replies are near ties (``.</think;;;;``) that
+    flip between two processes (the chat CLI, the api server, in-process), so exact reply comparisons failed in CI."""
+    import json
+
+    from dyncot_plugin.testing.lf_runner import run_llamafactory, tiny_sft_config
+    from dyncot_plugin.testing.plugin_data import write_plugin_dataset
+    from dyncot_plugin.testing.tiny_families import build_tiny_model
+
+    def build(root):
+        base = build_tiny_model(root / "base", "qwen2_vl", tokenizer="qwen")
+        write_plugin_dataset(root / "data", "toy", n=16, mutate=cot_rationale_rows)
+        run_llamafactory("train", tiny_sft_config(base, root / "data", "toy", root / "cot", learning_rate=3e-3,
+                                                  max_steps=12, dyncot_strategy="cot", per_device_train_batch_size=4),
+                         root)
+        assert json.loads((root / "cot" / "dyncot_think.json").read_text())["threshold"] == 0.5
+
+    return Path(build_once(tmp_path_factory, "cot_chat", build)) / "cot"

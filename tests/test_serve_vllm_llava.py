@@ -69,7 +69,7 @@ def test_llava_prompts_labels_and_predictions_equal_llamafactorys(tmp_path):
     # vLLM read a renamed copy; the model folder is untouched
     assert "vLLM loads a renamed copy" in proc.stderr and "model.language_model.model.*" in proc.stderr
     assert weights == {f: (model / f).read_bytes() for f in os.listdir(model) if f.endswith(".safetensors")}
-    copies = list((tmp_path / "cache" / "checkpoints").iterdir())
+    copies = [p for p in (tmp_path / "cache" / "checkpoints").iterdir() if not p.name.startswith(".")]  # not .lock
     assert len(copies) == 1 and (copies[0] / "config.json").resolve() == (model / "config.json").resolve()
     settings = json.loads((tmp_path / "vllm" / "dyncot_think.json").read_text())
     assert settings["engine"] == "vllm" and settings["think"] == "auto"
