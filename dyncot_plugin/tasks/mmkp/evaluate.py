@@ -606,6 +606,20 @@ def _rate(text: str) -> float:
     return x
 
 
+def add_scoring_arguments(parser: argparse.ArgumentParser, unseen: str = "scores") -> None:
+    """The options that say how prediction files are scored (`dyncot-eval mmkp` and `dyncot-eval table` alike):
+    the posts' source, the training file for the unseen ``unseen``, the F1 variant, the cut-offs, the length unit."""
+    parser.add_argument("--dataset", help="the dataset JSON the predictions were generated on (text, keyphrases)")
+    parser.add_argument("--src", help="CMKP source file of the same posts: post<sep>kp1;kp2<sep>image-url per line")
+    parser.add_argument("--train", help=f"training file (dataset JSON or CMKP source file) for the unseen {unseen}")
+    parser.add_argument("--variant", choices=VARIANTS, default="cmkp",
+                        help="cmkp: F1 = harmonic mean of macro P and R (default); per_post: mean per-post F1")
+    parser.add_argument("--ks", type=_parse_ks, default=(1, 3, 5),
+                        help="cut-offs, comma separated (default 1,3,5; M is always added)")
+    parser.add_argument("--tokenizer",
+                        help="tokenizer path/name: count generated length in its tokens (default: words)")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument(
@@ -613,15 +627,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="generated_predictions.jsonl, or a CMKP prediction file; repeat as MODE=PATH (MODE: auto, always, "
              "never) to compare two or three thinking modes of the same posts",
     )
-    parser.add_argument("--dataset", help="the dataset JSON the predictions were generated on (text, keyphrases)")
-    parser.add_argument("--src", help="CMKP source file of the same posts: post<sep>kp1;kp2<sep>image-url per line")
-    parser.add_argument("--train", help="training file (dataset JSON or CMKP source file) for the unseen scores")
-    parser.add_argument("--variant", choices=VARIANTS, default="cmkp",
-                        help="cmkp: F1 = harmonic mean of macro P and R (default); per_post: mean per-post F1")
-    parser.add_argument("--ks", type=_parse_ks, default=(1, 3, 5),
-                        help="cut-offs, comma separated (default 1,3,5; M is always added)")
-    parser.add_argument("--tokenizer",
-                        help="tokenizer path/name: count generated length in its tokens (default: words)")
+    add_scoring_arguments(parser)
     parser.add_argument("--output", help="where to write the JSON (default: <predictions>.mmkp_eval.json alongside; "
                                          "with several files, next to the auto file or else the first)")
     parser.add_argument("--json", action="store_true", help="print the JSON instead of the table")

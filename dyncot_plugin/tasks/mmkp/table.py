@@ -32,13 +32,12 @@ from typing import Any
 from dyncot_plugin.io.files import StagedWrites, paused_gc
 from dyncot_plugin.io.read import InputError
 from dyncot_plugin.tasks.mmkp.evaluate import (
-    _parse_ks,
     add_bootstrap_arguments,
+    add_scoring_arguments,
     interval_layout,
     run_matrices,
     score_files,
 )
-from dyncot_plugin.tasks.mmkp.metrics import VARIANTS
 
 __all__ = ["TableError", "build_table", "format_csv", "format_latex", "format_markdown", "parse_runs"]
 
@@ -312,16 +311,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("runs", nargs="+", metavar="NAME=PREDICTIONS",
                         help="a run: its name and its generated_predictions.jsonl (or CMKP prediction file); "
                              "all runs on the same posts in the same order")
-    parser.add_argument("--dataset", help="the dataset JSON the predictions were generated on (text, keyphrases)")
-    parser.add_argument("--src", help="CMKP source file of the same posts: post<sep>kp1;kp2<sep>image-url per line")
-    parser.add_argument("--train", help="training file (dataset JSON or CMKP source file) for the unseen columns")
+    add_scoring_arguments(parser, unseen="columns")
     parser.add_argument("--baseline", metavar="NAME", help="the run every other is compared with (default: the first)")
-    parser.add_argument("--variant", choices=VARIANTS, default="cmkp",
-                        help="cmkp: F1 = harmonic mean of macro P and R (default); per_post: mean per-post F1")
-    parser.add_argument("--ks", type=_parse_ks, default=(1, 3, 5),
-                        help="cut-offs, comma separated (default 1,3,5; M is always added)")
-    parser.add_argument("--tokenizer",
-                        help="tokenizer path/name: count generated length in its tokens (default: words)")
     parser.add_argument("--output", metavar="PREFIX",
                         help=f"write PREFIX.md, PREFIX.csv, PREFIX.tex and PREFIX.json (default: {DEFAULT_STEM} "
                              f"next to the baseline's predictions)")
