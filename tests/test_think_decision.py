@@ -210,3 +210,49 @@ def test_think_prob_is_the_tag_probability_of_an_unpadded_forward(uncertain):
         assert probs[mode] == pytest.approx(expected, rel=1e-4, abs=0), mode
     # one prefill, one think_prob: the same float in every mode
     assert probs["greedy"] == probs["never"] == probs["always"]
+
+
+@pytest.mark.slow
+def test_the_training_time_evaluation_keeps_never_and_auto_above_every_row_equals_never(trained, tmp_path, monkeypatch):
+    """Acceptance: the training-time evaluation (``generate_and_score``, what ``dyncot_eval_samples`` runs at each
+    evaluation, with the run's ``dyncot_think`` from the trainer's recipe), on the cot-trained model that opens with
+    the tag on most posts: with ``never``, no reply in its ``dyncot_eval/step<N>.jsonl`` breaks never's property;
+    ``auto`` at a threshold one ulp above every post's ``think_prob`` writes never's file row for row; at the top
+    post's own value only that post thinks."""
+    import json
+    import math
+
+    from dyncot_plugin.train.generation_eval import generate_and_score
+
+    _, built = trained
+    trainer = built.trainer
+    dataset = built.train_dataset  # the 16 posts the model was trained on: where it wants the tag most
+
+    def evaluate(mode: str, threshold: float) -> tuple[dict, list[dict]]:
+        monkeypatch.setattr(trainer.dyncot_args, "dyncot_think", mode)
+        monkeypatch.setattr(trainer.dyncot_args, "dyncot_think_threshold", threshold)
+        monkeypatch.setattr(trainer, "_think_control", None)  # built from the recipe's keys on first use
+        monkeypatch.setattr(trainer.args, "output_dir", str(tmp_path / mode))
+        metrics = generate_and_score(trainer, dataset, len(dataset), 16)
+        path = tmp_path / mode / "dyncot_eval" / f"step{trainer.state.global_step}.jsonl"
+        return metrics, [json.loads(line) for line in path.read_text().splitlines()]
+
+    greedy, greedy_rows = evaluate("greedy", 0.5)
+    assert len(greedy_rows) == len(dataset) == 16
+    # the model wants the tag: left alone it opens with it on most posts (each tag token is the argmax, though the
+    # tiny model's distribution is flat: think_prob ~3e-11), and the evaluation counts those as thinking
+    opens = sum(r["predict"].startswith("<think>") for r in greedy_rows)
+    assert opens >= 12 and greedy["cot_rate"] == pytest.approx(100 * opens / 16), [r["predict"] for r in greedy_rows]
+    never, never_rows = evaluate("never", 0.5)
+    assert not [r["predict"] for r in never_rows if violates(r["predict"])]
+    probs = [r["think_prob"] for r in never_rows]
+    assert probs == [r["think_prob"] for r in greedy_rows]  # one prefill: the same floats in every mode
+    assert never["cot_rate"] == 0
+    above = math.nextafter(max(probs), math.inf)  # the file's value is the decision's float (issue 24, item 3)
+    auto, auto_rows = evaluate("auto", above)
+    assert auto_rows == never_rows and auto == never
+    # and the rule is sharp: at the top post's own think_prob, that post (only) thinks
+    top = max(probs)
+    _, top_rows = evaluate("auto", top)
+    assert [r["predict"].startswith("<think>") for r in top_rows] == [p == top for p in probs]
+    assert [r for r in top_rows if r["think_prob"] != top] == [r for r in never_rows if r["think_prob"] != top]
