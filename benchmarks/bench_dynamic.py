@@ -125,9 +125,9 @@ def make_trainer_class(variant: str | None):
 
     if variant == "inference_mode":
         class InferenceModeSelection(DynCotTrainer):
-            def selection_losses(self, plain):
+            def selection_losses(self, plain, record=True):
                 with torch.inference_mode():
-                    return DynCotTrainer.selection_losses.__wrapped__(self, plain)
+                    return DynCotTrainer.selection_losses.__wrapped__(self, plain, record)
 
         return InferenceModeSelection
     if variant in (None, "recompute_vision", "target", "rescore"):
