@@ -35,11 +35,12 @@ some run, and the earlier tracker needed a hand-set window. This controller has 
    epoch's next micro-batches at the current weights (no-grad, the selection's own loss) and passes them as
    ``fresh``. They are the newest entry of the look-back (age 0: no lag at all) and are not kept in the buffer
    (those rows are scored again when their own step comes). When they are at least twice a step's rows they alone
-   give the quantile (the step's own rows would be too few to score the candidates that include them); with fewer
-   they join the bank as its shortest look-back and compete as the others do.
+   give the quantile (measured: scored on a step's few rows, the bank picks among its candidates too noisily to
+   prefer them reliably at one row per step); with fewer they join the bank as its shortest look-back and compete
+   as the others do.
 
 The very first step has no history: it selects with the empirical ``p``-quantile of its own losses (one loss: that
-loss); ``dyncot_gamma`` is γ only until then (a step without eligible rows keeps the previous γ and feeds
+loss; with fresh losses, theirs); ``dyncot_gamma`` is γ only until then (a step without eligible rows keeps the previous γ and feeds
 nothing). Measured on the closed-loop simulation of ``docs/benchmarks.md`` (losses that fall fast, drop in stairs
 each epoch for plain-trained samples and drift up for CoT-trained ones) and in ``tests/test_target_share.py``, whose
 own simulation drifts per optimizer step; at one row per step γ's agreement with the exact quantile is lower than
@@ -171,8 +172,8 @@ class GammaController:
     def feed(self, losses: list[float], fresh: list[float] | None = None) -> float:
         """One step: returns the γ this step selects with (from the earlier steps only), then feeds the step's
         eligible losses (finite float64 values, rank order). ``fresh``: the losses of rows not trained in this
-        step, measured at the same weights (``dyncot_target_rescore``), used as the newest history and kept in the
-        buffer with the step's own. Pure arithmetic, no communication."""
+        step, measured at the same weights (``dyncot_target_rescore``), used as the newest history for this step's
+        γ only (not kept: those rows are scored again at their own step). Pure arithmetic, no communication."""
         extra = np.asarray(fresh if fresh else [], dtype=np.float64)
         if not losses:  # nothing to judge: γ and the buffer stay as they are
             return self.gamma
@@ -182,7 +183,7 @@ class GammaController:
             gamma, predictions = float(np.quantile(x, p)), {}
         else:
             candidates = self.candidates(extra)
-            # re-scored rows at least as many as a step's: they alone (no lag); fewer: the bank's newest entry
+            # re-scored rows at least twice a step's: they alone (no lag); fewer: the bank's newest entry
             chosen = ("raw", 1) if extra.size and extra.size >= 2 * (self.steps[-1].size if self.steps else 0) \
                 else self.best(candidates)
             gamma = _quantile(candidates[chosen], self.level())
