@@ -28,6 +28,10 @@ temp dir. Samples are synthetic MMKP-shaped rows as the CMKP converter writes th
 ``--variants target`` adds an arm with ``dyncot_target_cot_ratio: 0.5``: γ is re-estimated from every step's losses
 (``dyncot_plugin/train/gamma.py``), so about half the rows train on their (longer) CoT view. Its cost of interest is
 the controller's own: its update is timed inside the step (``gamma ms``) and compared with the step.
+``--variants target,rescore`` adds the same with ``dyncot_target_rescore`` = the batch size: every step also
+re-scores the next micro-batch (one extra no-grad selection forward), handed to ``get_batch_samples`` behind the
+step's batch as the epoch iterator would hand it; reported against ``dynamic+target`` (whole step and select phase,
+paired medians).
 
 Time: all arms run in ONE process, interleaved over the same batches: round r runs every arm (in an order that
 rotates and reverses from round to round) over that round's batches, each arm starting from the same weights and
@@ -45,6 +49,7 @@ minus the resident memory just before the measured steps (weights, optimizer sta
     python benchmarks/bench_dynamic.py --shape qwen2vl-2b       # GPU: Qwen2-VL-2B's shape, bf16
     python benchmarks/bench_dynamic.py --variants recompute_vision  # also time dynamic without image-feature reuse
     python benchmarks/bench_dynamic.py --variants target        # also time the target-share controller
+    python benchmarks/bench_dynamic.py --variants target,rescore --no-memory   # and re-scoring's extra forward
     python benchmarks/bench_dynamic.py --estimate-only --shape qwen2vl-2b   # FLOP estimate only, no model
 
 The last line of the output is ``BENCH_JSON {...}`` (also written with ``--json PATH``). Exit status 0 whatever the
@@ -78,6 +83,7 @@ VARIANTS = {
     "inference_mode": "selection forward under torch.inference_mode() instead of torch.no_grad()",
     "recompute_vision": "dyncot_reuse_image_features: false (the vision tower runs in both forwards)",
     "target": "dyncot_target_cot_ratio: 0.5 (gamma re-estimated every step; about half the rows train on CoT)",
+    "rescore": "target + dyncot_target_rescore: one batch of rows (the next micro-batch re-scored every step)",
 }
 TARGET_RATIO = 0.5
 RESULT_PREFIX = "BENCH_RESULT "
@@ -119,25 +125,27 @@ def make_trainer_class(variant: str | None):
 
     if variant == "inference_mode":
         class InferenceModeSelection(DynCotTrainer):
-            def selection_losses(self, plain):
+            def selection_losses(self, plain, record=True):
                 with torch.inference_mode():
-                    return DynCotTrainer.selection_losses.__wrapped__(self, plain)
+                    return DynCotTrainer.selection_losses.__wrapped__(self, plain, record)
 
         return InferenceModeSelection
-    if variant in (None, "recompute_vision", "target"):
+    if variant in (None, "recompute_vision", "target", "rescore"):
         return None  # the run's own DynCotTrainer; the arm's dyncot_* keys make the difference
     raise SystemExit(f"unknown variant {variant!r}; known: {', '.join(VARIANTS)}")
 
 
-def arm_keys(arm: str) -> dict:
+def arm_keys(arm: str, batch_size: int = 4) -> dict:
     """The recipe's dyncot_* keys of one arm (gamma 0: dynamic trains exactly what sft trains)."""
     strategy, _, variant = arm.partition("+")
     keys = {"dyncot_strategy": strategy}
     if strategy == "dynamic":
         keys["dyncot_gamma"] = 0.0
         keys["dyncot_reuse_image_features"] = variant != "recompute_vision"
-        if variant == "target":
+        if variant in ("target", "rescore"):
             keys["dyncot_target_cot_ratio"] = TARGET_RATIO
+        if variant == "rescore":
+            keys["dyncot_target_rescore"] = batch_size
     return keys
 
 
@@ -165,7 +173,7 @@ class Bench:
         self.trainers, self.batches, self.collate_s, self.gamma_s = {}, {}, {}, {}
         for arm in arms:
             trainer_class = make_trainer_class(arm.partition("+")[2] or None)
-            built = assemble_sft({**recipe, **arm_keys(arm)}, trainer_class=trainer_class)
+            built = assemble_sft({**recipe, **arm_keys(arm, bs)}, trainer_class=trainer_class)
             trainer, dataset = built.trainer, built.train_dataset
             features = [[dataset[i] for i in range(b * bs, (b + 1) * bs)] for b in range(len(dataset) // bs)]
             self.batches[arm], times = [], []
@@ -211,7 +219,9 @@ class Bench:
         gamma0, cot0, rows0 = self.gamma_s.get(arm, 0.0), trainer._metrics["cot_rows"], trainer._metrics["rows"]
         self.sync()
         t0 = time.perf_counter()
-        trained, num_items = trainer.get_batch_samples(iter([batch]), 1, self.device)
+        batches = self.batches[arm]  # re-scoring: the next micro-batches follow, as in the epoch iterator
+        upcoming = [batches[(index + 1 + i) % len(batches)] for i in range(trainer.rescore_micro_batches)]
+        trained, num_items = trainer.get_batch_samples(iter([batch, *upcoming]), 1, self.device)
         self.sync()
         t1 = time.perf_counter()
         loss = trainer.training_step(trainer.model_wrapped, trained[0], num_items)
@@ -583,6 +593,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"target share {TARGET_RATIO}: CoT share trained {tgt['cot_share']:.3f}; controller update "
               f"{controller * 1e3:.3f} ms per step = {controller / dyn['step_s']['mean']:.2e} of the dynamic step; "
               f"select phase vs dynamic (paired median) {paired_select:.3f}x (includes merging the CoT rows)")
+    if "dynamic+rescore" in arms_report and "dynamic+target" in arms_report:
+        res, tgt = arms_report["dynamic+rescore"], arms_report["dynamic+target"]
+        pairs = list(zip(records["dynamic+rescore"], records["dynamic+target"]))
+        step_x = statistics.median(r["total"] / t["total"] for r, t in pairs)
+        select_x = statistics.median(r["select"] / t["select"] for r, t in pairs)
+        report["rescore"] = {"rows": args.batch_size, "cot_share_trained": res["cot_share"],
+                             "step_ratio_median_paired_vs_target": step_x,
+                             "select_ratio_median_paired_vs_target": select_x,
+                             "extra_s_per_step": res["select_s"]["mean"] - tgt["select_s"]["mean"]}
+        extra = report["rescore"]["extra_s_per_step"]
+        report["rescore"]["extra_share_of_target_step"] = extra / tgt["step_s"]["mean"]
+        # The whole step also moves with the CoT share trained (CoT rows are longer): the cost of re-scoring is the
+        # select phase's extra time (one more no-grad forward of a micro-batch), read against the step.
+        print(f"re-scoring {args.batch_size} rows (one micro-batch) per step: select phase {select_x:.3f}x "
+              f"dynamic+target (paired median), +{extra:.3f} s per step = {extra / tgt['step_s']['mean']:.3f} of the "
+              f"dynamic+target step; whole step {step_x:.3f}x (CoT share trained {res['cot_share']:.3f} against "
+              f"{tgt['cot_share']:.3f})")
     if memory:
         print(f"memory: {report['memory_method']}")
     print(f"targets: time <= {TIME_TARGET}x -> {dyn['time_ratio']:.3f}x; peak memory <= {MEMORY_TARGET}x -> "

@@ -64,6 +64,16 @@ class DynCotArguments:
             An upper bound on how far the target-share controller looks back, in **rows** (eligible selection
             losses, all ranks together; at most 512 optimizer steps in any case). The controller picks its own
             look-back below it; lower it only to forbid long ones. Must be >= 1.
+        dyncot_target_rescore (`int`, default ``0``):
+            Off at ``0``. With ``dyncot_target_cot_ratio``: at every optimizer step, each process also scores (no-grad
+            forward, the same per-row plain-answer mean NLL the selection uses) the rows of its next micro-batches of
+            this epoch, at least this many rows (whole micro-batches: ``ceil(K / per_device_train_batch_size)`` of
+            them), and the controller sets γ from those fresh losses (they alone when they are at least twice a
+            step's rows, else as the newest entry of its look-back). For runs whose losses fall faster than any
+            look-back at past steps follows (one row per step with losses falling by their spread per step). Cost:
+            that many extra no-grad micro-batch forwards per step (measured in ``docs/benchmarks.md``). Rows re-scored
+            are trained later in the epoch as usual (the last steps of an epoch have fewer or none to re-score).
+            Must be an integer >= 0.
         dyncot_cot_when (`str`, default ``"below"``):
             ``dynamic``: which side of γ trains on CoT. ``below`` (the paper's rule): plain-answer loss < γ.
             ``above`` (the reverse ablation): loss >= γ, so ``dyncot_gamma: 0`` is ``cot`` and a γ above every
@@ -115,6 +125,7 @@ class DynCotArguments:
     dyncot_gamma: float = 0.4
     dyncot_target_cot_ratio: float | None = None
     dyncot_target_window: int = 4096
+    dyncot_target_rescore: int = 0
     dyncot_cot_when: str = _choice("below", COT_WHEN)
     dyncot_cot_mismatch: str = _choice("warn", MISMATCH_POLICIES)
     dyncot_missing_cot: str = _choice("error", MISSING_COT_POLICIES)
@@ -152,10 +163,16 @@ class DynCotArguments:
         for key in ("dyncot_log_selection", "dyncot_reuse_image_features"):
             if not isinstance(getattr(self, key), bool):
                 raise DynCotConfigError(f"{key}: got {getattr(self, key)!r}; expected true or false.")
-        for key, low in (("dyncot_eval_samples", 0), ("dyncot_eval_max_new_tokens", 0), ("dyncot_target_window", 1)):
+        for key, low in (("dyncot_eval_samples", 0), ("dyncot_eval_max_new_tokens", 0), ("dyncot_target_window", 1),
+                         ("dyncot_target_rescore", 0)):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise DynCotConfigError(f"{key}: got {value!r}; expected an integer >= {low}.")
+        if self.dyncot_target_rescore and ratio is None:
+            raise DynCotConfigError(
+                f"dyncot_target_rescore={self.dyncot_target_rescore} feeds the target-share controller; this recipe "
+                "has no dyncot_target_cot_ratio (set one, or dyncot_target_rescore: 0)."
+            )
 
     @property
     def strategy(self) -> Strategy:
@@ -204,6 +221,7 @@ _TYPES = {
     "dyncot_think_threshold": float,
     "dyncot_target_cot_ratio": float,
     "dyncot_target_window": int,
+    "dyncot_target_rescore": int,
     "dyncot_eval_samples": int,
     "dyncot_eval_max_new_tokens": int,
     "dyncot_log_selection": bool,

@@ -43,6 +43,10 @@ def test_unknown_key_names_the_closest_valid_key():
         ({"dyncot_strategy": "dynamo"}, "allowed values are sft, cot, multitask, dynamic"),
         ({"dyncot_missing_cot": "skip"}, "allowed values are error, sft"),
         ({"dyncot_eval_samples": -1}, "expected an integer >= 0"),
+        ({"dyncot_strategy": "dynamic", "dyncot_target_cot_ratio": 0.5, "dyncot_target_rescore": -1},
+         "dyncot_target_rescore: got -1; expected an integer >= 0"),
+        ({"dyncot_strategy": "dynamic", "dyncot_target_rescore": 16},
+         "dyncot_target_rescore=16 feeds the target-share controller; this recipe has no dyncot_target_cot_ratio"),
     ],
 )
 def test_bad_values_state_what_is_allowed(kwargs, message):

@@ -47,7 +47,9 @@ def test_zero3_two_ranks_hold_the_target_share_with_the_same_gamma(warm_model, t
     losses in rank order and broadcast, so every step's records agree on it bit for bit; the share of CoT over the
     second half (200 rows) is within 0.1 of 0.5; and the report's per-epoch view changes, merged over the ranks
     (a sample moves between ranks from one epoch to the next), equal the hand count. Window 16 rows for the warm
-    tiny model, as in test_target_share.py."""
+    tiny model, as in test_target_share.py. With ``dyncot_target_rescore: 1``: each rank also re-scores its next
+    row (an extra no-grad forward through ZeRO-3's gathered layers on both ranks, none at an epoch's last step), and
+    the re-scored rows of both ranks reach the controller, which still gives both ranks the same γ."""
     pytest.importorskip("deepspeed")
     from dyncot_plugin.testing.plugin_data import view_change_count
     from dyncot_plugin.train.report import selection_records, view_changes
@@ -56,7 +58,7 @@ def test_zero3_two_ranks_hold_the_target_share_with_the_same_gamma(warm_model, t
     config = tiny_sft_config(
         model, data, "spread", tmp_path / "out", max_steps=200, per_device_train_batch_size=1, num_train_epochs=100,
         learning_rate=1.0e-5, deepspeed=str(DS_Z3), logging_steps=10, dyncot_strategy="dynamic",
-        dyncot_target_cot_ratio=0.5, dyncot_target_window=16, dyncot_log_selection=True,
+        dyncot_target_cot_ratio=0.5, dyncot_target_window=16, dyncot_target_rescore=1, dyncot_log_selection=True,
     )
     env = {"FORCE_TORCHRUN": "1", "NPROC_PER_NODE": "2", "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     run_llamafactory("train", config, tmp_path, env=env, timeout=1800)

@@ -6,7 +6,10 @@ change inside that window, so a no-grad forward there sees exactly "the current 
 handed back already carry the selected targets, the Trainer's own token counting agrees with the swapped labels.
 
 Every rank runs the same forwards per micro-step whatever it selects (one no-grad selection pass, one training
-pass), which keeps DeepSpeed ZeRO-3's parameter gathering in lock-step across ranks.
+pass), which keeps DeepSpeed ZeRO-3's parameter gathering in lock-step across ranks. ``dyncot_target_rescore``
+adds no-grad forwards of the epoch's next micro-batches, pulled from the epoch iterator ahead of their step and
+handed back in order when their step comes (the epoch trains the same rows in the same order); every rank runs as
+many of them as the rank with the fewest left.
 """
 
 from __future__ import annotations
@@ -72,6 +75,9 @@ class DynCotTrainer(CustomSeq2SeqTrainer):
             dyncot_args.dyncot_cot_when,
         )
         self._gamma_used: float | None = None  # the γ of the latest step, logged as ``gamma``
+        # dyncot_target_rescore: micro-batches pulled from the epoch iterator ahead of their step, and that iterator
+        self._upcoming: list[dict[str, Any]] = []
+        self._upcoming_from: Iterator | None = None
         self._view_items: tuple[torch.Tensor, torch.Tensor] | None = None  # multitask: window token counts
         # Named running sums since the last log (TRL-style buffers), summed over ranks and cleared in ``log``.
         self._metrics: dict[str, float] = dict.fromkeys(SUM_KEYS, 0.0)
@@ -104,22 +110,47 @@ class DynCotTrainer(CustomSeq2SeqTrainer):
                 )
                 self._image_cache.remove()
             self._image_cache, self._image_cache_checked = None, False
+            self._upcoming, self._upcoming_from = [], None
 
     # ----------------------------------------------------------------------------------------- batch building
     def get_batch_samples(self, epoch_iterator: Iterator, num_batches: int, device: torch.device):
         """One optimizer step's micro-batches, with the targets the strategy chooses (before the Trainer counts)."""
         if self._image_cache is not None:
             self._image_cache.clear()
-        built = self.build_training_batches(list(itertools.islice(epoch_iterator, num_batches)))
+        built = self.build_training_batches(self._next_batches(epoch_iterator, num_batches), upcoming=self._upcoming)
         batches, num_items = super().get_batch_samples(iter(built), num_batches, device)
         if self.strategy.batch == "stack":
             self._view_items = self._count_view_items(batches, device) if num_items is not None else None
         return batches, num_items
 
-    def build_training_batches(self, batches: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def _next_batches(self, epoch_iterator: Iterator, num_batches: int) -> list[dict[str, Any]]:
+        """This step's micro-batches. With ``dyncot_target_rescore`` the next micro-batches of the epoch are pulled
+        too and held in ``self._upcoming`` (re-scored now, trained when their step comes, in the same order)."""
+        if epoch_iterator is not self._upcoming_from:  # a new epoch's iterator: nothing is held over from another
+            self._upcoming, self._upcoming_from = [], epoch_iterator
+        taken = self._upcoming[:num_batches]
+        del self._upcoming[:num_batches]
+        taken += itertools.islice(epoch_iterator, num_batches - len(taken))
+        ahead = self.rescore_micro_batches
+        if ahead > len(self._upcoming):
+            self._upcoming += itertools.islice(epoch_iterator, ahead - len(self._upcoming))
+        return taken
+
+    @property
+    def rescore_micro_batches(self) -> int:
+        """How many upcoming micro-batches each step re-scores (``dyncot_target_rescore`` rows, rounded up)."""
+        rows = self.dyncot_args.dyncot_target_rescore
+        if not rows or not self.gamma.adaptive or self.strategy.batch != "select":
+            return 0
+        return math.ceil(rows / self.args.per_device_train_batch_size)
+
+    def build_training_batches(
+        self, batches: list[dict[str, Any]], upcoming: list[dict[str, Any]] | None = None
+    ) -> list[dict[str, Any]]:
         """The batches that are actually trained in one optimizer step, built as the strategy's ``batch`` kind says
         (:mod:`dyncot_plugin.strategies`). ``select`` runs the selection pass of every micro-batch first, so that γ
-        can be set from this step's losses (``dyncot_target_cot_ratio``) before any row is chosen."""
+        can be set from this step's losses (``dyncot_target_cot_ratio``) before any row is chosen. ``upcoming``:
+        micro-batches of later steps, re-scored for the controller (``dyncot_target_rescore``), not trained here."""
         views = [split_views(batch) for batch in batches]
         for plain, cot, has_cot in views:
             if has_cot is not None and self.strategy.batch != "as_collated":
@@ -129,7 +160,7 @@ class DynCotTrainer(CustomSeq2SeqTrainer):
                     )
                 check_batch_keys(self.family, plain, model_type_of(self.model))
         if self.strategy.batch == "select":
-            return self._select_step(views, [batch.get(SAMPLE_ID) for batch in batches])
+            return self._select_step(views, [batch.get(SAMPLE_ID) for batch in batches], upcoming)
         out = []
         for plain, cot, has_cot in views:
             if has_cot is None:  # sft, or a dataset without any CoT information
@@ -156,10 +187,12 @@ class DynCotTrainer(CustomSeq2SeqTrainer):
         return stacked
 
     def _select_step(
-        self, views: list[tuple[dict, dict | None, torch.Tensor | None]], ids: list[list[str] | None] | None = None
+        self, views: list[tuple[dict, dict | None, torch.Tensor | None]], ids: list[list[str] | None] | None = None,
+        upcoming: list[dict[str, Any]] | None = None,
     ) -> list[dict]:
         """``dynamic``: no-grad passes score each row's plain answer; γ for the step; rows on the chosen side of γ
-        train on their CoT view. ``ids``: each micro-batch's sample ids (for the selection records)."""
+        train on their CoT view. ``ids``: each micro-batch's sample ids (for the selection records). ``upcoming``:
+        later steps' micro-batches, re-scored for the controller (``dyncot_target_rescore``)."""
         ids = ids if ids is not None else [None] * len(views)
         scored = []
         for plain, cot, has_cot in views:
@@ -174,7 +207,9 @@ class DynCotTrainer(CustomSeq2SeqTrainer):
         if self.gamma.adaptive:  # every rank, every step: the update gathers
             eligible = [losses[torch.isfinite(losses) & has_cot.to(losses.device)] for _, _, has_cot, losses in scored
                         if losses is not None]
-            self._gamma_used = gamma = self.gamma.update(self._padded(eligible, len(views)), device=self.args.device)
+            fresh = self.rescore(upcoming or []) if self.rescore_micro_batches else None
+            self._gamma_used = gamma = self.gamma.update(self._padded(eligible, len(views)), device=self.args.device,
+                                                         fresh=fresh)
         else:
             self._gamma_used = gamma = self.gamma.gamma
         out = []
@@ -193,6 +228,24 @@ class DynCotTrainer(CustomSeq2SeqTrainer):
                 self._record_selection(losses, select, gamma, has_cot, batch_ids)
             out.append(merge_views(plain, cot, select, self.processing_class.pad_token_id, self.family))
         return out
+
+    def rescore(self, upcoming: list[dict[str, Any]]) -> torch.Tensor:
+        """``dyncot_target_rescore``: the eligible plain-answer losses (the selection's own per-row mean NLL, no
+        grad, current weights) of this rank's next micro-batches of the epoch, NaN-padded to the same length on every
+        rank. Every rank forwards as many micro-batches as the rank with the fewest left (ZeRO-3 gathers parameters
+        in every forward); at an epoch's last steps there are fewer or none."""
+        wanted = self.rescore_micro_batches
+        count = torch.tensor([min(len(upcoming), wanted)], device=self.args.device)
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(count, op=dist.ReduceOp.MIN)
+        scored = []
+        for batch in upcoming[: int(count.item())]:
+            plain, _, has_cot = split_views(batch)
+            if has_cot is None:  # a dataset without CoT information (the same on every rank): nothing to steer
+                continue
+            losses = self.selection_losses(plain, record=False)
+            scored.append(losses[torch.isfinite(losses) & has_cot.to(losses.device)])
+        return self._padded(scored, wanted)
 
     def _padded(self, losses: list[torch.Tensor], num_batches: int) -> torch.Tensor:
         """This rank's eligible losses, NaN-padded to the same length on every rank (for the all-gather)."""
@@ -236,13 +289,14 @@ class DynCotTrainer(CustomSeq2SeqTrainer):
             f.write(json.dumps(record) + "\n")
 
     @torch.no_grad()
-    def selection_losses(self, plain: dict[str, Any]) -> torch.Tensor:
+    def selection_losses(self, plain: dict[str, Any], record: bool = True) -> torch.Tensor:
         """Each row's mean token NLL of its plain answer under the current weights (no grad, eval mode).
 
         Logits are computed only at answer positions (``logits_to_keep``), so the pass never materialises the
         full [batch, seq, vocab] tensor, where the model's ``forward`` takes ``logits_to_keep``
         (:func:`~dyncot_plugin.compat.logits_to_keep_kwargs`; Qwen2-VL on transformers 4.57 does not, and returns
-        logits at every position, which ``answer_nll`` takes as well).
+        logits at every position, which ``answer_nll`` takes as well). ``record``: keep the pass's image features
+        for this step's training forward (False for re-scored rows, trained at a later step).
         """
         inputs = self._prepare_inputs(plain)
         labels = inputs["labels"]
@@ -251,7 +305,7 @@ class DynCotTrainer(CustomSeq2SeqTrainer):
         model = self.model_wrapped if self.model_wrapped is not None else self.model
         was_training = model.training
         model.eval()
-        cache = self._image_cache
+        cache = self._image_cache if record else None
         try:
             with self.compute_loss_context_manager(), (cache.record() if cache else contextlib.nullcontext()):
                 outputs = model(**model_inputs, **logits_to_keep_kwargs(model, positions), use_cache=False)

@@ -210,6 +210,7 @@ def run_dyncot_sft(
     logger.info_rank0(
         f"[dyncot] strategy={dyncot_args.dyncot_strategy} gamma={dyncot_args.dyncot_gamma}"
         + (f" target_cot_ratio={target} window={dyncot_args.dyncot_target_window}" if target is not None else "")
+        + (f" rescore={dyncot_args.dyncot_target_rescore}" if dyncot_args.dyncot_target_rescore else "")
         + (f" cot_when={dyncot_args.dyncot_cot_when}" if dyncot_args.dyncot_cot_when != "below" else "")
     )
     if dyncot_args.dyncot_eval_samples > 0 and training_args.predict_with_generate:
