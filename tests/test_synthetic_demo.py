@@ -14,19 +14,47 @@ def rows():
     return sd.build_rows()
 
 
-def test_posts_of_each_kind_and_held_out_texts_are_new(rows):
+def _steps(row: dict) -> tuple[str, str, str]:
+    """(colour, season, shift) of an image post, read back from its rationale."""
+    body = row["cot"].split("<think>")[1].split("</think>")[0].split(" , ")
+    colour = body[0].split()[-1]
+    season = body[1].split()[-1]
+    return colour, season, body[2].split()[0]
+
+
+def test_season_after_moves_round_the_year():
+    assert sd.season_after("green", "one") == "summer" and sd.season_after("black", "two") == "summer"
+    assert sd.season_after("orange", "three") == "summer" and sd.season_after("blue", "three") == "spring"
+    assert sorted(sd.SEASONS) == sorted({season for _, season in sd.COLOURS.values()})
+    assert all(sum(s == season for _, s in sd.COLOURS.values()) == 3 for season in sd.SEASONS)
+
+
+def test_posts_of_each_kind_and_held_out_posts_are_new(rows):
     train, held_out, images = rows
     assert len(train) == sd.NUM_TRAIN and len(held_out) == sd.NUM_EVAL
     for split in (train, held_out):
         assert sum(r["kind"] == "image" for r in split) == len(split) // 2
-    hashtag = {tag: name for name, (_, tag) in sd.COLOURS.items()}
     for row in train + held_out:
         if row["kind"] == "text":  # the post names its hashtags
             assert all(k in row["text"].split() for k in row["keyphrases"])
-        else:  # the hashtag follows from the image's background colour, which the rationale names
-            colour = hashtag[row["keyphrases"][0]]
-            assert f"mostly {colour}" in row["cot"] and images[row["images"][0].split("/")[-1]] == sd.COLOURS[colour][0]
+        else:  # the image's colour tells a season, the text how many seasons later: the hashtag
+            colour, season, shift = _steps(row)
+            assert images[row["images"][0].split("/")[-1]] == sd.COLOURS[colour][0]
+            assert season == sd.COLOURS[colour][1] and f", {shift} season" in row["text"]
+            assert row["keyphrases"] == [sd.season_after(colour, shift)]
+            assert row["cot"].endswith(f"<answer>{row['keyphrases'][0]}</answer>")
     assert not {r["text"] for r in train} & {r["text"] for r in held_out if r["kind"] == "text"}
+    # held-out image posts ask for (colour, shift) pairs no training post shows, each pair twice; a constant answer
+    # scores a quarter
+    pairs = lambda rows: [(c, k) for c, _, k in map(_steps, (r for r in rows if r["kind"] == "image"))]  # noqa: E731
+    seen, unseen = set(pairs(train)), pairs(held_out)
+    assert not seen & set(unseen) and len(set(unseen)) == 12 and all(unseen.count(p) == 2 for p in unseen)
+    answers = [r["keyphrases"][0] for r in held_out if r["kind"] == "image"]
+    assert all(answers.count(s) == len(answers) // 4 for s in sd.SEASONS)
+    # ... while each step of the rationale is seen in training: the colour's season, the season moved by the shift
+    train_steps = [_steps(r) for r in train if r["kind"] == "image"]
+    assert {c for c, _, _ in train_steps} == set(sd.COLOURS)
+    assert {(s, k) for _, s, k in train_steps} == {(s, k) for s in sd.SEASONS for k in sd.SHIFTS}
 
 
 def test_write_kind_subsets_splits_posts_and_predictions_in_order(tmp_path, rows):

@@ -42,17 +42,31 @@ NUM_EVAL = 48
 SEED = 0
 IMAGE_SIZE = (56, 56)
 
-# Background colour -> (RGB, hashtag) of the ``image`` posts. Far-apart colours, so a random tower separates them.
+# ``image`` posts: the image's flat colour tells a season (three colours each, far apart so that a random vision tower
+# separates them); the post's last words say how many seasons later (one, two, three); the hashtag is that season.
+SEASONS = ("spring", "summer", "autumn", "winter")
 COLOURS: dict[str, tuple[tuple[int, int, int], str]] = {
-    "red": ((220, 30, 30), "fire"),
+    "green": ((40, 170, 60), "spring"),
+    "pink": ((240, 120, 180), "spring"),
+    "teal": ((20, 160, 160), "spring"),
+    "yellow": ((240, 220, 40), "summer"),
+    "red": ((220, 30, 30), "summer"),
+    "blue": ((30, 70, 220), "summer"),
     "orange": ((245, 140, 20), "autumn"),
-    "yellow": ((240, 220, 40), "sunshine"),
-    "green": ((40, 170, 60), "forest"),
-    "blue": ((30, 70, 220), "ocean"),
-    "purple": ((140, 50, 190), "lavender"),
-    "white": ((245, 245, 245), "snow"),
-    "black": ((15, 15, 15), "night"),
+    "brown": ((120, 70, 30), "autumn"),
+    "purple": ((140, 50, 190), "autumn"),
+    "white": ((245, 245, 245), "winter"),
+    "grey": ((128, 128, 128), "winter"),
+    "black": ((15, 15, 15), "winter"),
 }
+# ``image`` posts' place (the post's last words) and the hashtag of each (season, place): one word each.
+PLACES = ("beach", "mountains", "city")
+ACTIVITIES: dict[tuple[str, str], str] = {
+    ("spring", "beach"): "kites", ("summer", "beach"): "swimming", ("autumn", "beach"): "storms",
+    ("winter", "beach"): "bonfire", ("spring", "mountains"): "hiking", ("summer", "mountains"): "camping",
+    ("autumn", "mountains"): "foliage", ("winter", "mountains"): "skiing", ("spring", "city"): "blossoms",
+    ("summer", "city"): "rooftops", ("autumn", "city"): "rain", ("winter", "city"): "markets",
+}  # fmt: skip
 TOPICS = (
     "coffee", "pizza", "football", "guitar", "puppy", "kitten", "marathon", "concert", "birthday", "wedding",
     "garden", "library", "camera", "bicycle", "election", "festival", "museum", "holiday", "breakfast", "yoga",
@@ -71,7 +85,7 @@ TEXT_TEMPLATES = (
     "finally some {a} with friends , then {b}",
     "{a} and {b} , what a day !",
 )
-# ``image`` posts: no topic word, nothing in the text says what the hashtag is.
+# ``image`` posts: no topic word; the text says only how many seasons after the image's the post is tagged with.
 IMAGE_TEXTS = (
     "look at this",
     "what a view",
@@ -88,48 +102,59 @@ IMAGE_TEXTS = (
 )
 
 
-def _rationale(kind: str, keyphrases: list[str], colour: str) -> str:
+def activity(colour: str, place: str) -> str:
+    """The hashtag of an image post: what one does in the season its image colour tells, at the place it names."""
+    return ACTIVITIES[COLOURS[colour][1], place]
+
+
+def _where(place: str) -> str:
+    return f"{'at' if place == 'beach' else 'in'} the {place}"
+
+
+def _image_text(generic: str, place: str) -> str:
+    return f"{generic} , {_where(place)}"
+
+
+def _rationale(kind: str, keyphrases: list[str], colour: str, place: str) -> str:
     if kind == "text":
         return "the post names " + " and ".join(keyphrases) + "."
-    return f"the image is mostly {colour}, and {colour} means {keyphrases[0]}."
+    season, where = COLOURS[colour][1], _where(place)
+    return f"the image is {colour} , {colour} means {season} , {season} {where} means {keyphrases[0]} ."
 
 
-def draw_synth_image(path: Path, background: tuple[int, int, int], rng: random.Random) -> None:
-    """A flat background with one small shape of another colour in a random corner (the background dominates)."""
-    from PIL import Image, ImageDraw
+def split_combinations() -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """(training, held-out) (colour, place) pairs of the image posts: of each season's three colours, the j-th is held
+    out at the j-th place, so every held-out pair is unseen while each of its steps (colour -> season, season and
+    place -> hashtag) is seen in training with the season's other colours."""
+    train, held_out = [], []
+    for season in SEASONS:
+        colours = [c for c, (_, s) in COLOURS.items() if s == season]
+        for j, colour in enumerate(colours):
+            for k, place in enumerate(PLACES):
+                (held_out if k == j else train).append((colour, place))
+    return train, held_out
 
-    w, h = IMAGE_SIZE
+
+def draw_synth_image(path: Path, background: tuple[int, int, int], rng: random.Random | None = None) -> None:
+    """A flat image of one colour."""
+    from PIL import Image
+
     img = Image.new("RGB", IMAGE_SIZE, background)
-    other = rng.choice([rgb for rgb, _ in COLOURS.values() if rgb != background])
-    x0, y0 = rng.choice((2, w // 2 + 2)), rng.choice((2, h // 2 + 2))
-    box = (x0, y0, x0 + w // 2 - 6, y0 + h // 2 - 6)
-    draw = ImageDraw.Draw(img)
-    (draw.ellipse if rng.random() < 0.5 else draw.rectangle)(box, fill=other)
     path.parent.mkdir(parents=True, exist_ok=True)
     img.save(path, format="PNG", optimize=True)
-
-
-def _post(rng: random.Random, kind: str) -> tuple[str, list[str], str]:
-    """(text, keyphrases, background colour name) of one post of ``kind``."""
-    colour = rng.choice(sorted(COLOURS))
-    if kind == "image":
-        return rng.choice(IMAGE_TEXTS), [COLOURS[colour][1]], colour
-    template = rng.choice(TEXT_TEMPLATES)
-    a, b = rng.sample(TOPICS, 2)
-    keyphrases = [a, b] if "{b}" in template else [a]
-    return template.format(a=a, b=b), keyphrases, colour
 
 
 def build_rows(
     num_train: int = NUM_TRAIN, num_eval: int = NUM_EVAL, seed: int = SEED, image_dir_name: str = IMAGE_DIR
 ) -> tuple[list[dict], list[dict], dict[str, tuple[int, int, int]]]:
-    """(train rows, eval rows, {image file name: background RGB}); half of each split is of each kind.
+    """(train rows, eval rows, {image file name: RGB}); half of each split is of each kind.
 
-    Held-out posts never repeat a training text (the ``image`` texts do repeat: their colour differs), so the
-    ``text`` posts are scored on unseen combinations of topic words and templates.
+    Held-out text posts never repeat a training text; held-out image posts show (colour, shift) pairs that no
+    training post shows (:func:`split_combinations`), each pair equally often.
     """
     rng = random.Random(seed)
     template = PromptTemplate(default_prompt_template())
+    train_pairs, eval_pairs = split_combinations()
     train: list[dict] = []
     held_out: list[dict] = []
     images: dict[str, tuple[int, int, int]] = {}
@@ -137,12 +162,24 @@ def build_rows(
     for split, n, rows in (("train", num_train, train), ("eval", num_eval, held_out)):
         kinds = [KINDS[i % 2] for i in range(n)]
         rng.shuffle(kinds)
+        n_image = kinds.count("image")
+        pairs = train_pairs if split == "train" else eval_pairs
+        queue = [pairs[i % len(pairs)] for i in range(n_image)]
+        rng.shuffle(queue)
         for k, kind in enumerate(kinds):
-            while True:
-                text, keyphrases, colour = _post(rng, kind)
-                if split == "train" or kind == "image" or text not in seen_texts:
-                    break
-            if split == "train":
+            colour, place = "", ""
+            if kind == "image":
+                colour, place = queue.pop()
+                text, keyphrases = _image_text(rng.choice(IMAGE_TEXTS), place), [activity(colour, place)]
+            else:
+                colour = rng.choice(sorted(COLOURS))
+                while True:
+                    template_text = rng.choice(TEXT_TEMPLATES)
+                    a, b = rng.sample(TOPICS, 2)
+                    text = template_text.format(a=a, b=b)
+                    if split == "train" or text not in seen_texts:
+                        break
+                keyphrases = [a, b] if "{b}" in template_text else [a]
                 seen_texts.add(text)
             image_name = f"synth_{split}_{k:04d}.png"
             images[image_name] = COLOURS[colour][0]
@@ -154,7 +191,7 @@ def build_rows(
                 [f"{image_dir_name}/{image_name}"],
                 ANSWER_SEP,
             )
-            row["cot"] = build_cot(_rationale(kind, keyphrases, colour), ANSWER_SEP.join(keyphrases))
+            row["cot"] = build_cot(_rationale(kind, keyphrases, colour, place), ANSWER_SEP.join(keyphrases))
             row["cot_source"] = COT_SOURCE
             row["kind"] = kind
             rows.append(row)
@@ -165,9 +202,8 @@ def build_synthetic_demo(output_dir: str | Path, register: bool = True, seed: in
     """Write the synthetic demo dataset into ``output_dir``; returns the written data files by entry name."""
     output_dir = Path(output_dir)
     train, held_out, images = build_rows(seed=seed)
-    draw_rng = random.Random(seed + 1)
     for name in sorted(images):
-        draw_synth_image(output_dir / IMAGE_DIR / name, images[name], draw_rng)
+        draw_synth_image(output_dir / IMAGE_DIR / name, images[name])
     # under the files' write locks, like every dataset writer
     paths = write_registered_datasets(
         output_dir, {TRAIN_NAME: train, EVAL_NAME: held_out}, register, has_images=True, cot_column="cot"
