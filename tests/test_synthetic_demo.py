@@ -14,19 +14,18 @@ def rows():
     return sd.build_rows()
 
 
-def _steps(row: dict) -> tuple[str, str, str]:
-    """(colour, season, shift) of an image post, read back from its rationale."""
-    body = row["cot"].split("<think>")[1].split("</think>")[0].split(" , ")
+def _walk(row: dict) -> tuple[str, tuple[str, ...], list[str]]:
+    """(colour, move words, seasons reached) of an image post, read back from its rationale."""
+    body = row["cot"].split("<think>")[1].split("</think>")[0].rstrip(" .").split(" , ")
     colour = body[0].split()[-1]
-    season = body[1].split()[-1]
-    return colour, season, body[2].split()[0]
+    assert body[1] == f"{colour} means {sd.COLOURS[colour][1]}"
+    return colour, tuple(step.split()[0] for step in body[2:]), [step.split()[1] for step in body[2:]]
 
 
-def test_season_after_moves_round_the_year():
-    assert sd.season_after("green", "one") == "summer" and sd.season_after("black", "two") == "summer"
-    assert sd.season_after("orange", "three") == "summer" and sd.season_after("blue", "three") == "spring"
-    assert sorted(sd.SEASONS) == sorted({season for _, season in sd.COLOURS.values()})
-    assert all(sum(s == season for _, s in sd.COLOURS.values()) == 3 for season in sd.SEASONS)
+def test_walk_moves_round_the_year():
+    assert sd.walk("green", ("one", "once", "single")) == ["summer", "autumn", "winter"]
+    assert sd.walk("white", ("three", "twice", "triple")) == ["autumn", "spring", "winter"]
+    assert sorted(sd.SEASONS) == sorted(season for _, season in sd.COLOURS.values())
 
 
 def test_posts_of_each_kind_and_held_out_posts_are_new(rows):
@@ -37,24 +36,30 @@ def test_posts_of_each_kind_and_held_out_posts_are_new(rows):
     for row in train + held_out:
         if row["kind"] == "text":  # the post names its hashtags
             assert all(k in row["text"].split() for k in row["keyphrases"])
-        else:  # the image's colour tells a season, the text how many seasons later: the hashtag
-            colour, season, shift = _steps(row)
+        else:  # the image's colour gives a season, the post's three move words walk it on: the hashtag
+            colour, moves, states = _walk(row)
             assert images[row["images"][0].split("/")[-1]] == sd.COLOURS[colour][0]
-            assert season == sd.COLOURS[colour][1] and f", {shift} season" in row["text"]
-            assert row["keyphrases"] == [sd.season_after(colour, shift)]
-            assert row["cot"].endswith(f"<answer>{row['keyphrases'][0]}</answer>")
+            assert row["text"].endswith(f", then {moves[0]} , {moves[1]} and {moves[2]}")
+            assert states == sd.walk(colour, moves) and row["keyphrases"] == [states[-1]]
+            assert row["cot"].endswith(f"<answer>{states[-1]}</answer>")
     assert not {r["text"] for r in train} & {r["text"] for r in held_out if r["kind"] == "text"}
-    # held-out image posts ask for (colour, shift) pairs no training post shows, each pair twice; a constant answer
-    # scores a quarter
-    pairs = lambda rows: [(c, k) for c, _, k in map(_steps, (r for r in rows if r["kind"] == "image"))]  # noqa: E731
-    seen, unseen = set(pairs(train)), pairs(held_out)
-    assert not seen & set(unseen) and len(set(unseen)) == 12 and all(unseen.count(p) == 2 for p in unseen)
+    # held-out image posts ask for (colour, moves) no training post shows, each a different one, each hashtag equally
+    # often (a constant answer scores a quarter) ...
+    combos = lambda rows: [_walk(r)[:2] for r in rows if r["kind"] == "image"]  # noqa: E731
+    seen, unseen = set(combos(train)), combos(held_out)
+    assert not seen & set(unseen) and len(set(unseen)) == len(unseen) == sd.NUM_EVAL // 2
     answers = [r["keyphrases"][0] for r in held_out if r["kind"] == "image"]
     assert all(answers.count(s) == len(answers) // 4 for s in sd.SEASONS)
-    # ... while each step of the rationale is seen in training: the colour's season, the season moved by the shift
-    train_steps = [_steps(r) for r in train if r["kind"] == "image"]
-    assert {c for c, _, _ in train_steps} == set(sd.COLOURS)
-    assert {(s, k) for _, s, k in train_steps} == {(s, k) for s in sd.SEASONS for k in sd.SHIFTS}
+    # ... while each step of the walk (a season moved on by a word) is seen in training
+    def steps(rows):
+        out = set()
+        for row in rows:
+            if row["kind"] == "image":
+                colour, moves, states = _walk(row)
+                out |= set(zip([sd.COLOURS[colour][1], *states[:-1]], moves))
+        return out
+
+    assert steps(held_out) <= steps(train)
 
 
 def test_write_kind_subsets_splits_posts_and_predictions_in_order(tmp_path, rows):

@@ -24,6 +24,7 @@ entries ``mmkp_synth`` / ``mmkp_synth_eval`` in ``dataset_info.json`` (other ent
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import random
 from pathlib import Path
@@ -42,31 +43,19 @@ NUM_EVAL = 48
 SEED = 0
 IMAGE_SIZE = (56, 56)
 
-# ``image`` posts: the image's flat colour tells a season (three colours each, far apart so that a random vision tower
-# separates them); the post's last words say how many seasons later (one, two, three); the hashtag is that season.
+# ``image`` posts: the image's flat colour tells a season; the post's last words move it on round the year three
+# times, by 1, 2 or 3 seasons each; the hashtag is the season reached. Each move has its own three words (the first
+# move one of one/two/three, the second once/twice/thrice, the third single/double/triple), so that the rationale
+# finds each move by its word, not by its place.
 SEASONS = ("spring", "summer", "autumn", "winter")
 COLOURS: dict[str, tuple[tuple[int, int, int], str]] = {
     "green": ((40, 170, 60), "spring"),
-    "pink": ((240, 120, 180), "spring"),
-    "teal": ((20, 160, 160), "spring"),
     "yellow": ((240, 220, 40), "summer"),
-    "red": ((220, 30, 30), "summer"),
-    "blue": ((30, 70, 220), "summer"),
     "orange": ((245, 140, 20), "autumn"),
-    "brown": ((120, 70, 30), "autumn"),
-    "purple": ((140, 50, 190), "autumn"),
     "white": ((245, 245, 245), "winter"),
-    "grey": ((128, 128, 128), "winter"),
-    "black": ((15, 15, 15), "winter"),
 }
-# ``image`` posts' place (the post's last words) and the hashtag of each (season, place): one word each.
-PLACES = ("beach", "mountains", "city")
-ACTIVITIES: dict[tuple[str, str], str] = {
-    ("spring", "beach"): "kites", ("summer", "beach"): "swimming", ("autumn", "beach"): "storms",
-    ("winter", "beach"): "bonfire", ("spring", "mountains"): "hiking", ("summer", "mountains"): "camping",
-    ("autumn", "mountains"): "foliage", ("winter", "mountains"): "skiing", ("spring", "city"): "blossoms",
-    ("summer", "city"): "rooftops", ("autumn", "city"): "rain", ("winter", "city"): "markets",
-}  # fmt: skip
+MOVES: tuple[tuple[str, str, str], ...] = (("one", "two", "three"), ("once", "twice", "thrice"),
+                                           ("single", "double", "triple"))
 TOPICS = (
     "coffee", "pizza", "football", "guitar", "puppy", "kitten", "marathon", "concert", "birthday", "wedding",
     "garden", "library", "camera", "bicycle", "election", "festival", "museum", "holiday", "breakfast", "yoga",
@@ -102,37 +91,38 @@ IMAGE_TEXTS = (
 )
 
 
-def activity(colour: str, place: str) -> str:
-    """The hashtag of an image post: what one does in the season its image colour tells, at the place it names."""
-    return ACTIVITIES[COLOURS[colour][1], place]
+def walk(colour: str, moves: tuple[str, ...]) -> list[str]:
+    """The seasons reached after each move, from the image colour's season (the last one is the post's hashtag)."""
+    state, states = SEASONS.index(COLOURS[colour][1]), []
+    for t, word in enumerate(moves):
+        state = (state + MOVES[t].index(word) + 1) % len(SEASONS)
+        states.append(SEASONS[state])
+    return states
 
 
-def _where(place: str) -> str:
-    return f"{'at' if place == 'beach' else 'in'} the {place}"
+def _image_text(generic: str, moves: tuple[str, ...]) -> str:
+    return f"{generic} , then {moves[0]} , {moves[1]} and {moves[2]}"
 
 
-def _image_text(generic: str, place: str) -> str:
-    return f"{generic} , {_where(place)}"
-
-
-def _rationale(kind: str, keyphrases: list[str], colour: str, place: str) -> str:
+def _rationale(kind: str, keyphrases: list[str], colour: str, moves: tuple[str, ...]) -> str:
     if kind == "text":
         return "the post names " + " and ".join(keyphrases) + "."
-    season, where = COLOURS[colour][1], _where(place)
-    return f"the image is {colour} , {colour} means {season} , {season} {where} means {keyphrases[0]} ."
+    steps = " , ".join(f"{word} {state}" for word, state in zip(moves, walk(colour, moves)))
+    return f"the image is {colour} , {colour} means {COLOURS[colour][1]} , {steps} ."
 
 
-def split_combinations() -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
-    """(training, held-out) (colour, place) pairs of the image posts: of each season's three colours, the j-th is held
-    out at the j-th place, so every held-out pair is unseen while each of its steps (colour -> season, season and
-    place -> hashtag) is seen in training with the season's other colours."""
-    train, held_out = [], []
-    for season in SEASONS:
-        colours = [c for c, (_, s) in COLOURS.items() if s == season]
-        for j, colour in enumerate(colours):
-            for k, place in enumerate(PLACES):
-                (held_out if k == j else train).append((colour, place))
-    return train, held_out
+def split_combinations(seed: int = SEED, num_eval: int = NUM_EVAL // 2) -> tuple[list, list]:
+    """(training, held-out) (colour, moves) combinations of the image posts: ``num_eval`` held out, each hashtag
+    equally often; no training post shows a held-out combination, while each step of the walk (a season moved by a
+    word) is seen in training many times."""
+    rng = random.Random(seed)
+    combos = [(c, m) for c in COLOURS for m in itertools.product(*MOVES)]
+    rng.shuffle(combos)
+    held_out: list = []
+    for k in range(num_eval):  # round-robin over the hashtags
+        want = SEASONS[k % len(SEASONS)]
+        held_out.append(next(c for c in combos if c not in held_out and walk(*c)[-1] == want))
+    return [c for c in combos if c not in held_out], held_out
 
 
 def draw_synth_image(path: Path, background: tuple[int, int, int], rng: random.Random | None = None) -> None:
@@ -154,7 +144,7 @@ def build_rows(
     """
     rng = random.Random(seed)
     template = PromptTemplate(default_prompt_template())
-    train_pairs, eval_pairs = split_combinations()
+    train_pairs, eval_pairs = split_combinations(seed, num_eval - num_eval // 2)
     train: list[dict] = []
     held_out: list[dict] = []
     images: dict[str, tuple[int, int, int]] = {}
@@ -164,13 +154,13 @@ def build_rows(
         rng.shuffle(kinds)
         n_image = kinds.count("image")
         pairs = train_pairs if split == "train" else eval_pairs
-        queue = [pairs[i % len(pairs)] for i in range(n_image)]
+        queue = [rng.choice(pairs) for _ in range(n_image)] if split == "train" else list(pairs)
         rng.shuffle(queue)
         for k, kind in enumerate(kinds):
-            colour, place = "", ""
+            colour, moves = "", ()
             if kind == "image":
-                colour, place = queue.pop()
-                text, keyphrases = _image_text(rng.choice(IMAGE_TEXTS), place), [activity(colour, place)]
+                colour, moves = queue.pop()
+                text, keyphrases = _image_text(rng.choice(IMAGE_TEXTS), moves), [walk(colour, moves)[-1]]
             else:
                 colour = rng.choice(sorted(COLOURS))
                 while True:
@@ -191,7 +181,7 @@ def build_rows(
                 [f"{image_dir_name}/{image_name}"],
                 ANSWER_SEP,
             )
-            row["cot"] = build_cot(_rationale(kind, keyphrases, colour, place), ANSWER_SEP.join(keyphrases))
+            row["cot"] = build_cot(_rationale(kind, keyphrases, colour, moves), ANSWER_SEP.join(keyphrases))
             row["cot_source"] = COT_SOURCE
             row["kind"] = kind
             rows.append(row)
