@@ -42,6 +42,7 @@ NUM_TRAIN = 256
 NUM_EVAL = 48
 SEED = 0
 IMAGE_SIZE = (56, 56)
+IMAGE_SHARE = 0.75  # of the training posts
 
 # ``image`` posts: the image's flat colour tells a season; the post's last words move it on round the year three
 # times, by 1, 2 or 3 seasons each; the hashtag is the season reached. Each move has its own three words (the first
@@ -80,7 +81,7 @@ IMAGE_TEXTS = (
     "what a view",
     "can't stop looking at it",
     "no words needed",
-    "this one is for you",
+    "this is for you",
     "today was something else",
     "i could stay here forever",
     "guess where i am",
@@ -150,7 +151,10 @@ def build_rows(
     images: dict[str, tuple[int, int, int]] = {}
     seen_texts: set[str] = set()
     for split, n, rows in (("train", num_train, train), ("eval", num_eval, held_out)):
-        kinds = [KINDS[i % 2] for i in range(n)]
+        # training: three image posts to each text post (the walk takes more learning than naming a topic);
+        # held out: half of each kind
+        image_share = IMAGE_SHARE if split == "train" else 0.5
+        kinds = ["image"] * round(n * image_share) + ["text"] * (n - round(n * image_share))
         rng.shuffle(kinds)
         n_image = kinds.count("image")
         pairs = train_pairs if split == "train" else eval_pairs
