@@ -1,24 +1,31 @@
-"""Build the SYNTHETIC demo dataset (``mmkp_synth``): MMKP-like posts that a tiny random model can learn on a CPU.
+"""Build the SYNTHETIC demo dataset (``mmkp_synth``): MMKP-like posts on which a tiny random model, trained on a CPU
+in minutes, needs its rationale for one kind of post and not for the other.
 
-The real CMKP sample (``mmkp_demo``) is too hard for a 200k-parameter random model in a few minutes: its demo shows
-the pipeline, not the method. This set shows the method: two kinds of posts whose plain-answer losses separate.
-
-* ``text`` posts ("easy"): the hashtags are one or two topic words of the post, in order
+* ``text`` posts: the hashtags are one or two topic words of the post, in order
   (``nothing beats coffee after yoga`` -> ``coffee; yoga``); the image is a random colour and says nothing.
-  Rationale: ``the post names coffee and yoga.``
-* ``image`` posts ("hard"): the post is generic (``look at this``) and the hashtag follows only from the image's
-  background colour by a fixed rule (blue -> ``ocean``, red -> ``fire``, ...).
-  Rationale: ``the image is mostly blue, and blue means ocean.``
+  Rationale: ``the post names coffee and yoga.`` A direct answer needs nothing more.
+* ``image`` posts: the image's flat colour gives a season (green spring, yellow summer, orange autumn, white
+  winter); the post ends with three move words (``look at this , then three , twice and double``), each moving the
+  season on round the year by 1, 2 or 3 (``one``/``two``/``three``, ``once``/``twice``/``thrice``,
+  ``single``/``double``/``triple``); the hashtag is the season reached (:func:`walk`). Rationale: the walk, one
+  move at a time (``the image is yellow , yellow means summer , three spring , twice autumn , double spring .``).
+  Held-out image posts show (colour, moves) combinations no training post shows (the paper's *unseen* scenario in
+  miniature): a direct answer must add four terms round the year in one step, which a small model does not learn
+  from a few hundred posts (it memorises the training combinations), while each step of the rationale (read one
+  move word, move the season just written) is seen in training many times.
 
-A model learns to copy the topic words sooner than to read colours through its frozen random vision tower, so the
-``text`` posts reach a low plain loss first and, under the paper's rule (loss below γ -> CoT), train on their CoT
-target; the model then thinks on posts of that kind and answers the others directly.
+Why a walk: a one-step rule (colour -> hashtag, this set's earlier design) is learned directly, so ``never`` matched
+``always`` on some training seeds; a hashtag per (season, place) pair is composed directly from its two parts on
+unseen pairs; one move (season + k round the year) is memorised per (colour, k) pair, rationale or not. The measured
+designs are in docs/data.md.
 
-Writes ``<output-dir>/mmkp_synth.json`` (train), ``<output-dir>/mmkp_synth_eval.json`` (held-out posts: no text of
-them occurs in train), ``<output-dir>/mmkp_synth_images/*.png`` (56x56: 4 image tokens with the tiny model), and the
-entries ``mmkp_synth`` / ``mmkp_synth_eval`` in ``dataset_info.json`` (other entries are kept). Each row carries
-``kind`` (``text`` | ``image``) besides the usual fields; ``cot_source`` is ``synthetic``. Output is deterministic
-(a seeded ``random.Random``); :func:`tokenizer_corpus` gives the text a demo tokenizer is trained on.
+Writes ``<output-dir>/mmkp_synth.json`` (train: three image posts to one text post, as the walk takes more learning),
+``<output-dir>/mmkp_synth_eval.json`` (held-out: half of each kind; no text post repeats a training text, no image
+post a training combination), ``<output-dir>/mmkp_synth_images/*.png`` (56x56, one flat colour: 4 image tokens with
+the tiny model), and the entries ``mmkp_synth`` / ``mmkp_synth_eval`` in ``dataset_info.json`` (other entries are
+kept). Each row carries ``kind`` (``text`` | ``image``) besides the usual fields; ``cot_source`` is ``synthetic``.
+Output is deterministic (a seeded ``random.Random``); :func:`tokenizer_corpus` gives the text a demo tokenizer is
+trained on.
 """
 
 from __future__ import annotations
@@ -75,7 +82,7 @@ TEXT_TEMPLATES = (
     "finally some {a} with friends , then {b}",
     "{a} and {b} , what a day !",
 )
-# ``image`` posts: no topic word; the text says only how many seasons after the image's the post is tagged with.
+# ``image`` posts: no topic word; the move words follow (:func:`_image_text`).
 IMAGE_TEXTS = (
     "look at this",
     "what a view",
@@ -256,6 +263,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 __all__ = [
-    "COLOURS", "EVAL_NAME", "IMAGE_DIR", "KINDS", "TOPICS", "TRAIN_NAME", "build_rows", "build_synthetic_demo",
-    "tokenizer_corpus", "write_kind_subsets",
+    "COLOURS", "EVAL_NAME", "IMAGE_DIR", "KINDS", "MOVES", "SEASONS", "TOPICS", "TRAIN_NAME", "build_rows",
+    "build_synthetic_demo", "split_combinations", "tokenizer_corpus", "walk", "write_kind_subsets",
 ]  # fmt: skip
