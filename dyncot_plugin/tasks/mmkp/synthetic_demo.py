@@ -114,7 +114,7 @@ def _image_text(generic: str, moves: tuple[str, ...]) -> str:
 
 def _rationale(kind: str, keyphrases: list[str], colour: str, moves: tuple[str, ...]) -> str:
     if kind == "text":
-        return "the post names " + " and ".join(keyphrases) + "."
+        return "the post names " + " and ".join(keyphrases) + " , so this is what it is about ."
     steps = " , ".join(f"{word} {state}" for word, state in zip(moves, walk(colour, moves)))
     return f"the image is {colour} , {colour} means {COLOURS[colour][1]} , {steps} ."
 
