@@ -1,9 +1,7 @@
 #!/usr/bin/env bash
 # CPU demo (about 3 minutes on 2 cores): Dynamic CoT with a target CoT share, through `llamafactory-cli train`.
-#  1. write the SYNTHETIC demo set (`dyncot-data synth-demo-data`: text posts name their hashtags; image posts'
-#     hashtag is a season reached by walking round the year from the image colour's season by the post's three move
-#     words, held-out image posts showing combinations unseen in training; 256 training and 48 held-out posts) and a
-#     tiny random Qwen2-VL whose tokenizer is trained on it;
+#  1. write the SYNTHETIC demo set (`dyncot-data synth-demo-data`: hashtags follow from the post's words or from
+#     the image colour; 256 training and 48 held-out posts) and a tiny random Qwen2-VL whose tokenizer is trained on it;
 #  2. fine-tune it with dyncot_strategy: dynamic, dyncot_target_cot_ratio: 0.5 (examples/tiny_synth_dyncot_cpu.yaml);
 #  3. generate on the held-out posts three times: the model decides (dyncot_think=auto: it thinks where its
 #     probability of opening the reply with <think>, think_prob, is at least 0.5), always thinks, never thinks;
@@ -39,7 +37,7 @@ python -c "from dyncot_plugin.tasks.mmkp.synthetic_demo import write_kind_subset
 w('outputs/demo/data', {m: f'outputs/demo/synth_{m}/generated_predictions.jsonl' for m in ('auto', 'always', 'never')}, \
   'outputs/demo/by_kind')"
 for kind in image text; do
-    echo "-- the held-out $kind posts only (image: unseen walks, the rationale's steps are needed; text: the post names its hashtags)"
+    echo "-- the held-out $kind posts only (image: the hashtag follows from the image colour; text: the post names it)"
     dyncot-eval mmkp --no-plot --predictions auto=outputs/demo/by_kind/$kind/auto.jsonl \
         --predictions always=outputs/demo/by_kind/$kind/always.jsonl \
         --predictions never=outputs/demo/by_kind/$kind/never.jsonl --dataset outputs/demo/by_kind/$kind/mmkp_synth_eval.json \
@@ -52,5 +50,5 @@ dyncot-eval mmkp \
     --predictions never=outputs/demo/synth_never/generated_predictions.jsonl \
     --dataset outputs/demo/data/mmkp_synth_eval.json --train outputs/demo/data/mmkp_synth.json
 echo "Plots: outputs/demo/synth_dynamic/training_loss.png, outputs/demo/synth_dynamic/training_cot_ratio.png"
-echo "(Synthetic posts: 'image' posts need the rationale's walk, 'text' posts name their hashtags. Real recipes:"
+echo "(Synthetic posts: 'image' posts' hashtag follows from the image colour, 'text' posts name their hashtags. Real recipes:"
 echo " examples/qwen2vl_*.yaml, examples/qwen2_5vl_7b_*.yaml.)"

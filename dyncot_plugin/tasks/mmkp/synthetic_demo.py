@@ -1,37 +1,32 @@
-"""Build the SYNTHETIC demo dataset (``mmkp_synth``): MMKP-like posts on which a tiny random model, trained on a CPU
-in minutes, needs its rationale for one kind of post and not for the other.
+"""Build the SYNTHETIC demo dataset (``mmkp_synth``): MMKP-like posts that a tiny random model can learn on a CPU.
 
-* ``text`` posts: the hashtags are one or two topic words of the post, in order
+The real CMKP sample (``mmkp_demo``) is too hard for a 200k-parameter random model in a few minutes: its demo shows
+the pipeline, not the method. This set shows the method: two kinds of posts whose plain-answer losses separate.
+
+* ``text`` posts ("easy"): the hashtags are one or two topic words of the post, in order
   (``nothing beats coffee after yoga`` -> ``coffee; yoga``); the image is a random colour and says nothing.
-  Rationale: ``the post names coffee and yoga.`` A direct answer needs nothing more.
-* ``image`` posts: the image's flat colour gives a season (green spring, yellow summer, orange autumn, white
-  winter); the post ends with three move words (``look at this , then three , twice and double``), each moving the
-  season on round the year by 1, 2 or 3 (``one``/``two``/``three``, ``once``/``twice``/``thrice``,
-  ``single``/``double``/``triple``); the hashtag is the season reached (:func:`walk`). Rationale: the walk, one
-  move at a time (``the image is yellow , yellow means summer , three spring , twice autumn , double spring .``).
-  Held-out image posts show (colour, moves) combinations no training post shows (the paper's *unseen* scenario in
-  miniature): a direct answer must add four terms round the year in one step, which a small model does not learn
-  from a few hundred posts (it memorises the training combinations), while each step of the rationale (read one
-  move word, move the season just written) is seen in training many times.
+  Rationale: ``the post names coffee and yoga.``
+* ``image`` posts ("hard"): the post is generic (``look at this``) and the hashtag follows only from the image's
+  background colour by a fixed rule (blue -> ``ocean``, red -> ``fire``, ...).
+  Rationale: ``the image is mostly blue, and blue means ocean.``
 
-Why a walk: a one-step rule (colour -> hashtag, this set's earlier design) is learned directly, so ``never`` matched
-``always`` on some training seeds; a hashtag per (season, place) pair is composed directly from its two parts on
-unseen pairs; one move (season + k round the year) is memorised per (colour, k) pair, rationale or not. The measured
-designs are in docs/data.md.
+The demo's tiny model reads the colour sooner than it learns to copy topic words, so the ``image`` posts reach the
+lower plain loss and, under the paper's rule (loss below γ -> CoT), train on their CoT target on most of their steps
+(69-84 % per epoch in the demo's run, ``text`` posts 11-31 %); the model then thinks on ``image`` posts. The colour
+rule is one step, which the model can also learn from the ``image`` posts' plain-target steps: whether ``never``
+falls behind ``always`` on them depends on the training seed (docs/data.md, "The synthetic demo set", with the
+designs tried to make the rationale needed on every seed).
 
-Writes ``<output-dir>/mmkp_synth.json`` (train: three image posts to one text post, as the walk takes more learning),
-``<output-dir>/mmkp_synth_eval.json`` (held-out: half of each kind; no text post repeats a training text, no image
-post a training combination), ``<output-dir>/mmkp_synth_images/*.png`` (56x56, one flat colour: 4 image tokens with
-the tiny model), and the entries ``mmkp_synth`` / ``mmkp_synth_eval`` in ``dataset_info.json`` (other entries are
-kept). Each row carries ``kind`` (``text`` | ``image``) besides the usual fields; ``cot_source`` is ``synthetic``.
-Output is deterministic (a seeded ``random.Random``); :func:`tokenizer_corpus` gives the text a demo tokenizer is
-trained on.
+Writes ``<output-dir>/mmkp_synth.json`` (train), ``<output-dir>/mmkp_synth_eval.json`` (held-out posts: no text of
+them occurs in train), ``<output-dir>/mmkp_synth_images/*.png`` (56x56: 4 image tokens with the tiny model), and the
+entries ``mmkp_synth`` / ``mmkp_synth_eval`` in ``dataset_info.json`` (other entries are kept). Each row carries
+``kind`` (``text`` | ``image``) besides the usual fields; ``cot_source`` is ``synthetic``. Output is deterministic
+(a seeded ``random.Random``); :func:`tokenizer_corpus` gives the text a demo tokenizer is trained on.
 """
 
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import random
 from pathlib import Path
@@ -49,21 +44,18 @@ NUM_TRAIN = 256
 NUM_EVAL = 48
 SEED = 0
 IMAGE_SIZE = (56, 56)
-IMAGE_SHARE = 0.75  # of the training posts
 
-# ``image`` posts: the image's flat colour tells a season; the post's last words move it on round the year three
-# times, by 1, 2 or 3 seasons each; the hashtag is the season reached. Each move has its own three words (the first
-# move one of one/two/three, the second once/twice/thrice, the third single/double/triple), so that the rationale
-# finds each move by its word, not by its place.
-SEASONS = ("spring", "summer", "autumn", "winter")
+# Background colour -> (RGB, hashtag) of the ``image`` posts. Far-apart colours, so a random tower separates them.
 COLOURS: dict[str, tuple[tuple[int, int, int], str]] = {
-    "green": ((40, 170, 60), "spring"),
-    "yellow": ((240, 220, 40), "summer"),
+    "red": ((220, 30, 30), "fire"),
     "orange": ((245, 140, 20), "autumn"),
-    "white": ((245, 245, 245), "winter"),
+    "yellow": ((240, 220, 40), "sunshine"),
+    "green": ((40, 170, 60), "forest"),
+    "blue": ((30, 70, 220), "ocean"),
+    "purple": ((140, 50, 190), "lavender"),
+    "white": ((245, 245, 245), "snow"),
+    "black": ((15, 15, 15), "night"),
 }
-MOVES: tuple[tuple[str, str, str], ...] = (("one", "two", "three"), ("once", "twice", "thrice"),
-                                           ("single", "double", "triple"))
 TOPICS = (
     "coffee", "pizza", "football", "guitar", "puppy", "kitten", "marathon", "concert", "birthday", "wedding",
     "garden", "library", "camera", "bicycle", "election", "festival", "museum", "holiday", "breakfast", "yoga",
@@ -82,13 +74,13 @@ TEXT_TEMPLATES = (
     "finally some {a} with friends , then {b}",
     "{a} and {b} , what a day !",
 )
-# ``image`` posts: no topic word; the move words follow (:func:`_image_text`).
+# ``image`` posts: no topic word, nothing in the text says what the hashtag is.
 IMAGE_TEXTS = (
     "look at this",
     "what a view",
     "can't stop looking at it",
     "no words needed",
-    "this is for you",
+    "this one is for you",
     "today was something else",
     "i could stay here forever",
     "guess where i am",
@@ -99,88 +91,61 @@ IMAGE_TEXTS = (
 )
 
 
-def walk(colour: str, moves: tuple[str, ...]) -> list[str]:
-    """The seasons reached after each move, from the image colour's season (the last one is the post's hashtag)."""
-    state, states = SEASONS.index(COLOURS[colour][1]), []
-    for t, word in enumerate(moves):
-        state = (state + MOVES[t].index(word) + 1) % len(SEASONS)
-        states.append(SEASONS[state])
-    return states
-
-
-def _image_text(generic: str, moves: tuple[str, ...]) -> str:
-    return f"{generic} , then {moves[0]} , {moves[1]} and {moves[2]}"
-
-
-def _rationale(kind: str, keyphrases: list[str], colour: str, moves: tuple[str, ...]) -> str:
+def _rationale(kind: str, keyphrases: list[str], colour: str) -> str:
     if kind == "text":
-        return "the post names " + " and ".join(keyphrases) + " , so this is what it is about ."
-    steps = " , ".join(f"{word} {state}" for word, state in zip(moves, walk(colour, moves)))
-    return f"the image is {colour} , {colour} means {COLOURS[colour][1]} , {steps} ."
+        return "the post names " + " and ".join(keyphrases) + "."
+    return f"the image is mostly {colour}, and {colour} means {keyphrases[0]}."
 
 
-def split_combinations(seed: int = SEED, num_eval: int = NUM_EVAL // 2) -> tuple[list, list]:
-    """(training, held-out) (colour, moves) combinations of the image posts: ``num_eval`` held out, each hashtag
-    equally often; no training post shows a held-out combination, while each step of the walk (a season moved by a
-    word) is seen in training many times."""
-    rng = random.Random(seed)
-    combos = [(c, m) for c in COLOURS for m in itertools.product(*MOVES)]
-    rng.shuffle(combos)
-    held_out: list = []
-    for k in range(num_eval):  # round-robin over the hashtags
-        want = SEASONS[k % len(SEASONS)]
-        held_out.append(next(c for c in combos if c not in held_out and walk(*c)[-1] == want))
-    return [c for c in combos if c not in held_out], held_out
+def draw_synth_image(path: Path, background: tuple[int, int, int], rng: random.Random) -> None:
+    """A flat background with one small shape of another colour in a random corner (the background dominates)."""
+    from PIL import Image, ImageDraw
 
-
-def draw_synth_image(path: Path, background: tuple[int, int, int], rng: random.Random | None = None) -> None:
-    """A flat image of one colour."""
-    from PIL import Image
-
+    w, h = IMAGE_SIZE
     img = Image.new("RGB", IMAGE_SIZE, background)
+    other = rng.choice([rgb for rgb, _ in COLOURS.values() if rgb != background])
+    x0, y0 = rng.choice((2, w // 2 + 2)), rng.choice((2, h // 2 + 2))
+    box = (x0, y0, x0 + w // 2 - 6, y0 + h // 2 - 6)
+    draw = ImageDraw.Draw(img)
+    (draw.ellipse if rng.random() < 0.5 else draw.rectangle)(box, fill=other)
     path.parent.mkdir(parents=True, exist_ok=True)
     img.save(path, format="PNG", optimize=True)
+
+
+def _post(rng: random.Random, kind: str) -> tuple[str, list[str], str]:
+    """(text, keyphrases, background colour name) of one post of ``kind``."""
+    colour = rng.choice(sorted(COLOURS))
+    if kind == "image":
+        return rng.choice(IMAGE_TEXTS), [COLOURS[colour][1]], colour
+    template = rng.choice(TEXT_TEMPLATES)
+    a, b = rng.sample(TOPICS, 2)
+    keyphrases = [a, b] if "{b}" in template else [a]
+    return template.format(a=a, b=b), keyphrases, colour
 
 
 def build_rows(
     num_train: int = NUM_TRAIN, num_eval: int = NUM_EVAL, seed: int = SEED, image_dir_name: str = IMAGE_DIR
 ) -> tuple[list[dict], list[dict], dict[str, tuple[int, int, int]]]:
-    """(train rows, eval rows, {image file name: RGB}); half of each split is of each kind.
+    """(train rows, eval rows, {image file name: background RGB}); half of each split is of each kind.
 
-    Held-out text posts never repeat a training text; held-out image posts show (colour, shift) pairs that no
-    training post shows (:func:`split_combinations`), each pair equally often.
+    Held-out posts never repeat a training text (the ``image`` texts do repeat: their colour differs), so the
+    ``text`` posts are scored on unseen combinations of topic words and templates.
     """
     rng = random.Random(seed)
     template = PromptTemplate(default_prompt_template())
-    train_pairs, eval_pairs = split_combinations(seed, num_eval - num_eval // 2)
     train: list[dict] = []
     held_out: list[dict] = []
     images: dict[str, tuple[int, int, int]] = {}
     seen_texts: set[str] = set()
     for split, n, rows in (("train", num_train, train), ("eval", num_eval, held_out)):
-        # training: three image posts to each text post (the walk takes more learning than naming a topic);
-        # held out: half of each kind
-        image_share = IMAGE_SHARE if split == "train" else 0.5
-        kinds = ["image"] * round(n * image_share) + ["text"] * (n - round(n * image_share))
+        kinds = [KINDS[i % 2] for i in range(n)]
         rng.shuffle(kinds)
-        n_image = kinds.count("image")
-        pairs = train_pairs if split == "train" else eval_pairs
-        queue = [rng.choice(pairs) for _ in range(n_image)] if split == "train" else list(pairs)
-        rng.shuffle(queue)
         for k, kind in enumerate(kinds):
-            colour, moves = "", ()
-            if kind == "image":
-                colour, moves = queue.pop()
-                text, keyphrases = _image_text(rng.choice(IMAGE_TEXTS), moves), [walk(colour, moves)[-1]]
-            else:
-                colour = rng.choice(sorted(COLOURS))
-                while True:
-                    template_text = rng.choice(TEXT_TEMPLATES)
-                    a, b = rng.sample(TOPICS, 2)
-                    text = template_text.format(a=a, b=b)
-                    if split == "train" or text not in seen_texts:
-                        break
-                keyphrases = [a, b] if "{b}" in template_text else [a]
+            while True:
+                text, keyphrases, colour = _post(rng, kind)
+                if split == "train" or kind == "image" or text not in seen_texts:
+                    break
+            if split == "train":
                 seen_texts.add(text)
             image_name = f"synth_{split}_{k:04d}.png"
             images[image_name] = COLOURS[colour][0]
@@ -192,7 +157,7 @@ def build_rows(
                 [f"{image_dir_name}/{image_name}"],
                 ANSWER_SEP,
             )
-            row["cot"] = build_cot(_rationale(kind, keyphrases, colour, moves), ANSWER_SEP.join(keyphrases))
+            row["cot"] = build_cot(_rationale(kind, keyphrases, colour), ANSWER_SEP.join(keyphrases))
             row["cot_source"] = COT_SOURCE
             row["kind"] = kind
             rows.append(row)
@@ -203,8 +168,9 @@ def build_synthetic_demo(output_dir: str | Path, register: bool = True, seed: in
     """Write the synthetic demo dataset into ``output_dir``; returns the written data files by entry name."""
     output_dir = Path(output_dir)
     train, held_out, images = build_rows(seed=seed)
+    draw_rng = random.Random(seed + 1)
     for name in sorted(images):
-        draw_synth_image(output_dir / IMAGE_DIR / name, images[name])
+        draw_synth_image(output_dir / IMAGE_DIR / name, images[name], draw_rng)
     # under the files' write locks, like every dataset writer
     paths = write_registered_datasets(
         output_dir, {TRAIN_NAME: train, EVAL_NAME: held_out}, register, has_images=True, cot_column="cot"
@@ -263,6 +229,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 __all__ = [
-    "COLOURS", "EVAL_NAME", "IMAGE_DIR", "KINDS", "MOVES", "SEASONS", "TOPICS", "TRAIN_NAME", "build_rows",
-    "build_synthetic_demo", "split_combinations", "tokenizer_corpus", "walk", "write_kind_subsets",
+    "COLOURS", "EVAL_NAME", "IMAGE_DIR", "KINDS", "TOPICS", "TRAIN_NAME", "build_rows", "build_synthetic_demo",
+    "tokenizer_corpus", "write_kind_subsets",
 ]  # fmt: skip
