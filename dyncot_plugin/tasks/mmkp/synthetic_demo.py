@@ -10,9 +10,12 @@ the pipeline, not the method. This set shows the method: two kinds of posts whos
   background colour by a fixed rule (blue -> ``ocean``, red -> ``fire``, ...).
   Rationale: ``the image is mostly blue, and blue means ocean.``
 
-A model learns to copy the topic words sooner than to read colours through its frozen random vision tower, so the
-``text`` posts reach a low plain loss first and, under the paper's rule (loss below γ -> CoT), train on their CoT
-target; the model then thinks on posts of that kind and answers the others directly.
+The demo's tiny model reads the colour sooner than it learns to copy topic words, so the ``image`` posts reach the
+lower plain loss and, under the paper's rule (loss below γ -> CoT), train on their CoT target on most of their steps
+(69-84 % per epoch in the demo's run, ``text`` posts 11-31 %); the model then thinks on ``image`` posts. The colour
+rule is one step, which the model can also learn from the ``image`` posts' plain-target steps: whether ``never``
+falls behind ``always`` on them depends on the training seed (docs/data.md, "The synthetic demo set", with the
+designs tried to make the rationale needed on every seed).
 
 Writes ``<output-dir>/mmkp_synth.json`` (train), ``<output-dir>/mmkp_synth_eval.json`` (held-out posts: no text of
 them occurs in train), ``<output-dir>/mmkp_synth_images/*.png`` (56x56: 4 image tokens with the tiny model), and the
