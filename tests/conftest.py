@@ -129,6 +129,7 @@ def qwen2vl_lora_adapter(tmp_path_factory) -> dict[str, str]:
 
 
 LORA_NAME = "dyn"  # the LoRA adapter the shared 3-token server serves
+COT_LORA_NAME = "cot"  # and the cot-trained one (cot_lora_adapter)
 
 
 # dyncot-serve on vLLM (issue 26) ----------------------------------------------------------------------------------
@@ -156,10 +157,11 @@ def served_model(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def dyncot_server(vllm_python_path, served_model, tmp_path_factory):
+def dyncot_server(vllm_python_path, served_model, cot_lora_adapter, tmp_path_factory):
     """``dyncot_server(tag_tokens)`` -> a running ``fixtures.serve_vllm.Server``: ``dyncot-serve --template qwen2_vl
     --max-body-mb 2 -- --api-key K --root-path /p`` of ``served_model(tag_tokens)`` (the 3-token one also with
-    ``--lora-modules dyn=ADAPTER``: a PEFT adapter with random B saved with threshold 0.0), started on first use and kept
+    ``--lora-modules dyn=ADAPTER cot=COT``: a PEFT adapter with random B saved with threshold 0.0, and
+    ``cot_lora_adapter``'s adapter), started on first use and kept
     for the session (one per think-tag size). Modules using it mark themselves ``xdist_group("vllm_serve")`` so that
     they run on the worker that holds the servers. Tests must leave the server as they found it (it is shared)."""
     from pathlib import Path
@@ -173,13 +175,15 @@ def dyncot_server(vllm_python_path, served_model, tmp_path_factory):
             log = Path(tmp_path_factory.mktemp(f"dyncot_serve_tag{tag_tokens}")) / "server.log"
             model = Path(served_model(tag_tokens))
             lora: tuple[str, ...] = ()
-            if tag_tokens == 3:  # issue 30: the same server serves a LoRA adapter (no second server start)
+            if tag_tokens == 3:  # issue 30: the same server serves LoRA adapters (no second server start)
                 from dyncot_plugin.testing.adapters import write_lora_adapter
 
                 adapter = write_lora_adapter(model, tmp_path_factory.mktemp("served_adapter") / LORA_NAME,
                                              think_threshold=0.0,
                                              target_modules=["q_proj", "v_proj", "gate_proj", "down_proj"])
-                lora = ("--lora-modules", f"{LORA_NAME}={adapter}")
+                # issue 24: and the cot-trained adapter that opens its replies with the tag (never's hard case)
+                cot = cot_lora_adapter()["adapter"]
+                lora = ("--lora-modules", f"{LORA_NAME}={adapter}", f"{COT_LORA_NAME}={cot}")
             servers[tag_tokens] = start_server(vllm_python_path, model, log, "--max-body-mb", "2", vllm_args=lora)
         return servers[tag_tokens]
 
@@ -189,7 +193,8 @@ def dyncot_server(vllm_python_path, served_model, tmp_path_factory):
 
 
 # The think decision (issue 24) -----------------------------------------------------------------------------------
-COT_STEPS = 12  # see cot_real_vocab_model
+COT_STEPS = 24  # see cot_real_vocab_model
+COT_LORA_STEPS = 40  # see cot_lora_adapter
 
 
 def cot_rationale_rows(rows: list[dict]) -> None:
@@ -206,8 +211,9 @@ def cot_real_vocab_model(tmp_path_factory, real_vocab_model):
     """``cot_real_vocab_model(family)`` -> folder (Path) holding ``cot/`` (``real_vocab_model(family)`` trained with
     ``dyncot_strategy: cot``, its ``dyncot_think.json`` included) and ``data/`` (the 16-row ``toy`` plugin dataset
     it was trained on, rationales from :func:`cot_rationale_rows`). Trained ``COT_STEPS`` steps at batch 4 so that,
-    left alone (greedy), it opens replies with ``<think>``: the model on which ``never`` must hold back a think block
-    it wants to write. Built once per family per run; read-only."""
+    left alone (greedy), it opens replies with ``<think>`` on every one of those posts (16 of 16 on both families,
+    measured; 12 steps gave 12 of 16): the model on which ``never`` must hold back a think block it wants to write.
+    Built once per family per run; read-only."""
     from dyncot_plugin.testing.lf_runner import run_llamafactory, tiny_sft_config
     from dyncot_plugin.testing.plugin_data import write_plugin_dataset
     from dyncot_plugin.testing.tiny_families import FAMILIES
@@ -232,9 +238,10 @@ def cot_real_vocab_model(tmp_path_factory, real_vocab_model):
 def cot_chat_model(tmp_path_factory) -> Path:
     """Path of a tiny Qwen2-VL with Qwen's real vocabulary (``<think>`` is three tokens), trained 12 steps with
     ``dyncot_strategy: cot`` on the 16-row ``toy`` dataset (in ``<path>/../data``) so that, left alone, it opens its
-    replies with the tag; its ``dyncot_think.json`` holds threshold 0.5. ``template: qwen2_vl``. Built once per run
+    replies with the tag on some posts (3 of test_chat_frontends' 6; trained 24 steps, still 3, and an image no
+    longer changes its reply); its ``dyncot_think.json`` holds threshold 0.5. ``template: qwen2_vl``. Built once per run
     (test_chat_frontends, the LlamaBoard browser tests). Read-only: copy it before modifying. Not
-    ``cot_real_vocab_model``: on that base the 12-step model's greedy replies are near ties (``.</think;;;;``) that
+    ``cot_real_vocab_model`` (the same recipe): at 12 steps that model's greedy replies were near ties (``.</think;;;;``) that
     flip between two processes (the chat CLI, the api server, in-process), so exact reply comparisons failed in CI."""
     import json
 
@@ -246,8 +253,39 @@ def cot_chat_model(tmp_path_factory) -> Path:
         base = build_tiny_model(root / "base", "qwen2_vl", tokenizer="qwen")
         write_plugin_dataset(root / "data", "toy", n=16, mutate=cot_rationale_rows)
         run_llamafactory("train", tiny_sft_config(base, root / "data", "toy", root / "cot", learning_rate=3e-3,
-                                                  max_steps=12, dyncot_strategy="cot", per_device_train_batch_size=4),
+                                                  max_steps=12, dyncot_strategy="cot",
+                                                  per_device_train_batch_size=4),
                          root)
         assert json.loads((root / "cot" / "dyncot_think.json").read_text())["threshold"] == 0.5
 
     return Path(build_once(tmp_path_factory, "cot_chat", build)) / "cot"
+
+
+@pytest.fixture(scope="session")
+def cot_lora_adapter(tmp_path_factory, served_model):
+    """``cot_lora_adapter()`` -> ``{"base", "adapter", "data"}``: a LoRA adapter (rank 8, ``lora_target: all``) of the
+    served 3-token model (``served_model(3)``: hidden 128, which vLLM's CPU attention runs; Qwen's real vocabulary,
+    ``<think>`` is ``<th`` ``ink`` ``>``), trained by ``llamafactory-cli train`` with ``dyncot_strategy: cot``,
+    ``COT_LORA_STEPS`` steps at batch 4 and learning rate 1e-2 on the 16-row ``toy`` dataset in ``data`` (rationales
+    from :func:`cot_rationale_rows`); its ``dyncot_think.json`` holds threshold 0.5. Left alone (greedy) it opens its
+    replies with the tag on all 16 posts, in transformers + PEFT and in vLLM, and its answer words are right on some
+    posts (``travel; weekend``: F1 above 0 on 4 of 16), with ``think_prob`` about 1e-13 (measured). The model for
+    ``never`` on vLLM (``dyncot-predict``, the shared server serves it as ``cot``) and for the real-run frontier
+    test; 24 steps gave replies that scored 0 everywhere, a learning rate of 2e-2 diverged. Read-only."""
+    from dyncot_plugin.testing.lf_runner import run_llamafactory, tiny_sft_config
+    from dyncot_plugin.testing.plugin_data import write_plugin_dataset
+
+    def get() -> dict[str, str]:
+        base = served_model(3)
+
+        def build(root: Path) -> None:
+            write_plugin_dataset(root / "data", "toy", n=16, mutate=cot_rationale_rows)
+            config = tiny_sft_config(base, root / "data", "toy", root / "adapter", finetuning_type="lora",
+                                     lora_target="all", lora_rank=8, dyncot_strategy="cot",
+                                     per_device_train_batch_size=4, learning_rate=1e-2, max_steps=COT_LORA_STEPS)
+            run_llamafactory("train", config, root / "work")
+
+        root = build_once(tmp_path_factory, "cot_lora_adapter", build, steps=COT_LORA_STEPS)
+        return {"base": base, "adapter": str(root / "adapter"), "data": str(root / "data")}
+
+    return get

@@ -314,3 +314,85 @@ def test_image_post_replies_equal_the_prediction_runs(model_dir, tmp_path):
     assert replies == [p["predict"] for p in predictions]
     # think_prob is a continuous function of the prompt's positions: 1-D positions on the image prompt move it
     assert probs == pytest.approx([p["think_prob"] for p in predictions], rel=1e-5, abs=0)
+
+
+# ------------------------------------------------------------------ never on a model that wants to think (issue 24)
+def _post_messages(post: dict) -> list[dict]:
+    """A ``toy`` row's user turn without LLaMA-Factory's ``<image>`` mark: ChatModel puts the image first itself."""
+    return [{"role": "user", "content": post["messages"][0]["content"].replace("<image>", "")}]
+
+
+@pytest.fixture(scope="module", params=["qwen2_vl", "qwen3_vl"])
+def lora_chat(request, cot_lora_adapter, cot_real_vocab_model) -> dict:
+    """A model on Qwen's real vocabulary that opens every reply with the tag when left alone, in ChatModel (the engine
+    of chat, api and webchat), on its 16 image posts: Qwen2-VL (``<think>`` three tokens) the shared cot-trained LoRA
+    adapter (``conftest.cot_lora_adapter``), Qwen3-VL (one token) the shared ``cot_real_vocab_model``.
+    {"posts", "recipe", name: replies} for vanilla (no dyncot key), never, and auto just above every post's
+    think_prob (the engine's decision line)."""
+    if request.param == "qwen2_vl":
+        lora = cot_lora_adapter()
+        base, data = Path(lora["base"]), Path(lora["data"])
+        recipe = {"adapter_name_or_path": lora["adapter"], "finetuning_type": "lora"}
+    else:
+        root = cot_real_vocab_model(request.param)
+        base, data, recipe = root / "cot", root / "data", {"template": "qwen3_vl_nothink"}
+    posts = json.loads((data / "toy.json").read_text(encoding="utf-8"))
+    out = {"posts": posts, "recipe": {**_recipe(base), **recipe}}
+
+    def replies(**keys) -> tuple[list[str], list[float]]:
+        engine = _engine(base, **recipe, **keys)
+        with _decision_log() as logged:
+            texts = [engine.chat(_post_messages(p), images=p["images"], **GEN)[0].response_text for p in posts]
+        return texts, logged
+
+    out["vanilla"], _ = replies()
+    out["never"], out["think_prob"] = replies(dyncot_think="never")
+    above = max(out["think_prob"]) * (1 + 1e-7)  # the line prints 8 significant digits: above every true value
+    out["auto_above"], logged = replies(dyncot_think="auto", dyncot_think_threshold=above)
+    assert logged == out["think_prob"] and len(logged) == len(posts) == 16
+    return out
+
+
+def test_chat_holds_never_on_a_model_that_opens_every_reply_with_the_tag(lora_chat):
+    """Acceptance (Qwen2-VL and Qwen3-VL): left alone at least 90 % of the replies open with the tag; with never none
+    breaks never's property; auto above every post's think_prob answers exactly as never."""
+    assert sum(r.startswith(THINK) for r in lora_chat["vanilla"]) >= 0.9 * 16, lora_chat["vanilla"]
+    assert not [r for r in lora_chat["never"] if violates(r)]
+    assert lora_chat["auto_above"] == lora_chat["never"]
+
+
+def test_llamafactory_cli_api_holds_never_on_a_model_that_opens_every_reply_with_the_tag(lora_chat, tmp_path):
+    """``llamafactory-cli api`` of the same adapter with ``dyncot_think: never``: the 16 image posts (image part
+    first, base64) get never's in-process replies, none breaking never's property."""
+    from openai import OpenAI
+
+    recipe = _write_recipe(tmp_path / "api.yaml", {**lora_chat["recipe"], "dyncot_think": "never"})
+    port = _free_port()
+    env = {**offline_env(), "API_HOST": "127.0.0.1", "API_PORT": str(port)}
+    log = open(tmp_path / "api.log", "w")
+    server = subprocess.Popen([llamafactory_cli(), "api", str(recipe)], stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        deadline = time.time() + 300
+        while True:
+            assert server.poll() is None, (tmp_path / "api.log").read_text()[-3000:]
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=2)
+                break
+            except OSError:
+                assert time.time() < deadline, "api server did not start"
+                time.sleep(1)
+        client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none")
+        texts = []
+        for post in lora_chat["posts"]:
+            image = base64.b64encode(Path(post["images"][0]).read_bytes()).decode()
+            content = [{"type": "image_url", "image_url": {"url": f"data:image/png;base64,{image}"}},
+                       {"type": "text", "text": _post_messages(post)[0]["content"]}]
+            reply = client.chat.completions.create(model="m", messages=[{"role": "user", "content": content}],
+                                                   temperature=0, max_tokens=GEN["max_new_tokens"])
+            texts.append(reply.choices[0].message.content)
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+        log.close()
+    assert texts == lora_chat["never"]
+    assert not [t for t in texts if violates(t)]

@@ -15,6 +15,7 @@ Where it cannot be built (no python3.11, no package index) or ``DYNCOT_SKIP_VLLM
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -478,3 +479,79 @@ def test_server_a_request_naming_the_adapter_uses_its_threshold_and_its_look_ahe
         between = math.sqrt(base * dyn)
         reply = _chat(client, LORA_NAME, post, vllm_xargs={"dyncot_think_threshold": between})
         assert (getattr(reply, "reasoning_content", None) is not None) == (dyn >= between), (base, dyn)
+
+
+# ------------------------------------------------------------------ never on a model that wants to think (issue 24)
+COT_LORA_NAME = "cot"  # conftest.dyncot_server serves cot_lora_adapter's adapter under this name
+
+
+def test_dyncot_predict_holds_never_on_a_model_that_opens_every_reply_with_the_tag(cot_lora_adapter, vllm_python,
+                                                                                   tmp_path):
+    """Acceptance: dyncot-predict (vLLM) of the cot-trained LoRA adapter (Qwen's real vocabulary, ``<think>`` three
+    tokens), whose replies left alone (``greedy``) open with the tag on at least 90 % of the 16 posts: with ``never``
+    no reply breaks never's property (README "Thinking at inference"), and ``auto`` at the adapter's saved threshold
+    (0.5, above every post's think_prob) writes never's replies row for row. Same model, same checks as the
+    prediction-run test in tests/test_think_decision.py."""
+    import yaml
+
+    from dyncot_plugin.testing.no_think import violates
+
+    lora = cot_lora_adapter()
+    recipe = tiny_sft_config(lora["base"], lora["data"], None, tmp_path / "pred", do_train=False, do_predict=True,
+                             predict_with_generate=True, eval_dataset="toy", max_new_tokens=24, do_sample=False,
+                             per_device_eval_batch_size=4, finetuning_type="lora",
+                             adapter_name_or_path=lora["adapter"])
+    for key in ("logging_steps", "save_strategy", "per_device_train_batch_size", "gradient_accumulation_steps",
+                "learning_rate", "num_train_epochs", "max_steps", "lr_scheduler_type", "plot_loss"):
+        recipe.pop(key, None)
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe), encoding="utf-8")
+    proc = subprocess.run(predict_cmd(vllm_python, path, "--modes", "greedy,never,auto"), cwd=tmp_path,
+                          env=predict_env(), capture_output=True, text=True, timeout=900, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = {m: rows(tmp_path / "pred" / m / "generated_predictions.jsonl") for m in ("greedy", "never", "auto")}
+    assert all(len(v) == 16 for v in out.values())
+    opens = [r["predict"].startswith("<think>") for r in out["greedy"]]
+    assert sum(opens) >= 0.9 * 16, [r["predict"] for r in out["greedy"]]
+    assert not [r["predict"] for r in out["never"] if violates(r["predict"])]
+    probs = [r["think_prob"] for r in out["never"]]
+    assert probs == [r["think_prob"] for r in out["greedy"]] == [r["think_prob"] for r in out["auto"]]
+    settings = json.loads((tmp_path / "pred" / "auto" / "dyncot_think.json").read_text())
+    assert settings["threshold"] == 0.5 and settings["adapter"] == lora["adapter"] and max(probs) < 0.5
+    assert [r["predict"] for r in out["auto"]] == [r["predict"] for r in out["never"]]
+
+
+def test_server_holds_never_on_a_model_that_opens_every_reply_with_the_tag(server, cot_lora_adapter):
+    """Acceptance: dyncot-serve (the shared 3-token server, ``model: cot``: the adapter above), the 16 image posts
+    as chat completions (LLaMA-Factory's ``<image>`` mark, the image part after it): left alone (``greedy``) at least
+    90 % of the replies open a think block; with ``never`` none breaks never's property, in its content or as a
+    reasoning part; ``auto`` at the adapter's saved threshold (0.5, above every post's tag probability as the
+    look-ahead measures it) answers exactly as ``never``."""
+    import base64
+
+    from dyncot_plugin.testing.no_think import violates
+
+    client, _, _, _ = server
+    posts = json.loads((Path(cot_lora_adapter()["data"]) / "toy.json").read_text(encoding="utf-8"))
+    assert len(posts) == 16
+    opened, probs = 0, []
+    for post in posts:
+        image = base64.b64encode(Path(post["images"][0]).read_bytes()).decode()
+        messages = [{"role": "user", "content": [
+            {"type": "text", "text": post["messages"][0]["content"]},
+            {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{image}"}}]}]
+
+        def reply(messages=messages, **xargs):
+            return client.chat.completions.create(model=COT_LORA_NAME, messages=messages, max_tokens=24,
+                                                  temperature=0.0, extra_body={"vllm_xargs": xargs} if xargs else None)
+
+        greedy = reply(dyncot_think="greedy").choices[0].message
+        opened += getattr(greedy, "reasoning_content", None) is not None
+        never = reply(dyncot_think="never").choices[0].message
+        assert getattr(never, "reasoning_content", None) is None and not violates(never.content or ""), never
+        probe = client.chat.completions.create(model=COT_LORA_NAME, messages=messages, max_tokens=3, temperature=0.0,
+                                               logprobs=True, extra_body={"vllm_xargs": {"dyncot_think": "always"}})
+        probs.append(math.exp(sum(t.logprob for t in probe.choices[0].logprobs.content)))
+        auto = reply().choices[0].message
+        assert (auto.content, getattr(auto, "reasoning_content", None)) == (never.content, None)
+    assert opened >= 0.9 * 16 and max(probs) < 0.5, (opened, probs)

@@ -112,8 +112,8 @@ def test_never_always_and_auto_follow_the_rule_on_the_real_vocabulary(generation
     tokenizer = built.tokenizer
     tag = think_tag_ids(tokenizer)
     never, always, greedy = runs["never"][0], runs["always"][0], runs["greedy"][0]
-    # the trained model does want to think: left alone it writes the tag on most posts
-    assert sum(_text(tokenizer, ids).startswith("<think>") for ids in greedy) >= 4
+    # the trained model does want to think: left alone it writes the tag on at least 90 % of the posts
+    assert sum(_text(tokenizer, ids).startswith("<think>") for ids in greedy) >= 0.9 * len(greedy) == 7.2
     # never's property (README "Thinking at inference"), not only the literal tag: on Qwen2's vocabulary the old
     # ban let these replies open with "<th" "ink" and close a think block
     assert not any(violates(_text(tokenizer, ids)) for ids in never), [_text(tokenizer, ids) for ids in never]
@@ -239,10 +239,10 @@ def test_the_training_time_evaluation_keeps_never_and_auto_above_every_row_equal
 
     greedy, greedy_rows = evaluate("greedy", 0.5)
     assert len(greedy_rows) == len(dataset) == 16
-    # the model wants the tag: left alone it opens with it on most posts (each tag token is the argmax, though the
-    # tiny model's distribution is flat: think_prob ~3e-11), and the evaluation counts those as thinking
+    # the model wants the tag: left alone it opens with it on at least 90 % of the posts (each tag token is the
+    # argmax, though the tiny model's distribution is flat), and the evaluation counts those as thinking
     opens = sum(r["predict"].startswith("<think>") for r in greedy_rows)
-    assert opens >= 12 and greedy["cot_rate"] == pytest.approx(100 * opens / 16), [r["predict"] for r in greedy_rows]
+    assert opens >= 0.9 * 16 and greedy["cot_rate"] == pytest.approx(100 * opens / 16), [r["predict"] for r in greedy_rows]
     never, never_rows = evaluate("never", 0.5)
     assert not [r["predict"] for r in never_rows if violates(r["predict"])]
     probs = [r["think_prob"] for r in never_rows]
@@ -256,3 +256,47 @@ def test_the_training_time_evaluation_keeps_never_and_auto_above_every_row_equal
     _, top_rows = evaluate("auto", top)
     assert [r["predict"].startswith("<think>") for r in top_rows] == [p == top for p in probs]
     assert [r for r in top_rows if r["think_prob"] != top] == [r for r in never_rows if r["think_prob"] != top]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen3_vl"])
+def test_a_prediction_run_holds_never_on_a_model_that_opens_every_reply_with_the_tag(family, cot_lora_adapter,
+                                                                                     cot_real_vocab_model,
+                                                                                     tmp_path_factory):
+    """Acceptance: ``llamafactory-cli train`` prediction runs on Qwen's real vocabularies, of a model that left alone
+    (``greedy``) opens at least 90 % of its replies with the tag: on Qwen2-VL (``<think>`` three tokens) the shared
+    cot-trained LoRA adapter of the served tiny model (the model tests/test_serve_vllm.py runs on vLLM), on Qwen3-VL
+    (one token) the shared ``cot_real_vocab_model``. With ``never`` no reply breaks never's property; ``auto`` one ulp
+    above every post's think_prob writes never's replies row for row."""
+    import json
+    import math
+    from pathlib import Path
+
+    from dyncot_plugin.testing.lf_runner import run_llamafactory
+
+    if family == "qwen2_vl":
+        lora = cot_lora_adapter()
+        model, data = lora["base"], lora["data"]
+        keys = {"adapter_name_or_path": lora["adapter"], "finetuning_type": "lora"}
+    else:
+        root = cot_real_vocab_model(family)
+        model, data, keys = root / "cot", root / "data", {}
+
+    def predict(**overrides) -> list[dict]:
+        work = tmp_path_factory.mktemp("never_predict")
+        run_llamafactory("train", tiny_sft_config(
+            model, data, None, work / "out", do_train=False, do_predict=True, predict_with_generate=True,
+            eval_dataset="toy", per_device_eval_batch_size=4, max_new_tokens=24, do_sample=False,
+            template=TEMPLATES[family], **keys, **overrides), work)
+        path = Path(work / "out" / "generated_predictions.jsonl")
+        return [json.loads(line) for line in path.read_text().splitlines()]
+
+    greedy, never = predict(dyncot_think="greedy"), predict(dyncot_think="never")
+    assert len(greedy) == len(never) == 16
+    assert sum(r["predict"].startswith("<think>") for r in greedy) >= 0.9 * 16, [r["predict"] for r in greedy]
+    assert not [r["predict"] for r in never if violates(r["predict"])]
+    probs = [r["think_prob"] for r in never]
+    assert probs == [r["think_prob"] for r in greedy]  # one prefill: the same floats in every mode
+    above = predict(dyncot_think="auto", dyncot_think_threshold=math.nextafter(max(probs), math.inf))
+    assert [r["predict"] for r in above] == [r["predict"] for r in never]
+    assert [r["think_prob"] for r in above] == probs
