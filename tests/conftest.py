@@ -241,7 +241,8 @@ def cot_chat_model(tmp_path_factory) -> Path:
     replies with the tag on some posts (3 of test_chat_frontends' 6; trained 24 steps, still 3, and an image no
     longer changes its reply); its ``dyncot_think.json`` holds threshold 0.5. ``template: qwen2_vl``. Built once per run
     (test_chat_frontends, the LlamaBoard browser tests). Read-only: copy it before modifying. Not
-    ``cot_real_vocab_model`` (the same recipe): at 12 steps that model's greedy replies were near ties (``.</think;;;;``) that
+    ``cot_real_vocab_model`` (the same recipe, 24 steps since issue 24): at 12 steps its greedy replies were near
+    ties (``.</think;;;;``) that
     flip between two processes (the chat CLI, the api server, in-process), so exact reply comparisons failed in CI."""
     import json
 
