@@ -211,25 +211,36 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_llamafactory_cli_api_with_never(model_dir, replies, tmp_path):
+@contextmanager
+def _api_server(recipe: Path, tmp_path: Path):
+    """``llamafactory-cli api RECIPE`` on a free loopback port (log in ``tmp_path/api.log``): an OpenAI client of it,
+    the server stopped on exit."""
     from openai import OpenAI
 
-    recipe = _write_recipe(tmp_path / "api.yaml", _recipe(model_dir, dyncot_think="never"))
     port = _free_port()
     env = {**offline_env(), "API_HOST": "127.0.0.1", "API_PORT": str(port)}
-    log = open(tmp_path / "api.log", "w")
-    server = subprocess.Popen([llamafactory_cli(), "api", str(recipe)], stdout=log, stderr=subprocess.STDOUT, env=env)
-    try:
-        deadline = time.time() + 300
-        while True:
-            assert server.poll() is None, (tmp_path / "api.log").read_text()[-3000:]
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=2)
-                break
-            except OSError:
-                assert time.time() < deadline, "api server did not start"
-                time.sleep(1)
-        client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none")
+    with open(tmp_path / "api.log", "w") as log:
+        server = subprocess.Popen([llamafactory_cli(), "api", str(recipe)], stdout=log, stderr=subprocess.STDOUT,
+                                  env=env)
+        try:
+            deadline = time.time() + 300
+            while True:
+                assert server.poll() is None, (tmp_path / "api.log").read_text()[-3000:]
+                try:
+                    urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=2)
+                    break
+                except OSError:
+                    assert time.time() < deadline, "api server did not start"
+                    time.sleep(1)
+            yield OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none")
+        finally:
+            server.terminate()
+            server.wait(timeout=60)
+
+
+def test_llamafactory_cli_api_with_never(model_dir, replies, tmp_path):
+    recipe = _write_recipe(tmp_path / "api.yaml", _recipe(model_dir, dyncot_think="never"))
+    with _api_server(recipe, tmp_path) as client:
         image = base64.b64encode(Path(make_image(tmp_path / "post.png", seed=3)).read_bytes()).decode()
         texts = []
         for i, post in enumerate(POSTS[:3]):
@@ -245,10 +256,6 @@ def test_llamafactory_cli_api_with_never(model_dir, replies, tmp_path):
         stream = client.chat.completions.create(model="m", messages=[{"role": "user", "content": POSTS[0]}],
                                                 temperature=0, max_tokens=12, stream=True)
         streamed = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
-    finally:
-        server.terminate()
-        server.wait(timeout=60)
-        log.close()
     assert texts[:2] == replies["never"][0][:2] and streamed == replies["never"][0][0]
     assert not any(violates(t) for t in texts + [streamed])
     # the image post as the API got it (base64) is the reply the engine gives the same image from its file, and the
@@ -364,24 +371,8 @@ def test_chat_holds_never_on_a_model_that_opens_every_reply_with_the_tag(lora_ch
 def test_llamafactory_cli_api_holds_never_on_a_model_that_opens_every_reply_with_the_tag(lora_chat, tmp_path):
     """``llamafactory-cli api`` of the same adapter with ``dyncot_think: never``: the 16 image posts (image part
     first, base64) get never's in-process replies, none breaking never's property."""
-    from openai import OpenAI
-
     recipe = _write_recipe(tmp_path / "api.yaml", {**lora_chat["recipe"], "dyncot_think": "never"})
-    port = _free_port()
-    env = {**offline_env(), "API_HOST": "127.0.0.1", "API_PORT": str(port)}
-    log = open(tmp_path / "api.log", "w")
-    server = subprocess.Popen([llamafactory_cli(), "api", str(recipe)], stdout=log, stderr=subprocess.STDOUT, env=env)
-    try:
-        deadline = time.time() + 300
-        while True:
-            assert server.poll() is None, (tmp_path / "api.log").read_text()[-3000:]
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=2)
-                break
-            except OSError:
-                assert time.time() < deadline, "api server did not start"
-                time.sleep(1)
-        client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none")
+    with _api_server(recipe, tmp_path) as client:
         texts = []
         for post in lora_chat["posts"]:
             image = base64.b64encode(Path(post["images"][0]).read_bytes()).decode()
@@ -390,9 +381,5 @@ def test_llamafactory_cli_api_holds_never_on_a_model_that_opens_every_reply_with
             reply = client.chat.completions.create(model="m", messages=[{"role": "user", "content": content}],
                                                    temperature=0, max_tokens=GEN["max_new_tokens"])
             texts.append(reply.choices[0].message.content)
-    finally:
-        server.terminate()
-        server.wait(timeout=60)
-        log.close()
     assert texts == lora_chat["never"]
     assert not [t for t in texts if violates(t)]

@@ -51,6 +51,13 @@ def predict_env() -> dict[str, str]:
     return env
 
 
+def _drop_training_keys(recipe: dict) -> None:
+    """A prediction recipe from ``tiny_sft_config``: without the keys only training reads."""
+    for key in ("logging_steps", "save_strategy", "per_device_train_batch_size", "gradient_accumulation_steps",
+                "learning_rate", "num_train_epochs", "max_steps", "lr_scheduler_type", "plot_loss"):
+        recipe.pop(key, None)
+
+
 def rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
@@ -75,9 +82,7 @@ def trained(tmp_path_factory, vllm_python):
     recipe = tiny_sft_config(model, data, None, work / "pred_vllm", do_train=False, do_predict=True,
                              predict_with_generate=True, eval_dataset="toy_eval", max_new_tokens=24, do_sample=False,
                              per_device_eval_batch_size=8, dyncot_think="auto")
-    for key in ("logging_steps", "save_strategy", "per_device_train_batch_size", "gradient_accumulation_steps",
-                "learning_rate", "num_train_epochs", "max_steps", "lr_scheduler_type", "plot_loss"):
-        recipe.pop(key, None)
+    _drop_training_keys(recipe)
     return model, data, work, recipe
 
 
@@ -230,9 +235,7 @@ def lora_sides(qwen2vl_lora_adapter, vllm_python, tmp_path_factory):
                              predict_with_generate=True, eval_dataset="toy_eval", max_new_tokens=16, do_sample=False,
                              per_device_eval_batch_size=8, finetuning_type="lora", adapter_name_or_path=lora["adapter"],
                              dyncot_think="auto")
-    for key in ("logging_steps", "save_strategy", "per_device_train_batch_size", "gradient_accumulation_steps",
-                "learning_rate", "num_train_epochs", "max_steps", "lr_scheduler_type", "plot_loss"):
-        recipe.pop(key, None)
+    _drop_training_keys(recipe)
     lf = {}
     for mode in ("always", "never", "auto"):
         cfg = {**recipe, "dyncot_think": mode, "dyncot_think_threshold": 0.0, "output_dir": str(work / f"lf_{mode}")}
@@ -501,9 +504,7 @@ def test_dyncot_predict_holds_never_on_a_model_that_opens_every_reply_with_the_t
                              predict_with_generate=True, eval_dataset="toy", max_new_tokens=24, do_sample=False,
                              per_device_eval_batch_size=4, finetuning_type="lora",
                              adapter_name_or_path=lora["adapter"])
-    for key in ("logging_steps", "save_strategy", "per_device_train_batch_size", "gradient_accumulation_steps",
-                "learning_rate", "num_train_epochs", "max_steps", "lr_scheduler_type", "plot_loss"):
-        recipe.pop(key, None)
+    _drop_training_keys(recipe)
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe), encoding="utf-8")
     proc = subprocess.run(predict_cmd(vllm_python, path, "--modes", "greedy,never,auto"), cwd=tmp_path,
