@@ -269,10 +269,11 @@ def cot_lora_adapter(tmp_path_factory, served_model):
     ``<think>`` is ``<th`` ``ink`` ``>``), trained by ``llamafactory-cli train`` with ``dyncot_strategy: cot``,
     ``COT_LORA_STEPS`` steps at batch 4 and learning rate 1e-2 on the 16-row ``toy`` dataset in ``data`` (rationales
     from :func:`cot_rationale_rows`); its ``dyncot_think.json`` holds threshold 0.5. Left alone (greedy) it opens its
-    replies with the tag on all 16 posts, in transformers + PEFT and in vLLM, and its answer words are right on some
-    posts (``travel; weekend``: F1 above 0 on 4 of 16), with ``think_prob`` about 1e-13 (measured). The model for
-    ``never`` on vLLM (``dyncot-predict``, the shared server serves it as ``cot``) and for the real-run frontier
-    test; 24 steps gave replies that scored 0 everywhere, a learning rate of 2e-2 diverged. Read-only."""
+    replies with the tag on all 16 posts, in transformers + PEFT and in vLLM, with ``think_prob`` about 1e-13
+    (measured: each tag token is the argmax of a flat distribution; LoRA cannot sharpen the random 151k-token head).
+    The model for ``never`` in prediction runs, ChatModel, the api, ``dyncot-predict`` and ``dyncot-serve`` (the
+    shared server serves it as ``cot``). At 24 steps its replies were ``<think>`` and nothing after it; a learning
+    rate of 2e-2 diverged. Read-only."""
     from dyncot_plugin.testing.lf_runner import run_llamafactory, tiny_sft_config
     from dyncot_plugin.testing.plugin_data import write_plugin_dataset
 

@@ -58,6 +58,18 @@ def _drop_training_keys(recipe: dict) -> None:
         recipe.pop(key, None)
 
 
+def run_predict(python: str, recipe: dict, path: Path, modes: tuple[str, ...], *args: str):
+    """Write ``recipe`` to ``path``, run dyncot-predict on it with ``--modes`` (and ``args``) in the recipe's folder,
+    check that it exited 0: (the finished process, {mode: rows of its file under the recipe's output_dir})."""
+    import yaml
+
+    path.write_text(yaml.safe_dump(recipe), encoding="utf-8")
+    proc = subprocess.run(predict_cmd(python, path, "--modes", ",".join(modes), *args), cwd=path.parent,
+                          env=predict_env(), capture_output=True, text=True, timeout=900, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc, {m: rows(Path(recipe["output_dir"]) / m / "generated_predictions.jsonl") for m in modes}
+
+
 def rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
@@ -102,14 +114,9 @@ def both_sides(trained, vllm_python):
         run_llamafactory("train", cfg, workdir=work, config_name=f"lf_{mode}.yaml")
         lf[mode] = rows(work / f"lf_{mode}" / "generated_predictions.jsonl")
     vrecipe = work / "vllm.yaml"
-    import yaml
-
-    vrecipe.write_text(yaml.safe_dump({**recipe, "dyncot_think_threshold": threshold}), encoding="utf-8")
     started = time.time()
-    proc = subprocess.run(predict_cmd(vllm_python, vrecipe, "--modes", "auto,always,never", "--chunk-size", "4"),
-                          cwd=work, env=predict_env(), capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = {m: rows(work / "pred_vllm" / m / "generated_predictions.jsonl") for m in ("auto", "always", "never")}
+    proc, out = run_predict(vllm_python, {**recipe, "dyncot_think_threshold": threshold}, vrecipe,
+                            ("auto", "always", "never"), "--chunk-size", "4")
     return lf, out, threshold, vrecipe, proc, time.time() - started
 
 
@@ -227,8 +234,6 @@ def lora_sides(qwen2vl_lora_adapter, vllm_python, tmp_path_factory):
     """The LoRA adapter (trained by llamafactory-cli, saved with threshold 0.0) predicted by LLaMA-Factory in
     always, never and auto (its prediction run takes the recipe's threshold: 0.0 given), and by dyncot-predict in the
     three modes from one engine load, its recipe giving no threshold: the adapter's dyncot_think.json decides."""
-    import yaml
-
     lora = qwen2vl_lora_adapter
     work = tmp_path_factory.mktemp("lora_predict")
     recipe = tiny_sft_config(lora["base"], lora["data"], None, work / "pred_vllm", do_train=False, do_predict=True,
@@ -241,12 +246,7 @@ def lora_sides(qwen2vl_lora_adapter, vllm_python, tmp_path_factory):
         cfg = {**recipe, "dyncot_think": mode, "dyncot_think_threshold": 0.0, "output_dir": str(work / f"lf_{mode}")}
         run_llamafactory("train", cfg, workdir=work, config_name=f"lf_lora_{mode}.yaml")
         lf[mode] = rows(work / f"lf_{mode}" / "generated_predictions.jsonl")
-    vrecipe = work / "vllm_lora.yaml"
-    vrecipe.write_text(yaml.safe_dump(recipe), encoding="utf-8")
-    proc = subprocess.run(predict_cmd(vllm_python, vrecipe, "--modes", "auto,always,never"), cwd=work,
-                          env=predict_env(), capture_output=True, text=True, timeout=900, check=False)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    ours = {m: rows(work / "pred_vllm" / m / "generated_predictions.jsonl") for m in ("auto", "always", "never")}
+    proc, ours = run_predict(vllm_python, recipe, work / "vllm_lora.yaml", ("auto", "always", "never"))
     return lf, ours, proc, work
 
 
@@ -495,8 +495,6 @@ def test_dyncot_predict_holds_never_on_a_model_that_opens_every_reply_with_the_t
     no reply breaks never's property (README "Thinking at inference"), and ``auto`` at the adapter's saved threshold
     (0.5, above every post's think_prob) writes never's replies row for row. Same model, same checks as the
     prediction-run test in tests/test_think_decision.py."""
-    import yaml
-
     from dyncot_plugin.testing.no_think import violates
 
     lora = cot_lora_adapter()
@@ -505,12 +503,7 @@ def test_dyncot_predict_holds_never_on_a_model_that_opens_every_reply_with_the_t
                              per_device_eval_batch_size=4, finetuning_type="lora",
                              adapter_name_or_path=lora["adapter"])
     _drop_training_keys(recipe)
-    path = tmp_path / "recipe.yaml"
-    path.write_text(yaml.safe_dump(recipe), encoding="utf-8")
-    proc = subprocess.run(predict_cmd(vllm_python, path, "--modes", "greedy,never,auto"), cwd=tmp_path,
-                          env=predict_env(), capture_output=True, text=True, timeout=900, check=False)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = {m: rows(tmp_path / "pred" / m / "generated_predictions.jsonl") for m in ("greedy", "never", "auto")}
+    _, out = run_predict(vllm_python, recipe, tmp_path / "recipe.yaml", ("greedy", "never", "auto"))
     assert all(len(v) == 16 for v in out.values())
     opens = [r["predict"].startswith("<think>") for r in out["greedy"]]
     assert sum(opens) >= 0.9 * 16, [r["predict"] for r in out["greedy"]]

@@ -270,7 +270,6 @@ def test_a_prediction_run_holds_never_on_a_model_that_opens_every_reply_with_the
     above every post's think_prob writes never's replies row for row."""
     import json
     import math
-    from pathlib import Path
 
     from dyncot_plugin.testing.lf_runner import run_llamafactory
 
@@ -288,7 +287,7 @@ def test_a_prediction_run_holds_never_on_a_model_that_opens_every_reply_with_the
             model, data, None, work / "out", do_train=False, do_predict=True, predict_with_generate=True,
             eval_dataset="toy", per_device_eval_batch_size=4, max_new_tokens=24, do_sample=False,
             template=TEMPLATES[family], **keys, **overrides), work)
-        path = Path(work / "out" / "generated_predictions.jsonl")
+        path = work / "out" / "generated_predictions.jsonl"
         return [json.loads(line) for line in path.read_text().splitlines()]
 
     greedy, never = predict(dyncot_think="greedy"), predict(dyncot_think="never")
